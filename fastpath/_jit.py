@@ -1,0 +1,76 @@
+"""The one numba decorator of the project, and the warm-up entry.
+
+Every kernel in fastpath compiles through :func:`jit` (or :func:`pjit` for the
+parallel forms), so compile options live in one place: ``cache=True`` so a
+second process starts fast, ``nogil=True`` so callers may thread, and
+``error_model="numpy"`` so arithmetic never raises inside a kernel.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import numba
+from numba.core import types
+from numba.extending import intrinsic
+
+#: Options shared by every kernel.
+JIT_OPTIONS: dict[str, Any] = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False)
+
+
+def jit(fn: Callable | None = None, **overrides: Any):
+    """Compile ``fn`` with the project-wide options (usable bare or with overrides)."""
+    opts = {**JIT_OPTIONS, **overrides}
+    if fn is None:
+        return lambda f: numba.njit(**opts)(f)
+    return numba.njit(**opts)(fn)
+
+
+def pjit(fn: Callable | None = None, **overrides: Any):
+    """Like :func:`jit`, with ``parallel=True`` for kernels that use ``numba.prange``."""
+    return jit(fn, parallel=True, **overrides)
+
+
+@intrinsic
+def popcount64(typingctx, x):
+    """Population count of a uint64 (one ``popcnt`` instruction)."""
+    if not isinstance(x, types.Integer):
+        return None
+    sig = types.uint64(types.uint64)
+
+    def codegen(context, builder, signature, args):
+        val = context.cast(builder, args[0], signature.args[0], types.uint64)
+        return builder.ctpop(val)
+
+    return sig, codegen
+
+
+def set_threads(n: int | None) -> int:
+    """Set the number of threads the parallel kernels use (``None``: all cores).
+
+    Returns the number in force afterwards.
+    """
+    if n is None or n <= 0:
+        n = numba.config.NUMBA_NUM_THREADS
+    n = min(int(n), numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(n)
+    return n
+
+
+def get_threads() -> int:
+    """Number of threads the parallel kernels use now."""
+    return numba.get_num_threads()
+
+
+def prepare() -> None:
+    """Compile (or load from cache) every kernel, so timing starts warm.
+
+    The CLI and the benchmarks call this before they measure anything.
+    """
+    from . import _warmup
+
+    _warmup.run()
+
+
+def cpu_count() -> int:
+    return os.cpu_count() or 1

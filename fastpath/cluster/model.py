@@ -1,0 +1,130 @@
+"""The validated cluster: what fastpath keeps of the Kubernetes objects.
+
+Plain frozen dataclasses, one per kind, with addresses already as integers.
+This is the control plane's view; :mod:`fastpath.cluster.compile` turns it
+into the flat tables the kernels read. Built by
+:func:`fastpath.cluster.load.load_cluster` (from files) or
+:func:`fastpath.cluster.load.cluster_from_objects` (from parsed objects).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: IP protocol numbers by the names Kubernetes uses.
+PROTO_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132}
+#: And back.
+PROTO_NAMES = {v: k for k, v in PROTO_NUMBERS.items()}
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    internal_ip: int | None          #: status.addresses InternalIP (IPv4 as int)
+    external_ip: int | None          #: status.addresses ExternalIP
+    pod_cidrs: tuple[tuple[int, int], ...]  #: spec.podCIDR(s), IPv4 only: (network, length)
+    zone: str | None                 #: label topology.kubernetes.io/zone
+    labels: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class ContainerPort:
+    container: str
+    port: int                        #: containerPort
+    proto: int                       #: 6, 17 or 132
+    name: str | None
+
+
+@dataclass(frozen=True)
+class Pod:
+    namespace: str
+    name: str
+    node: str | None                 #: spec.nodeName (None: not scheduled)
+    host_network: bool
+    ip: int | None                   #: status.podIP(s), first IPv4 (node IP for hostNetwork)
+    ready: bool                      #: Ready condition True
+    terminating: bool                #: metadata.deletionTimestamp set
+    ports: tuple[ContainerPort, ...]
+    labels: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def key(self) -> str:
+        """``namespace/name``, the name results carry."""
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    name: str | None
+    port: int
+    proto: int
+    target_port: int | str           #: number, or a container port name
+    node_port: int | None
+
+
+@dataclass(frozen=True)
+class Service:
+    namespace: str
+    name: str
+    type: str                        #: ClusterIP, NodePort, LoadBalancer, ExternalName
+    cluster_ips: tuple[int, ...]     #: empty for headless (clusterIP None) and ExternalName
+    headless: bool
+    ports: tuple[ServicePort, ...]
+    selector: dict | None            #: None: no selector (endpoints only from slices)
+    external_ips: tuple[int, ...]
+    lb_ips: tuple[int, ...]          #: status.loadBalancer.ingress[].ip
+    session_affinity: bool           #: sessionAffinity ClientIP
+    affinity_timeout: int            #: seconds (default 10800)
+    external_policy: str             #: externalTrafficPolicy: Cluster | Local
+    internal_policy: str             #: internalTrafficPolicy: Cluster | Local
+    traffic_distribution: str | None  #: e.g. PreferClose
+    external_name: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    addresses: tuple[int, ...]
+    ready: bool
+    serving: bool
+    terminating: bool
+    node: str | None
+    zone: str | None
+    hint_zones: tuple[str, ...]      #: hints.forZones[].name
+    target_pod: str | None           #: targetRef namespace/name where kind Pod
+
+
+@dataclass(frozen=True)
+class EndpointSlicePort:
+    name: str | None
+    port: int
+    proto: int
+
+
+@dataclass(frozen=True)
+class EndpointSlice:
+    namespace: str
+    name: str
+    service: str                     #: label kubernetes.io/service-name
+    ports: tuple[EndpointSlicePort, ...]
+    endpoints: tuple[Endpoint, ...]
+
+
+@dataclass
+class Cluster:
+    """Every object fastpath uses, validated, in input order."""
+
+    nodes: list[Node]
+    pods: list[Pod]
+    services: list[Service]
+    slices: list[EndpointSlice]
+    #: Notes said once while loading (skipped kinds, Calico-style pod IPs, ...).
+    warnings: list[str] = field(default_factory=list)
+    #: Cluster DNS domain.
+    domain: str = "cluster.local"
+
+    def summary(self) -> str:
+        return (f"{len(self.nodes)} nodes, {len(self.pods)} pods, "
+                f"{len(self.services)} services, {len(self.slices)} endpoint slices")
