@@ -1,0 +1,190 @@
+"""Compile a validated :class:`~fastpath.cluster.model.Cluster` into forwarding tables.
+
+Every Kubernetes rule of the forwarding path becomes table contents here, once,
+so the kernels never branch on Kubernetes concepts:
+
+* **pod by IP** (exact): IP -> pod, for pods with an IP and a node that are not
+  ``hostNetwork`` (hostNetwork pods share their node's IP).
+* **node by IP** (exact): every node's InternalIP and ExternalIP -> node.
+* **cluster route table** (LPM, :class:`~fastpath.tables.lpm.RouteTable`): each
+  node's pod CIDRs -> node; for pods whose IP lies outside every pod CIDR
+  (Calico-style IPAM), the /26 block holding it -> its node when only that node
+  uses the block, else a /32 host route, as Calico's routes do.
+* **neighbour table** (exact): (node, pod IP) -> MAC, the CNI bridge plugin's
+  ``0a:58:`` + IPv4 address, one entry per pod on that node's bridge.
+* **FDB** (exact): (node, MAC) -> bridge port, one forwarding database per node
+  bridge ``cbr0``; ``port_pod`` maps a port to the pod behind that veth.
+* **listening ports** (exact): (pod, protocol, port) for every declared
+  container port, and (node, protocol, port) -> pod for hostNetwork pods.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..addr import cni_mac, prefix_mask
+from ..tables.exact import ExactTable, pack2_np, pack3_np
+from ..tables.lpm import RouteTable
+from .model import Cluster
+
+#: Calico's IPAM block size (IPPool ``blockSize``).
+CALICO_BLOCK = 26
+
+
+@dataclass(frozen=True)
+class ForwardingTables:
+    """The compiled forwarding path: flat arrays and tables only."""
+
+    node_names: list[str]
+    pod_names: list[str]              #: ``namespace/name``
+    ns_names: list[str]
+    node_ip: np.ndarray               #: uint32[N] InternalIP (0 where none)
+    pod_ip: np.ndarray                #: uint32[P] (0 where none)
+    pod_node: np.ndarray              #: int32[P] (-1 where unscheduled)
+    pod_ns: np.ndarray                #: int32[P] index into ns_names
+    pod_by_ip: ExactTable
+    node_by_ip: ExactTable
+    routes: RouteTable                #: next hop = node index
+    neighbours: ExactTable            #: pack2(node, ip) -> MAC
+    fdb: ExactTable                   #: node << 48 | MAC -> port id
+    port_pod: np.ndarray              #: int32[ports] pod behind each bridge port
+    port_veth: np.ndarray             #: int32[ports] veth number on its node (vethN)
+    listen: ExactTable                #: pack3(pod, proto, port) -> 1
+    host_listen: ExactTable           #: pack3(node, proto, port) -> hostNetwork pod
+    route_notes: list[str]            #: how routes were derived (for explain / warnings)
+
+
+def fdb_key(node: np.ndarray | int, mac: np.ndarray | int):
+    """FDB key: the bridge's node in the top 16 bits, the 48-bit MAC below."""
+    if isinstance(node, (int, np.integer)):
+        return (int(node) << 48) | int(mac)
+    return (np.asarray(node, dtype=np.uint64) << np.uint64(48)) | np.asarray(mac, dtype=np.uint64)
+
+
+def compile_forwarding(cluster: Cluster) -> ForwardingTables:
+    """Build every forwarding table of ``cluster`` (see the module docstring)."""
+    nodes, pods = cluster.nodes, cluster.pods
+    node_index = {n.name: i for i, n in enumerate(nodes)}
+    ns_index: dict[str, int] = {}
+    n_pods = len(pods)
+
+    pod_ip = np.zeros(n_pods, dtype=np.uint32)
+    pod_node = np.full(n_pods, -1, dtype=np.int32)
+    pod_ns = np.empty(n_pods, dtype=np.int32)
+    pod_host = np.zeros(n_pods, dtype=bool)
+    has_ip = np.zeros(n_pods, dtype=bool)
+    lp_pod, lp_proto, lp_port = [], [], []
+    for i, p in enumerate(pods):
+        pod_ns[i] = ns_index.setdefault(p.namespace, len(ns_index))
+        if p.node is not None:
+            pod_node[i] = node_index.get(p.node, -1)
+        if p.ip is not None:
+            pod_ip[i] = p.ip
+            has_ip[i] = True
+        pod_host[i] = p.host_network
+        for cp in p.ports:
+            lp_pod.append(i)
+            lp_proto.append(cp.proto)
+            lp_port.append(cp.port)
+
+    node_ip = np.array([n.internal_ip or 0 for n in nodes], dtype=np.uint32)
+    nk, nv = [], []
+    for i, n in enumerate(nodes):
+        for ip in (n.internal_ip, n.external_ip):
+            if ip is not None:
+                nk.append(ip)
+                nv.append(i)
+    node_by_ip = ExactTable.build(np.array(nk, dtype=np.uint64), np.array(nv, dtype=np.int64))
+
+    # pods on a bridge: an IP, a node, not hostNetwork
+    bridged = np.flatnonzero(has_ip & (pod_node >= 0) & ~pod_host)
+    b_ip = pod_ip[bridged]
+    b_node = pod_node[bridged]
+    pod_by_ip = ExactTable.build(b_ip, bridged)
+
+    # cluster route table: pod CIDRs, then Calico-style blocks / host routes for the rest
+    r_net, r_len, r_nh = [], [], []
+    for i, n in enumerate(nodes):
+        for net, length in n.pod_cidrs:
+            r_net.append(net)
+            r_len.append(length)
+            r_nh.append(i)
+    routes = RouteTable.from_arrays(np.array(r_net, dtype=np.uint32), np.array(r_len, dtype=np.uint8),
+                                    np.array(r_nh, dtype=np.uint32))
+    notes: list[str] = []
+    if bridged.size:
+        owner = routes.lookup(b_ip)
+        uncovered = owner == np.uint32(RouteTable.MISS)
+        stray = uncovered | (owner.astype(np.int64) != b_node)
+        if stray.any():
+            s_ip = b_ip[stray]
+            s_node = b_node[stray].astype(np.int64)
+            block = s_ip & np.uint32(prefix_mask(CALICO_BLOCK))
+            # a block outside every pod CIDR and used by exactly one node becomes one /26
+            # route; a shared block, or a pod inside another node's CIDR, gets a /32
+            pairs = np.unique(np.stack([block.astype(np.int64), s_node]), axis=1)
+            blocks, counts = np.unique(pairs[0], return_counts=True)
+            single = blocks[counts == 1]
+            use_block = np.isin(block.astype(np.int64), single) & uncovered[stray]
+            bp = np.unique(np.stack([block[use_block].astype(np.int64), s_node[use_block]]), axis=1)
+            add_net = np.concatenate([bp[0], s_ip[~use_block].astype(np.int64)])
+            add_len = np.concatenate([np.full(bp.shape[1], CALICO_BLOCK), np.full((~use_block).sum(), 32)])
+            add_nh = np.concatenate([bp[1], s_node[~use_block]])
+            for net, length, nh in zip(add_net.tolist(), add_len.tolist(), add_nh.tolist()):
+                routes.insert((net, length), nh)
+            notes.append(f"{int(stray.sum())} pod IPs outside their node's pod CIDR: routed by "
+                         f"{bp.shape[1]} /{CALICO_BLOCK} block routes and {int((~use_block).sum())} /32 host routes")
+
+    # neighbour tables and FDBs: one entry per bridged pod on its node
+    macs = cni_mac(b_ip)
+    neighbours = ExactTable.build(pack2_np(b_node, b_ip), macs.astype(np.int64))
+    order = np.argsort(b_node, kind="stable")
+    port_pod = bridged[order].astype(np.int32)
+    port_node = b_node[order]
+    starts = np.searchsorted(port_node, np.arange(len(nodes)))
+    port_veth = (np.arange(port_pod.size) - starts[port_node] + 1).astype(np.int32) if port_pod.size else \
+        np.empty(0, dtype=np.int32)
+    fdb = ExactTable.build(fdb_key(port_node, macs[order]), np.arange(port_pod.size, dtype=np.int64))
+
+    lp_pod_a = np.array(lp_pod, dtype=np.int64)
+    lp_proto_a = np.array(lp_proto, dtype=np.int64)
+    lp_port_a = np.array(lp_port, dtype=np.int64)
+    listen = ExactTable.build(pack3_np(lp_pod_a, lp_proto_a, lp_port_a), np.ones(lp_pod_a.size, dtype=np.int64))
+    hmask = pod_host[lp_pod_a] & (pod_node[lp_pod_a] >= 0) if lp_pod_a.size else np.zeros(0, dtype=bool)
+    # first hostNetwork pod declaring a port on a node wins: build in reverse so it is the last write
+    hk = pack3_np(pod_node[lp_pod_a[hmask]], lp_proto_a[hmask], lp_port_a[hmask])[::-1]
+    host_listen = ExactTable.build(hk, lp_pod_a[hmask][::-1])
+
+    return ForwardingTables(
+        node_names=[n.name for n in nodes],
+        pod_names=[p.key for p in pods],
+        ns_names=list(ns_index),
+        node_ip=node_ip, pod_ip=pod_ip, pod_node=pod_node, pod_ns=pod_ns,
+        pod_by_ip=pod_by_ip, node_by_ip=node_by_ip, routes=routes,
+        neighbours=neighbours, fdb=fdb, port_pod=port_pod, port_veth=port_veth,
+        listen=listen, host_listen=host_listen, route_notes=notes,
+    )
+
+
+def compile_cluster(cluster, *, lb: str = "random", seed: int = 0, **service_options):
+    """Compile a cluster (a :class:`Cluster` or a path to load) into a :class:`~fastpath.pipeline.DataPlane`.
+
+    Parameters
+    ----------
+    cluster
+        A loaded :class:`Cluster`, or a path (file or directory) of Kubernetes objects.
+    lb
+        kube-proxy backend choice: ``random``, ``round-robin``, ``source-hash``,
+        ``maglev`` or ``least-connection``.
+    seed
+        Seed of the emulated randomness (flow hashes), so replays repeat.
+    service_options
+        Passed to the service map compiler (``maglev_size``, ``conn_duration``).
+    """
+    from ..pipeline import DataPlane
+    from .load import load_cluster
+
+    if not isinstance(cluster, Cluster):
+        cluster = load_cluster(cluster)
+    return DataPlane.build(cluster, lb=lb, seed=seed, **service_options)

@@ -1,0 +1,351 @@
+"""The per-batch data path: sources, loopback, kube-proxy, routing, bridge, verdict.
+
+A batch of flows goes through three kernels and the service stage, each a
+pass over flat arrays (``docs/dataplane.md`` states the rules):
+
+1. :func:`_sources` — who sends (pod by IP, else node by IP, else external),
+   and the loopback path (127.0.0.0/8 or the sender's own IP) with its
+   listening-port check.
+2. the service stage (:class:`fastpath.tables.services.ServiceStage`) — frontend
+   match, eligible endpoints, backend choice, DNAT and masquerade.
+3. :func:`_forward` — longest-prefix match to the destination node, that node's
+   neighbour table and bridge FDB to the pod, the listening-port check, egress
+   with SNAT, path and hop count.
+
+Names never enter a kernel: pods, nodes and services are integer indices, and
+become Arrow dictionaries only in :meth:`DataPlane.to_arrow`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import pyarrow as pa
+
+from ._jit import pjit
+from .cluster.compile import ForwardingTables, compile_forwarding
+from .cluster.model import Cluster
+from .codes import (BRIDGE, DELIVERED, DROPPED, EGRESS, EXTERNAL, LOOPBACK, NONE, PATHS, PENDING,
+                    REFUSED, ROUTED, UNRESOLVED, VERDICTS)
+from .tables.exact import ht_get, pack2, pack3
+from .tables.lpm import lpm_get
+
+#: Source kinds (``Results.src_kind``).
+SRC_POD, SRC_HOST, SRC_EXTERNAL = np.uint8(0), np.uint8(1), np.uint8(2)
+#: Flows per parallel work item: big enough to amortize scheduling, small enough to balance.
+CHUNK = 8192
+
+
+@dataclass
+class Results:
+    """Integer result columns of one batch (see :data:`RESULT_SCHEMA` for their meaning)."""
+
+    verdict: np.ndarray    #: uint8 code (codes.VERDICTS)
+    path: np.ndarray       #: uint8 code (codes.PATHS)
+    src_node: np.ndarray   #: int32, -1 = null
+    dst_node: np.ndarray   #: int32
+    src_pod: np.ndarray    #: int32
+    dst_pod: np.ndarray    #: int32
+    service: np.ndarray    #: int32 service-port id
+    dnat_ip: np.ndarray    #: uint32
+    dnat_port: np.ndarray  #: uint16
+    snat_ip: np.ndarray    #: uint32
+    hops: np.ndarray       #: uint8
+    src_kind: np.ndarray   #: uint8 (SRC_POD, SRC_HOST, SRC_EXTERNAL); not written to files
+
+    @classmethod
+    def empty(cls, n: int) -> "Results":
+        return cls(
+            verdict=np.empty(n, np.uint8), path=np.empty(n, np.uint8),
+            src_node=np.empty(n, np.int32), dst_node=np.empty(n, np.int32),
+            src_pod=np.empty(n, np.int32), dst_pod=np.empty(n, np.int32),
+            service=np.empty(n, np.int32), dnat_ip=np.empty(n, np.uint32),
+            dnat_port=np.empty(n, np.uint16), snat_ip=np.empty(n, np.uint32),
+            hops=np.empty(n, np.uint8), src_kind=np.empty(n, np.uint8),
+        )
+
+    def __len__(self) -> int:
+        return int(self.verdict.shape[0])
+
+
+#: The result columns written to files, in order (interfaces.md "Results out").
+RESULT_SCHEMA = pa.schema([
+    ("verdict", pa.dictionary(pa.int8(), pa.string())),
+    ("path", pa.dictionary(pa.int8(), pa.string())),
+    ("src_node", pa.dictionary(pa.int32(), pa.string())),
+    ("dst_node", pa.dictionary(pa.int32(), pa.string())),
+    ("src_pod", pa.dictionary(pa.int32(), pa.string())),
+    ("dst_pod", pa.dictionary(pa.int32(), pa.string())),
+    ("service", pa.dictionary(pa.int32(), pa.string())),
+    ("dnat_ip", pa.uint32()),
+    ("dnat_port", pa.uint16()),
+    ("snat_ip", pa.uint32()),
+    ("hops", pa.uint8()),
+])
+
+
+# --------------------------------------------------------------------------- kernels
+
+@pjit
+def _sources(src_ip, dst_ip, dst_port, proto,
+             pod_keys, pod_vals, pod_node, node_keys, node_vals,
+             listen_keys, listen_vals, hl_keys, hl_vals,
+             verdict, path, src_node, dst_node, src_pod, dst_pod, service,
+             dnat_ip, dnat_port, snat_ip, hops, src_kind, chunk):
+    """Classify senders, initialise every column, and resolve loopback flows."""
+    n = src_ip.shape[0]
+    for c in numba.prange((n + chunk - 1) // chunk):
+        for j in range(c * chunk, min(n, (c + 1) * chunk)):
+            s = src_ip[j]
+            d = dst_ip[j]
+            p = ht_get(pod_keys, pod_vals, np.uint64(s), -1)
+            if p >= 0:
+                node = np.int64(pod_node[p])
+                kind = SRC_POD
+            else:
+                node = ht_get(node_keys, node_vals, np.uint64(s), -1)
+                kind = SRC_HOST if node >= 0 else SRC_EXTERNAL
+            src_pod[j] = p
+            src_node[j] = node
+            src_kind[j] = kind
+            dst_pod[j] = -1
+            dst_node[j] = -1
+            service[j] = -1
+            dnat_ip[j] = d
+            dnat_port[j] = dst_port[j]
+            snat_ip[j] = s
+            hops[j] = 0
+            if verdict[j] != PENDING:          # decided before (DNS: unresolved)
+                path[j] = NONE
+                continue
+            path[j] = NONE
+            if (d >> np.uint32(24)) == np.uint32(127) or (kind != SRC_EXTERNAL and d == s):
+                if kind == SRC_EXTERNAL:
+                    verdict[j] = DROPPED       # martian: loopback address from outside
+                    continue
+                path[j] = LOOPBACK
+                dst_node[j] = node
+                if kind == SRC_POD:
+                    dst_pod[j] = p
+                    ok = ht_get(listen_keys, listen_vals, pack3(p, proto[j], dst_port[j]), -1) >= 0
+                else:
+                    hp = ht_get(hl_keys, hl_vals, pack3(node, proto[j], dst_port[j]), -1)
+                    dst_pod[j] = hp
+                    ok = hp >= 0
+                verdict[j] = DELIVERED if ok else REFUSED
+
+
+@pjit
+def _forward(proto, l0, nodes, leaves, node_keys, node_vals, node_ip,
+             neigh_keys, neigh_vals, fdb_keys, fdb_vals, port_pod,
+             listen_keys, listen_vals, hl_keys, hl_vals,
+             verdict, path, src_node, dst_node, dst_pod, dnat_ip, dnat_port, snat_ip, hops, src_kind,
+             chunk):
+    """Route, bridge and deliver every flow still pending; count hops of stopped ones."""
+    n = proto.shape[0]
+    for c in numba.prange((n + chunk - 1) // chunk):
+        for j in range(c * chunk, min(n, (c + 1) * chunk)):
+            kind = src_kind[j]
+            sn = np.int64(src_node[j])
+            if kind == SRC_POD:
+                src_part = 2
+            elif kind == SRC_HOST:
+                src_part = 0
+            else:
+                src_part = 1 if sn >= 0 else 0
+            v = verdict[j]
+            if v != PENDING:
+                if path[j] == NONE and v != UNRESOLVED and src_part > 0 and hops[j] == 0:
+                    hops[j] = src_part        # stopped at the service stage
+                continue
+            d = dnat_ip[j]
+            port = dnat_port[j]
+            ext = kind == SRC_EXTERNAL
+            nh = lpm_get(l0, nodes, leaves, d)
+            if nh != np.uint32(0xFFFFFFFF):
+                dn = np.int64(nh)
+                if ext and sn < 0:
+                    sn = dn
+                    src_node[j] = dn
+                    src_part = 1
+                cross = 0 if dn == sn else (1 if ext else 2)
+                dst_node[j] = dn
+                mac = ht_get(neigh_keys, neigh_vals, pack2(dn, d), -1)
+                pid = -1
+                if mac >= 0:
+                    pid = ht_get(fdb_keys, fdb_vals, (np.uint64(dn) << np.uint64(48)) | np.uint64(mac), -1)
+                if pid < 0:
+                    verdict[j] = DROPPED      # no such pod behind this node's bridge
+                    path[j] = NONE
+                    hops[j] = src_part + cross
+                    continue
+                dp = np.int64(port_pod[pid])
+                dst_pod[j] = dp
+                ok = ht_get(listen_keys, listen_vals, pack3(dp, proto[j], port), -1) >= 0
+                verdict[j] = DELIVERED if ok else REFUSED
+                same_bridge = kind == SRC_POD and dn == sn
+                hops[j] = src_part + cross + (1 if same_bridge else 2)
+                if ext:
+                    path[j] = EXTERNAL
+                elif dn == sn:
+                    path[j] = BRIDGE
+                else:
+                    path[j] = ROUTED
+                continue
+            hn = ht_get(node_keys, node_vals, np.uint64(d), -1)
+            if hn >= 0:
+                if ext and sn < 0:
+                    sn = hn
+                    src_node[j] = hn
+                    src_part = 1
+                cross = 0 if hn == sn else (1 if ext else 2)
+                dst_node[j] = hn
+                hp = ht_get(hl_keys, hl_vals, pack3(hn, proto[j], port), -1)
+                dst_pod[j] = hp
+                verdict[j] = DELIVERED if hp >= 0 else REFUSED
+                if ext:
+                    path[j] = EXTERNAL
+                    hops[j] = src_part + cross
+                elif hn != sn:
+                    path[j] = ROUTED
+                    hops[j] = src_part + cross
+                elif kind == SRC_HOST:
+                    path[j] = LOOPBACK       # the host reaching one of its own addresses
+                    hops[j] = 0
+                else:
+                    path[j] = BRIDGE          # pod -> veth -> cbr0 -> its own host
+                    hops[j] = src_part
+                continue
+            if ext:
+                verdict[j] = DROPPED          # no route: neither cluster nor a node
+                path[j] = NONE
+                hops[j] = 0
+                continue
+            verdict[j] = EGRESS
+            path[j] = EXTERNAL
+            if kind == SRC_POD:
+                snat_ip[j] = node_ip[sn]      # masquerade to the node IP
+            hops[j] = src_part + 1
+
+
+# --------------------------------------------------------------------------- data plane
+
+class DataPlane:
+    """A compiled cluster: every table the kernels read, and the batch resolver.
+
+    Build with :func:`fastpath.compile_cluster`. :meth:`resolve` turns a batch of
+    flows (Arrow ``RecordBatch``/``Table`` or a dict of numpy arrays) into a
+    results ``RecordBatch`` with the columns of :data:`RESULT_SCHEMA`.
+    """
+
+    def __init__(self, cluster: Cluster, tables: ForwardingTables, services, stage, dns, lb: str, seed: int):
+        self.cluster = cluster
+        self.tables = tables
+        self.services = services     #: fastpath.tables.services.ServiceMap
+        self.stage = stage           #: fastpath.tables.services.ServiceStage (balancer state)
+        self.dns = dns               #: fastpath.dns.DnsTable
+        self.lb = lb
+        self.seed = seed
+        t = tables
+        self._dicts = {
+            "verdict": pa.array(VERDICTS, pa.string()),
+            "path": pa.array(PATHS, pa.string()),
+            "node": pa.array(t.node_names, pa.string()),
+            "pod": pa.array(t.pod_names, pa.string()),
+            "service": pa.array(list(services.names), pa.string()),
+        }
+
+    @classmethod
+    def build(cls, cluster: Cluster, *, lb: str = "random", seed: int = 0, **service_options) -> "DataPlane":
+        """Compile ``cluster``'s forwarding tables, service map and DNS."""
+        from .dns import DnsTable
+        from .tables.services import ServiceStage, compile_services
+
+        tables = compile_forwarding(cluster)
+        smap = compile_services(cluster, lb=lb, seed=seed, **service_options)
+        return cls(cluster, tables, smap, ServiceStage(smap), DnsTable.from_cluster(cluster), lb, seed)
+
+    def reset(self) -> None:
+        """Forget balancer state (round-robin counters, connections, affinity)."""
+        from .tables.services import ServiceStage
+
+        self.stage = ServiceStage(self.services)
+
+    # ------------------------------------------------------------------ resolving
+    def resolve_flows(self, flows, out: Results | None = None) -> Results:
+        """Resolve normalized flows (:class:`fastpath.traces.Flows`) into integer results."""
+        t = self.tables
+        n = flows.n
+        r = Results.empty(n) if out is None else out
+        r.verdict.fill(PENDING)
+        dst = flows.dst_ip
+        if flows.name_code is not None:
+            dst = self._resolve_names(flows, r.verdict)
+        l0, nodes, leaves = t.routes.arrays
+        chunk = np.int64(CHUNK)
+        _sources(flows.src_ip, dst, flows.dst_port, flows.proto,
+                 t.pod_by_ip.keys, t.pod_by_ip.values, t.pod_node, t.node_by_ip.keys, t.node_by_ip.values,
+                 t.listen.keys, t.listen.values, t.host_listen.keys, t.host_listen.values,
+                 r.verdict, r.path, r.src_node, r.dst_node, r.src_pod, r.dst_pod, r.service,
+                 r.dnat_ip, r.dnat_port, r.snat_ip, r.hops, r.src_kind, chunk)
+        self.stage.run(flows.src_ip, dst, flows.src_port, flows.dst_port, flows.proto, flows.ts,
+                       r.src_pod, r.src_node, r.verdict, r.service, r.dnat_ip, r.dnat_port, r.snat_ip)
+        _forward(flows.proto, l0, nodes, leaves, t.node_by_ip.keys, t.node_by_ip.values, t.node_ip,
+                 t.neighbours.keys, t.neighbours.values, t.fdb.keys, t.fdb.values, t.port_pod,
+                 t.listen.keys, t.listen.values, t.host_listen.keys, t.host_listen.values,
+                 r.verdict, r.path, r.src_node, r.dst_node, r.dst_pod, r.dnat_ip, r.dnat_port, r.snat_ip,
+                 r.hops, r.src_kind, chunk)
+        return r
+
+    def _resolve_names(self, flows, verdict: np.ndarray) -> np.ndarray:
+        """Destinations with ``dst_name`` answered by DNS; unanswered rows marked unresolved."""
+        t = self.tables
+        src_pod = t.pod_by_ip.lookup(flows.src_ip)
+        src_ns = np.where(src_pod >= 0, t.pod_ns[np.maximum(src_pod, 0)], -1).astype(np.int32)
+        dst = np.array(flows.dst_ip, dtype=np.uint32, copy=True)
+        ok = np.ones(flows.n, dtype=bool)
+        self.dns.resolve(flows.name_code, flows.name_dict, src_ns, t.ns_names, dst, ok,
+                         src_ip=flows.src_ip, src_port=flows.src_port)
+        verdict[~ok] = UNRESOLVED
+        return dst
+
+    def resolve(self, batch, source: str = "<batch>") -> pa.RecordBatch:
+        """Resolve a batch of flows into a results ``RecordBatch`` (same rows, same order).
+
+        ``batch`` is a ``pyarrow.RecordBatch``/``Table`` or a dict of numpy arrays
+        with the trace columns of interfaces.md.
+        """
+        from .traces import normalize_batch
+
+        return self.to_arrow(self.resolve_flows(normalize_batch(batch, source)))
+
+    def to_arrow(self, r: Results) -> pa.RecordBatch:
+        """Integer results to the Arrow result columns, names dictionary-encoded."""
+        d = self._dicts
+
+        def names(idx: np.ndarray, dictionary: pa.Array) -> pa.DictionaryArray:
+            mask = idx < 0
+            indices = pa.array(idx, type=pa.int32(), mask=mask if mask.any() else None)
+            return pa.DictionaryArray.from_arrays(indices, dictionary)
+
+        cols = [
+            pa.DictionaryArray.from_arrays(pa.array(r.verdict.view(np.int8)), d["verdict"]),
+            pa.DictionaryArray.from_arrays(pa.array(r.path.view(np.int8)), d["path"]),
+            names(r.src_node, d["node"]), names(r.dst_node, d["node"]),
+            names(r.src_pod, d["pod"]), names(r.dst_pod, d["pod"]),
+            names(r.service, d["service"]),
+            pa.array(r.dnat_ip), pa.array(r.dnat_port), pa.array(r.snat_ip), pa.array(r.hops),
+        ]
+        return pa.RecordBatch.from_arrays(cols, schema=RESULT_SCHEMA)
+
+    # ------------------------------------------------------------------ facts
+    def describe(self) -> dict:
+        """Sizes of the compiled tables (for ``fastpath explain`` and capacity notes)."""
+        t = self.tables
+        return {
+            "nodes": len(t.node_names), "pods": len(t.pod_names),
+            "routes": len(t.routes), "route_table_bytes": t.routes.nbytes,
+            "neighbours": len(t.neighbours), "fdb_entries": len(t.fdb),
+            "listening_ports": len(t.listen), "service_ports": len(self.services.names),
+        }

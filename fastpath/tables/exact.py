@@ -1,0 +1,149 @@
+"""Exact-match tables: open addressing with linear probing on uint64 keys.
+
+One structure serves every exact lookup of the data plane: pods by IP, the
+neighbour table ((node, IP) -> MAC), the bridge FDBs ((node, MAC) -> port),
+listening ports ((pod, proto, port)) and service frontends ((IP, proto, port)).
+Keys are packed into one uint64 by the caller (see :func:`pack2`/:func:`pack3`).
+
+The table is two flat arrays (``keys`` uint64, ``values`` int64) of a power-of-two
+capacity at most half full, so a lookup usually touches one cache line. The
+kernel-side probe :func:`ht_get` is a plain jit function other kernels call
+inline; :class:`ExactTable` is the Python-side wrapper.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._jit import jit, pjit
+from ..errors import FastpathError
+import numba
+
+#: Marks an empty slot (no real key may take this value).
+EMPTY = np.uint64(0xFFFFFFFFFFFFFFFF)
+#: Fibonacci hashing multiplier (2^64 / golden ratio).
+_MULT = np.uint64(0x9E3779B97F4A7C15)
+
+
+@jit
+def ht_slot(key, mask):
+    """Home slot of ``key`` in a table of ``mask + 1`` slots."""
+    h = key * np.uint64(0x9E3779B97F4A7C15)
+    h ^= h >> np.uint64(29)
+    return np.int64(h & np.uint64(mask))
+
+
+@jit
+def ht_get(keys, values, key, default):
+    """Value stored under ``key``, or ``default``. Inline-callable from other kernels."""
+    mask = keys.shape[0] - 1
+    i = ht_slot(key, mask)
+    while True:
+        k = keys[i]
+        if k == key:
+            return values[i]
+        if k == np.uint64(0xFFFFFFFFFFFFFFFF):
+            return default
+        i = (i + 1) & mask
+
+
+@jit
+def _ht_build(in_keys, in_values, keys, values):
+    """Insert all pairs; a repeated key keeps the last value. Returns the distinct count."""
+    mask = keys.shape[0] - 1
+    count = 0
+    for j in range(in_keys.shape[0]):
+        key = in_keys[j]
+        i = ht_slot(key, mask)
+        while True:
+            k = keys[i]
+            if k == key:
+                values[i] = in_values[j]
+                break
+            if k == np.uint64(0xFFFFFFFFFFFFFFFF):
+                keys[i] = key
+                values[i] = in_values[j]
+                count += 1
+                break
+            i = (i + 1) & mask
+    return count
+
+
+@pjit
+def _ht_lookup(keys, values, query, default, out):
+    for j in numba.prange(query.shape[0]):
+        out[j] = ht_get(keys, values, query[j], default)
+
+
+@jit
+def pack2(hi, lo):
+    """Pack (hi, lo) into one key: ``hi << 32 | lo`` (lo must fit 32 bits)."""
+    return (np.uint64(hi) << np.uint64(32)) | np.uint64(lo)
+
+
+@jit
+def pack3(a, proto, port):
+    """Pack (a 32-bit value, an 8-bit protocol, a 16-bit port) into one key."""
+    return (np.uint64(a) << np.uint64(24)) | (np.uint64(proto) << np.uint64(16)) | np.uint64(port)
+
+
+def pack2_np(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """Vectorized :func:`pack2`."""
+    return (np.asarray(hi, dtype=np.uint64) << np.uint64(32)) | np.asarray(lo, dtype=np.uint64)
+
+
+def pack3_np(a: np.ndarray, proto: np.ndarray, port: np.ndarray) -> np.ndarray:
+    """Vectorized :func:`pack3`."""
+    return ((np.asarray(a, dtype=np.uint64) << np.uint64(24))
+            | (np.asarray(proto, dtype=np.uint64) << np.uint64(16))
+            | np.asarray(port, dtype=np.uint64))
+
+
+@dataclass(frozen=True)
+class ExactTable:
+    """An exact-match table from uint64 keys to int64 values.
+
+    Build with :meth:`build`; look up a batch with :meth:`lookup`, or pass
+    ``keys``/``values`` to a kernel that calls :func:`ht_get`.
+    """
+
+    keys: np.ndarray    #: uint64[capacity], EMPTY where free
+    values: np.ndarray  #: int64[capacity]
+    size: int           #: number of distinct keys
+
+    @classmethod
+    def build(cls, keys: np.ndarray, values: np.ndarray, load: float = 0.5) -> "ExactTable":
+        """Build from parallel arrays; a repeated key keeps its last value."""
+        k = np.ascontiguousarray(keys, dtype=np.uint64)
+        v = np.ascontiguousarray(values, dtype=np.int64)
+        if k.shape != v.shape or k.ndim != 1:
+            raise FastpathError(f"exact table: keys {k.shape} and values {v.shape} must be 1-D and the same length")
+        if k.size and (k == EMPTY).any():
+            raise FastpathError("exact table: key 0xFFFFFFFFFFFFFFFF is reserved for empty slots")
+        cap = 8
+        while cap * load < max(1, k.size):
+            cap *= 2
+        tk = np.full(cap, EMPTY, dtype=np.uint64)
+        tv = np.zeros(cap, dtype=np.int64)
+        n = _ht_build(k, v, tk, tv)
+        return cls(tk, tv, int(n))
+
+    def lookup(self, query: np.ndarray, default: int = -1, out: np.ndarray | None = None) -> np.ndarray:
+        """Values for a batch of keys (``default`` where absent)."""
+        q = np.ascontiguousarray(query, dtype=np.uint64)
+        if out is None:
+            out = np.empty(q.shape[0], dtype=np.int64)
+        _ht_lookup(self.keys, self.values, q, np.int64(default), out)
+        return out
+
+    def get(self, key: int, default: int = -1) -> int:
+        """One key's value (Python side; for explain and tests)."""
+        return int(ht_get(self.keys, self.values, np.uint64(key), np.int64(default)))
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.values.nbytes
