@@ -127,12 +127,13 @@ def _parse_ipv4_buffer(offsets, data, valid, out):
         while True:
             digits = 0
             octet = 0
+            lead = p
             while p < end and data[p] >= 48 and data[p] <= 57:
                 octet = octet * 10 + (data[p] - 48)
                 digits += 1
                 p += 1
-            if digits == 0 or digits > 3 or octet > 255:
-                return i
+            if digits == 0 or digits > 3 or octet > 255 or (digits > 1 and data[lead] == 48):
+                return i  # empty, too long, too big, or a leading zero (inet_aton reads octal)
             value = np.uint32((value << np.uint32(8)) | np.uint32(octet))
             octets += 1
             if octets == 4:
