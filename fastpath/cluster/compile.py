@@ -7,9 +7,11 @@ so the kernels never branch on Kubernetes concepts:
   ``hostNetwork`` (hostNetwork pods share their node's IP).
 * **node by IP** (exact): every node's InternalIP and ExternalIP -> node.
 * **cluster route table** (LPM, :class:`~fastpath.tables.lpm.RouteTable`): each
-  node's pod CIDRs -> node; for pods whose IP lies outside every pod CIDR
-  (Calico-style IPAM), the /26 block holding it -> its node when only that node
-  uses the block, else a /32 host route, as Calico's routes do.
+  node's pod CIDRs -> node; for pods whose IP lies outside their own node's pod
+  CIDRs (Calico-style IPAM, or an address borrowed from another node's range),
+  the /26 block holding it -> its node when only that node has such pods in the
+  block and the block overlaps no pod CIDR, else a /32 host route, as Calico's
+  routes do.
 * **neighbour table** (exact): (node, pod IP) -> MAC, the CNI bridge plugin's
   ``0a:58:`` + IPv4 address, one entry per pod on that node's bridge.
 * **FDB** (exact): (node, MAC) -> bridge port, one forwarding database per node
@@ -126,7 +128,13 @@ def compile_forwarding(cluster: Cluster) -> ForwardingTables:
             pairs = np.unique(np.stack([block.astype(np.int64), s_node]), axis=1)
             blocks, counts = np.unique(pairs[0], return_counts=True)
             single = blocks[counts == 1]
-            use_block = np.isin(block.astype(np.int64), single) & uncovered[stray]
+            # a block overlaps a pod CIDR that covers it (then its pods are not uncovered)
+            # or one that lies inside it (a CIDR of /26 or longer)
+            r_net_a = np.array(r_net, dtype=np.int64)
+            r_len_a = np.array(r_len, dtype=np.int64)
+            inside = r_net_a[r_len_a >= CALICO_BLOCK] & prefix_mask(CALICO_BLOCK)
+            use_block = (np.isin(block.astype(np.int64), single) & uncovered[stray]
+                         & ~np.isin(block.astype(np.int64), inside))
             bp = np.unique(np.stack([block[use_block].astype(np.int64), s_node[use_block]]), axis=1)
             add_net = np.concatenate([bp[0], s_ip[~use_block].astype(np.int64)])
             add_len = np.concatenate([np.full(bp.shape[1], CALICO_BLOCK), np.full((~use_block).sum(), 32)])
