@@ -120,7 +120,7 @@ def _sources(src_ip, dst_ip, dst_port, proto,
                 path[j] = NONE
                 continue
             path[j] = NONE
-            if (d >> np.uint32(24)) == np.uint32(127) or (kind != SRC_EXTERNAL and d == s):
+            if (d >> np.uint32(24)) == np.uint32(127) or (kind == SRC_POD and d == s):
                 if kind == SRC_EXTERNAL:
                     verdict[j] = DROPPED       # martian: loopback address from outside
                     continue

@@ -155,7 +155,7 @@ def resolve_one(net: NaiveNetwork, flow: dict, service_stage: Optional[ServiceSt
 
     # §3 loopback
     is_loopback = ipaddress.ip_address(dst) in LOOPBACK_NET
-    if kind != "external" and (is_loopback or dst == src):
+    if (kind != "external" and is_loopback) or (kind == "pod" and dst == src):
         r["path"], r["hops"], r["dst_node"] = "loopback", 0, src_node
         if kind == "pod":
             r["dst_pod"] = src_pod.key
