@@ -74,3 +74,32 @@ def prepare() -> None:
 
 def cpu_count() -> int:
     return os.cpu_count() or 1
+
+
+@intrinsic
+def prefetch(typingctx, arr, idx):
+    """Hint the CPU to start loading ``arr[idx]`` into cache (``llvm.prefetch``; no fault if out of range).
+
+    Issued for a whole group of independent lookups before probing them, so their
+    cache misses overlap instead of waiting behind each other's branch mispredictions.
+    """
+    if not isinstance(arr, types.Array) or not isinstance(idx, types.Integer):
+        return None
+    sig = types.void(arr, idx)
+
+    def codegen(context, builder, signature, args):
+        from llvmlite import ir
+        from numba.core import cgutils
+
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        index = context.cast(builder, args[1], signature.args[1], types.intp)
+        ptr = builder.gep(ary.data, [index])
+        i8p = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, ir.IntType(32), ir.IntType(32), ir.IntType(32)])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        i32 = ir.IntType(32)
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen

@@ -23,12 +23,12 @@ import numba
 import numpy as np
 import pyarrow as pa
 
-from ._jit import pjit
+from ._jit import jit, pjit, prefetch
 from .cluster.compile import ForwardingTables, compile_forwarding
 from .cluster.model import Cluster
 from .codes import (BRIDGE, DELIVERED, DROPPED, EGRESS, EXTERNAL, LOOPBACK, NONE, PATHS, PENDING,
                     REFUSED, ROUTED, UNRESOLVED, VERDICTS)
-from .tables.exact import ht_get, pack2, pack3
+from .tables.exact import ht_find, ht_home, ht_probe, pack2, pack3
 from .tables.lpm import lpm_get
 
 #: Source kinds (``Results.src_kind``).
@@ -86,147 +86,201 @@ RESULT_SCHEMA = pa.schema([
 
 
 # --------------------------------------------------------------------------- kernels
+#
+# Each kernel walks its chunk in groups of GROUP flows, one table level at a time
+# (every flow's first lookup, then every flow's second, ...): the lookups of a
+# level are independent, so the CPU keeps GROUP memory reads in flight instead of
+# waiting on one flow's chain of dependent misses.
+
+#: Flows per group in the level-by-level walk.
+GROUP = 32
+
 
 @pjit
-def _sources(src_ip, dst_ip, dst_port, proto,
-             pod_keys, pod_vals, pod_node, node_keys, node_vals,
-             listen_keys, listen_vals, hl_keys, hl_vals,
+def _sources(src_ip, dst_ip, dst_port, proto, pod_slots, pod_node, node_slots, listen_slots, hl_slots,
              verdict, path, src_node, dst_node, src_pod, dst_pod, service,
              dnat_ip, dnat_port, snat_ip, hops, src_kind, chunk):
     """Classify senders, initialise every column, and resolve loopback flows."""
     n = src_ip.shape[0]
     for c in numba.prange((n + chunk - 1) // chunk):
-        for j in range(c * chunk, min(n, (c + 1) * chunk)):
-            s = src_ip[j]
-            d = dst_ip[j]
-            p = ht_get(pod_keys, pod_vals, np.uint64(s), -1)
-            if p >= 0:
-                node = np.int64(pod_node[p])
-                kind = SRC_POD
-            else:
-                node = ht_get(node_keys, node_vals, np.uint64(s), -1)
-                kind = SRC_HOST if node >= 0 else SRC_EXTERNAL
-            src_pod[j] = p
-            src_node[j] = node
-            src_kind[j] = kind
-            dst_pod[j] = -1
-            dst_node[j] = -1
-            service[j] = -1
-            dnat_ip[j] = d
-            dnat_port[j] = dst_port[j]
-            snat_ip[j] = s
-            hops[j] = 0
-            if verdict[j] != PENDING:          # decided before (DNS: unresolved)
-                path[j] = NONE
-                continue
-            path[j] = NONE
-            if (d >> np.uint32(24)) == np.uint32(127) or (kind == SRC_POD and d == s):
-                if kind == SRC_EXTERNAL:
-                    verdict[j] = DROPPED       # martian: loopback address from outside
-                    continue
-                path[j] = LOOPBACK
-                dst_node[j] = node
-                if kind == SRC_POD:
-                    dst_pod[j] = p
-                    ok = ht_get(listen_keys, listen_vals, pack3(p, proto[j], dst_port[j]), -1) >= 0
+        hi = min(n, (c + 1) * chunk)
+        for g in range(c * chunk, hi, GROUP):
+            ge = min(hi, g + GROUP)
+            for j in range(g, ge):                       # level 1: pod by IP (prefetch, then probe)
+                h = ht_home(pod_slots, np.uint64(src_ip[j]))
+                src_pod[j] = h
+                prefetch(pod_slots, 2 * h)
+            for j in range(g, ge):
+                src_pod[j] = ht_probe(pod_slots, np.uint64(src_ip[j]), np.int64(src_pod[j]), -1)
+            for j in range(g, ge):                       # level 2: its node, or node by IP
+                p = src_pod[j]
+                if p >= 0:
+                    src_node[j] = pod_node[p]
+                    src_kind[j] = SRC_POD
                 else:
-                    hp = ht_get(hl_keys, hl_vals, pack3(node, proto[j], dst_port[j]), -1)
-                    dst_pod[j] = hp
-                    ok = hp >= 0
-                verdict[j] = DELIVERED if ok else REFUSED
+                    node = ht_find(node_slots, np.uint64(src_ip[j]), -1)
+                    src_node[j] = node
+                    src_kind[j] = SRC_HOST if node >= 0 else SRC_EXTERNAL
+            for j in range(g, ge):                       # initialise, then loopback
+                s = src_ip[j]
+                d = dst_ip[j]
+                kind = src_kind[j]
+                dst_pod[j] = -1
+                dst_node[j] = -1
+                service[j] = -1
+                dnat_ip[j] = d
+                dnat_port[j] = dst_port[j]
+                snat_ip[j] = s
+                hops[j] = 0
+                path[j] = NONE
+                if verdict[j] != PENDING:                # decided before (DNS: unresolved)
+                    continue
+                if (d >> np.uint32(24)) == np.uint32(127) or (kind == SRC_POD and d == s):
+                    if kind == SRC_EXTERNAL:
+                        verdict[j] = DROPPED             # martian: loopback address from outside
+                        continue
+                    node = np.int64(src_node[j])
+                    path[j] = LOOPBACK
+                    dst_node[j] = node
+                    if kind == SRC_POD:
+                        p = np.int64(src_pod[j])
+                        dst_pod[j] = p
+                        ok = ht_find(listen_slots, pack3(p, proto[j], dst_port[j]), -1) >= 0
+                    else:
+                        hp = ht_find(hl_slots, pack3(node, proto[j], dst_port[j]), -1)
+                        dst_pod[j] = hp
+                        ok = hp >= 0
+                    verdict[j] = DELIVERED if ok else REFUSED
 
 
 @pjit
-def _forward(proto, l0, nodes, leaves, node_keys, node_vals, node_ip,
-             neigh_keys, neigh_vals, fdb_keys, fdb_vals, port_pod,
-             listen_keys, listen_vals, hl_keys, hl_vals,
+def _forward(proto, l0, nodes, leaves, node_slots, node_ip, neigh_slots, fdb_slots, port_pod,
+             listen_slots, hl_slots,
              verdict, path, src_node, dst_node, dst_pod, dnat_ip, dnat_port, snat_ip, hops, src_kind,
              chunk):
     """Route, bridge and deliver every flow still pending; count hops of stopped ones."""
     n = proto.shape[0]
     for c in numba.prange((n + chunk - 1) // chunk):
-        for j in range(c * chunk, min(n, (c + 1) * chunk)):
-            kind = src_kind[j]
-            sn = np.int64(src_node[j])
-            if kind == SRC_POD:
-                src_part = 2
-            elif kind == SRC_HOST:
-                src_part = 0
-            else:
-                src_part = 1 if sn >= 0 else 0
-            v = verdict[j]
-            if v != PENDING:
-                if path[j] == NONE and v != UNRESOLVED and src_part > 0 and hops[j] == 0:
-                    hops[j] = src_part        # stopped at the service stage
-                continue
-            d = dnat_ip[j]
-            port = dnat_port[j]
-            ext = kind == SRC_EXTERNAL
-            nh = lpm_get(l0, nodes, leaves, d)
-            if nh != np.uint32(0xFFFFFFFF):
-                dn = np.int64(nh)
-                if ext and sn < 0:
-                    sn = dn
-                    src_node[j] = dn
-                    src_part = 1
-                cross = 0 if dn == sn else (1 if ext else 2)
-                dst_node[j] = dn
-                mac = ht_get(neigh_keys, neigh_vals, pack2(dn, d), -1)
-                pid = -1
-                if mac >= 0:
-                    pid = ht_get(fdb_keys, fdb_vals, (np.uint64(dn) << np.uint64(48)) | np.uint64(mac), -1)
-                if pid < 0:
-                    verdict[j] = DROPPED      # no such pod behind this node's bridge
-                    path[j] = NONE
-                    hops[j] = src_part + cross
-                    continue
-                dp = np.int64(port_pod[pid])
-                dst_pod[j] = dp
-                ok = ht_get(listen_keys, listen_vals, pack3(dp, proto[j], port), -1) >= 0
-                verdict[j] = DELIVERED if ok else REFUSED
-                same_bridge = kind == SRC_POD and dn == sn
-                hops[j] = src_part + cross + (1 if same_bridge else 2)
-                if ext:
-                    path[j] = EXTERNAL
-                elif dn == sn:
-                    path[j] = BRIDGE
-                else:
-                    path[j] = ROUTED
-                continue
-            hn = ht_get(node_keys, node_vals, np.uint64(d), -1)
-            if hn >= 0:
-                if ext and sn < 0:
-                    sn = hn
-                    src_node[j] = hn
-                    src_part = 1
-                cross = 0 if hn == sn else (1 if ext else 2)
-                dst_node[j] = hn
-                hp = ht_get(hl_keys, hl_vals, pack3(hn, proto[j], port), -1)
-                dst_pod[j] = hp
-                verdict[j] = DELIVERED if hp >= 0 else REFUSED
-                if ext:
-                    path[j] = EXTERNAL
-                    hops[j] = src_part + cross
-                elif hn != sn:
-                    path[j] = ROUTED
-                    hops[j] = src_part + cross
-                elif kind == SRC_HOST:
-                    path[j] = LOOPBACK       # the host reaching one of its own addresses
-                    hops[j] = 0
-                else:
-                    path[j] = BRIDGE          # pod -> veth -> cbr0 -> its own host
-                    hops[j] = src_part
-                continue
-            if ext:
-                verdict[j] = DROPPED          # no route: neither cluster nor a node
-                path[j] = NONE
-                hops[j] = 0
-                continue
-            verdict[j] = EGRESS
+        hi = min(n, (c + 1) * chunk)
+        rnode = np.empty(GROUP, dtype=np.int64)
+        mac = np.empty(GROUP, dtype=np.int64)
+        pid = np.empty(GROUP, dtype=np.int64)
+        pod = np.empty(GROUP, dtype=np.int64)
+        for g in range(c * chunk, hi, GROUP):
+            ge = min(hi, g + GROUP)
+            for j in range(g, ge):                       # level 1: route (LPM) -> node
+                dn = -2                                  # -2: decided before this kernel
+                if verdict[j] == PENDING:
+                    nh = lpm_get(l0, nodes, leaves, dnat_ip[j])
+                    dn = -1 if nh == np.uint32(0xFFFFFFFF) else np.int64(nh)
+                rnode[j - g] = dn
+            for j in range(g, ge):                       # level 2: that node's neighbour table
+                dn = rnode[j - g]
+                if dn >= 0:
+                    h = ht_home(neigh_slots, pack2(dn, dnat_ip[j]))
+                    mac[j - g] = h
+                    prefetch(neigh_slots, 2 * h)
+            for j in range(g, ge):
+                dn = rnode[j - g]
+                mac[j - g] = ht_probe(neigh_slots, pack2(dn, dnat_ip[j]), mac[j - g], -1) if dn >= 0 else -1
+            for j in range(g, ge):                       # level 3: that node's bridge FDB
+                m = mac[j - g]
+                if m >= 0:
+                    h = ht_home(fdb_slots, (np.uint64(rnode[j - g]) << np.uint64(48)) | np.uint64(m))
+                    pid[j - g] = h
+                    prefetch(fdb_slots, 2 * h)
+            for j in range(g, ge):
+                m = mac[j - g]
+                pid[j - g] = ht_probe(fdb_slots, (np.uint64(rnode[j - g]) << np.uint64(48)) | np.uint64(m),
+                                      pid[j - g], -1) if m >= 0 else -1
+            for j in range(g, ge):                       # level 4: the pod behind the port, and
+                q = pid[j - g]                           # a prefetch of its listening-port slot
+                pod[j - g] = port_pod[q] if q >= 0 else -1
+                if q >= 0:
+                    prefetch(listen_slots, 2 * ht_home(listen_slots, pack3(pod[j - g], proto[j], dnat_port[j])))
+            for j in range(g, ge):                       # level 5: listener, verdict, path, hops
+                _finish(j, rnode[j - g], pod[j - g], proto, node_slots, node_ip,
+                        listen_slots, hl_slots, verdict, path, src_node, dst_node, dst_pod,
+                        dnat_ip, dnat_port, snat_ip, hops, src_kind)
+
+
+@jit(inline="always")
+def _finish(j, dn, dp, proto, node_slots, node_ip, listen_slots, hl_slots,
+            verdict, path, src_node, dst_node, dst_pod, dnat_ip, dnat_port, snat_ip, hops, src_kind):
+    """Decide one flow once its route, neighbour and FDB lookups are known."""
+    kind = src_kind[j]
+    sn = np.int64(src_node[j])
+    ext = kind == SRC_EXTERNAL
+    if kind == SRC_POD:
+        src_part = 2
+    elif kind == SRC_HOST:
+        src_part = 0
+    else:
+        src_part = 1 if sn >= 0 else 0
+    if dn == -2:                                  # decided before this kernel
+        if path[j] == NONE and verdict[j] != UNRESOLVED and hops[j] == 0:
+            hops[j] = src_part                    # stopped at the service stage (or martian: 0)
+        return
+    d = dnat_ip[j]
+    port = dnat_port[j]
+    if dn >= 0:
+        if ext and sn < 0:
+            sn = dn
+            src_node[j] = dn
+            src_part = 1
+        cross = 0 if dn == sn else (1 if ext else 2)
+        dst_node[j] = dn
+        if dp < 0:
+            verdict[j] = DROPPED                  # no such pod behind this node's bridge
+            path[j] = NONE
+            hops[j] = src_part + cross
+            return
+        dst_pod[j] = dp
+        ok = ht_find(listen_slots, pack3(dp, proto[j], port), -1) >= 0
+        verdict[j] = DELIVERED if ok else REFUSED
+        same_bridge = kind == SRC_POD and dn == sn
+        hops[j] = src_part + cross + (1 if same_bridge else 2)
+        if ext:
             path[j] = EXTERNAL
-            if kind == SRC_POD:
-                snat_ip[j] = node_ip[sn]      # masquerade to the node IP
-            hops[j] = src_part + 1
+        elif dn == sn:
+            path[j] = BRIDGE
+        else:
+            path[j] = ROUTED
+        return
+    hn = ht_find(node_slots, np.uint64(d), -1)
+    if hn >= 0:
+        if ext and sn < 0:
+            sn = hn
+            src_node[j] = hn
+            src_part = 1
+        cross = 0 if hn == sn else (1 if ext else 2)
+        dst_node[j] = hn
+        hp = ht_find(hl_slots, pack3(hn, proto[j], port), -1)
+        dst_pod[j] = hp
+        verdict[j] = DELIVERED if hp >= 0 else REFUSED
+        if ext:
+            path[j] = EXTERNAL
+            hops[j] = src_part + cross
+        elif hn != sn:
+            path[j] = ROUTED
+            hops[j] = src_part + cross
+        elif kind == SRC_HOST:
+            path[j] = LOOPBACK                    # the host reaching one of its own addresses
+            hops[j] = 0
+        else:
+            path[j] = BRIDGE                      # pod -> veth -> cbr0 -> its own host
+            hops[j] = src_part
+        return
+    if ext:
+        verdict[j] = DROPPED                      # no route: neither cluster nor a node
+        path[j] = NONE
+        hops[j] = 0
+        return
+    verdict[j] = EGRESS
+    path[j] = EXTERNAL
+    if kind == SRC_POD:
+        snat_ip[j] = node_ip[sn]                  # masquerade to the node IP
+    hops[j] = src_part + 1
 
 
 # --------------------------------------------------------------------------- data plane
@@ -285,15 +339,13 @@ class DataPlane:
         l0, nodes, leaves = t.routes.arrays
         chunk = np.int64(CHUNK)
         _sources(flows.src_ip, dst, flows.dst_port, flows.proto,
-                 t.pod_by_ip.keys, t.pod_by_ip.values, t.pod_node, t.node_by_ip.keys, t.node_by_ip.values,
-                 t.listen.keys, t.listen.values, t.host_listen.keys, t.host_listen.values,
+                 t.pod_by_ip.slots, t.pod_node, t.node_by_ip.slots, t.listen.slots, t.host_listen.slots,
                  r.verdict, r.path, r.src_node, r.dst_node, r.src_pod, r.dst_pod, r.service,
                  r.dnat_ip, r.dnat_port, r.snat_ip, r.hops, r.src_kind, chunk)
         self.stage.run(flows.src_ip, dst, flows.src_port, flows.dst_port, flows.proto, flows.ts,
                        r.src_pod, r.src_node, r.verdict, r.service, r.dnat_ip, r.dnat_port, r.snat_ip)
-        _forward(flows.proto, l0, nodes, leaves, t.node_by_ip.keys, t.node_by_ip.values, t.node_ip,
-                 t.neighbours.keys, t.neighbours.values, t.fdb.keys, t.fdb.values, t.port_pod,
-                 t.listen.keys, t.listen.values, t.host_listen.keys, t.host_listen.values,
+        _forward(flows.proto, l0, nodes, leaves, t.node_by_ip.slots, t.node_ip,
+                 t.neighbours.slots, t.fdb.slots, t.port_pod, t.listen.slots, t.host_listen.slots,
                  r.verdict, r.path, r.src_node, r.dst_node, r.dst_pod, r.dnat_ip, r.dnat_port, r.snat_ip,
                  r.hops, r.src_kind, chunk)
         return r

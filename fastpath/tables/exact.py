@@ -34,6 +34,36 @@ def ht_slot(key, mask):
     return np.int64(h & np.uint64(mask))
 
 
+@jit(inline="always")
+def ht_home(slots, key):
+    """Home slot of ``key`` in an interleaved table; prefetch ``slots[2 * home]`` ahead of :func:`ht_probe`."""
+    return ht_slot(key, (slots.shape[0] >> 1) - 1)
+
+
+@jit(inline="always")
+def ht_probe(slots, key, home, default):
+    """:func:`ht_find` starting from a home slot computed (and prefetched) before."""
+    mask = (slots.shape[0] >> 1) - 1
+    i = home
+    while True:
+        k = slots[2 * i]
+        if k == key:
+            return np.int64(slots[2 * i + 1])
+        if k == np.uint64(0xFFFFFFFFFFFFFFFF):
+            return np.int64(default)
+        i = (i + 1) & mask
+
+
+@jit(inline="always")
+def ht_find(slots, key, default):
+    """Value under ``key`` in an interleaved table (``slots[2i]`` key, ``slots[2i+1]`` value).
+
+    Key and value share a cache line, so a hit costs one memory read.
+    Inline-callable from other kernels; returns int64 (``default`` where absent).
+    """
+    return ht_probe(slots, key, ht_home(slots, key), default)
+
+
 @jit
 def ht_get(keys, values, key, default):
     """Value stored under ``key``, or ``default``. Inline-callable from other kernels."""
@@ -111,9 +141,10 @@ class ExactTable:
     keys: np.ndarray    #: uint64[capacity], EMPTY where free
     values: np.ndarray  #: int64[capacity]
     size: int           #: number of distinct keys
+    slots: np.ndarray   #: uint64[2 * capacity]: key, value (int64 bits) interleaved, for :func:`ht_find`
 
     @classmethod
-    def build(cls, keys: np.ndarray, values: np.ndarray, load: float = 0.5) -> "ExactTable":
+    def build(cls, keys: np.ndarray, values: np.ndarray, load: float = 0.75) -> "ExactTable":
         """Build from parallel arrays; a repeated key keeps its last value."""
         k = np.ascontiguousarray(keys, dtype=np.uint64)
         v = np.ascontiguousarray(values, dtype=np.int64)
@@ -127,7 +158,10 @@ class ExactTable:
         tk = np.full(cap, EMPTY, dtype=np.uint64)
         tv = np.zeros(cap, dtype=np.int64)
         n = _ht_build(k, v, tk, tv)
-        return cls(tk, tv, int(n))
+        slots = np.empty(2 * cap, dtype=np.uint64)
+        slots[0::2] = tk
+        slots[1::2] = tv.view(np.uint64)
+        return cls(tk, tv, int(n), slots)
 
     def lookup(self, query: np.ndarray, default: int = -1, out: np.ndarray | None = None) -> np.ndarray:
         """Values for a batch of keys (``default`` where absent)."""
