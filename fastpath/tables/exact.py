@@ -5,10 +5,12 @@ neighbour table ((node, IP) -> MAC), the bridge FDBs ((node, MAC) -> port),
 listening ports ((pod, proto, port)) and service frontends ((IP, proto, port)).
 Keys are packed into one uint64 by the caller (see :func:`pack2`/:func:`pack3`).
 
-The table is two flat arrays (``keys`` uint64, ``values`` int64) of a power-of-two
-capacity at most half full, so a lookup usually touches one cache line. The
-kernel-side probe :func:`ht_get` is a plain jit function other kernels call
-inline; :class:`ExactTable` is the Python-side wrapper.
+The table is one flat uint64 array of (key, value) slot pairs, a power of two
+of slots at most three quarters full, so key and value share a cache line and
+a hit usually costs one memory read. The kernel-side probe :func:`ht_find` is
+inlined into other kernels; :func:`ht_home` + :func:`ht_probe` split it so a
+kernel can prefetch a whole group's slots before probing them.
+:class:`ExactTable` is the Python-side wrapper.
 """
 from __future__ import annotations
 
@@ -65,20 +67,6 @@ def ht_find(slots, key, default):
 
 
 @jit
-def ht_get(keys, values, key, default):
-    """Value stored under ``key``, or ``default``. Inline-callable from other kernels."""
-    mask = keys.shape[0] - 1
-    i = ht_slot(key, mask)
-    while True:
-        k = keys[i]
-        if k == key:
-            return values[i]
-        if k == np.uint64(0xFFFFFFFFFFFFFFFF):
-            return default
-        i = (i + 1) & mask
-
-
-@jit
 def _ht_build(in_keys, in_values, keys, values):
     """Insert all pairs; a repeated key keeps the last value. Returns the distinct count."""
     mask = keys.shape[0] - 1
@@ -101,9 +89,9 @@ def _ht_build(in_keys, in_values, keys, values):
 
 
 @pjit
-def _ht_lookup(keys, values, query, default, out):
+def _ht_lookup(slots, query, default, out):
     for j in numba.prange(query.shape[0]):
-        out[j] = ht_get(keys, values, query[j], default)
+        out[j] = ht_find(slots, query[j], default)
 
 
 @jit
@@ -135,13 +123,21 @@ class ExactTable:
     """An exact-match table from uint64 keys to int64 values.
 
     Build with :meth:`build`; look up a batch with :meth:`lookup`, or pass
-    ``keys``/``values`` to a kernel that calls :func:`ht_get`.
+    ``slots`` to a kernel that calls :func:`ht_find`.
     """
 
-    keys: np.ndarray    #: uint64[capacity], EMPTY where free
-    values: np.ndarray  #: int64[capacity]
+    slots: np.ndarray   #: uint64[2 * capacity]: key (EMPTY where free), value (int64 bits), interleaved
     size: int           #: number of distinct keys
-    slots: np.ndarray   #: uint64[2 * capacity]: key, value (int64 bits) interleaved, for :func:`ht_find`
+
+    @property
+    def keys(self) -> np.ndarray:
+        """Keys by slot (a view; EMPTY where free)."""
+        return self.slots[0::2]
+
+    @property
+    def values(self) -> np.ndarray:
+        """Values by slot (a view, int64)."""
+        return self.slots[1::2].view(np.int64)
 
     @classmethod
     def build(cls, keys: np.ndarray, values: np.ndarray, load: float = 0.75) -> "ExactTable":
@@ -161,23 +157,23 @@ class ExactTable:
         slots = np.empty(2 * cap, dtype=np.uint64)
         slots[0::2] = tk
         slots[1::2] = tv.view(np.uint64)
-        return cls(tk, tv, int(n), slots)
+        return cls(slots, int(n))
 
     def lookup(self, query: np.ndarray, default: int = -1, out: np.ndarray | None = None) -> np.ndarray:
         """Values for a batch of keys (``default`` where absent)."""
         q = np.ascontiguousarray(query, dtype=np.uint64)
         if out is None:
             out = np.empty(q.shape[0], dtype=np.int64)
-        _ht_lookup(self.keys, self.values, q, np.int64(default), out)
+        _ht_lookup(self.slots, q, np.int64(default), out)
         return out
 
     def get(self, key: int, default: int = -1) -> int:
         """One key's value (Python side; for explain and tests)."""
-        return int(ht_get(self.keys, self.values, np.uint64(key), np.int64(default)))
+        return int(ht_find(self.slots, np.uint64(key), np.int64(default)))
 
     def __len__(self) -> int:
         return self.size
 
     @property
     def nbytes(self) -> int:
-        return self.keys.nbytes + self.values.nbytes
+        return self.slots.nbytes

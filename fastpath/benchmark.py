@@ -1,0 +1,118 @@
+"""``fastpath bench``: lookups/s and flows/s on this machine, in a few seconds.
+
+A quick look for users; the full suites with competitors (pytricia, py-radix,
+``numpy.searchsorted``) live in the repository's ``bench/`` folder.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import benchdata
+from ._jit import get_threads, set_threads
+from .tables.lpm import RouteTable
+
+#: RouteViews file looked for beside the source tree (or under FASTPATH_SHARED).
+ROUTEVIEWS = "routeviews-rv2-20160202-1200.pfx2as.gz"
+
+
+def _best_rate(fn, n: int, repeat: int = 5) -> float:
+    fn()  # warm (jit, caches)
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return n / best
+
+
+def _routeviews_path() -> Path | None:
+    cands = []
+    if os.environ.get("FASTPATH_SHARED"):
+        cands.append(Path(os.environ["FASTPATH_SHARED"]) / "data" / ROUTEVIEWS)
+    here = Path(__file__).resolve().parents[1]
+    cands += [here.parent / "shared" / "data" / ROUTEVIEWS, Path.cwd().parent / "shared" / "data" / ROUTEVIEWS]
+    return next((p for p in cands if p.exists()), None)
+
+
+def pod_to_pod_flows(dp, n: int, seed: int = 0) -> dict:
+    """``n`` flows between random bridged pods, each to a port the destination declares."""
+    t = dp.tables
+    rng = np.random.default_rng(seed)
+    pods = t.port_pod.astype(np.int64)
+    src = pods[rng.integers(0, pods.size, n)]
+    dst = pods[rng.integers(0, pods.size, n)]
+    ports = np.zeros(len(t.pod_names), dtype=np.uint16)
+    protos = np.full(len(t.pod_names), 6, dtype=np.uint8)
+    for i, p in enumerate(dp.cluster.pods):
+        if p.ports:
+            ports[i] = p.ports[0].port
+            protos[i] = p.ports[0].proto
+    return {"src_ip": t.pod_ip[src], "dst_ip": t.pod_ip[dst],
+            "src_port": rng.integers(32768, 61000, n).astype(np.uint16),
+            "dst_port": ports[dst], "proto": protos[dst]}
+
+
+def run(quick: bool = False, threads: int | None = None) -> list[tuple[str, str, float]]:
+    """Measure and print a table; returns ``(workload, threads, rate)`` rows."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .cluster.load import cluster_from_objects
+    from .cluster.compile import compile_cluster
+    from .cluster.synth import synth_cluster
+    from .pipeline import DataPlane  # noqa: F401  (compile_cluster builds one)
+    from .traces import normalize_batch
+
+    console = Console()
+    all_threads = set_threads(threads)
+    rows: list[tuple[str, str, float]] = []
+    n = 1_000_000 if quick else 10_000_000
+
+    tables = [("cluster /24 per node, 5,000 nodes", benchdata.cluster_route_table(5000)),
+              ("Calico /26 blocks + /32s", benchdata.calico_route_table())]
+    rv = _routeviews_path()
+    if rv is not None:
+        tables.insert(0, ("RouteViews 616k prefixes, random dst", benchdata.routeviews_table(rv)))
+    for name, routes in tables:
+        t0 = time.perf_counter()
+        rt = RouteTable.from_arrays(*routes)
+        rt.lookup(np.zeros(1, np.uint32))
+        build = time.perf_counter() - t0
+        if name.startswith("RouteViews"):
+            dst = benchdata.random_destinations(n)
+        else:
+            pods = routes.lengths > 0   # destinations in pod ranges, not the default route
+            dst = benchdata.destinations_in(routes.prefixes[pods], routes.lengths[pods], n)
+        out = np.empty_like(dst)
+        set_threads(1)
+        rows.append((f"LPM {name}", "1", _best_rate(lambda: rt.lookup(dst, out), n)))
+        set_threads(all_threads)
+        rows.append((f"LPM {name}", str(all_threads), _best_rate(lambda: rt.lookup_parallel(dst, out), n)))
+        rows.append((f"LPM {name}: build {build * 1e3:.0f} ms, {rt.nbytes / 2**20:.1f} MiB", "", float("nan")))
+
+    nodes = 200 if quick else 5000
+    t0 = time.perf_counter()
+    cluster = cluster_from_objects(synth_cluster(nodes, 30, nodes * 2, seed=0)["items"], "synth")
+    dp = compile_cluster(cluster)
+    compile_s = time.perf_counter() - t0
+    flows = normalize_batch(pod_to_pod_flows(dp, n), "bench")
+    set_threads(1)
+    rows.append((f"pipeline pod-to-pod, {nodes} nodes", "1", _best_rate(lambda: dp.resolve_flows(flows), n, 3)))
+    set_threads(all_threads)
+    rows.append((f"pipeline pod-to-pod, {nodes} nodes", str(all_threads),
+                 _best_rate(lambda: dp.resolve_flows(flows), n, 3)))
+    rows.append((f"synth + load + compile {nodes} nodes, {len(cluster.pods)} pods: {compile_s:.2f} s", "",
+                 float("nan")))
+
+    table = Table(title=f"fastpath bench ({'quick' if quick else 'full'}; {get_threads()} threads max)")
+    table.add_column("workload")
+    table.add_column("threads", justify="right")
+    table.add_column("M lookups or flows / s", justify="right")
+    for name, th, rate in rows:
+        table.add_row(name, th, "" if rate != rate else f"{rate / 1e6:,.1f}")
+    console.print(table)
+    return rows

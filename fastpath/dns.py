@@ -1,0 +1,202 @@
+"""Cluster DNS as CoreDNS's ``kubernetes`` plugin answers A queries, and a pod's resolver.
+
+Records (spec §4, ``cluster.domain`` is the domain, ``cluster.local`` by default):
+
+* ``<svc>.<ns>.svc.<domain>`` -> the service's (first IPv4) ClusterIP;
+* a headless service (``clusterIP: None``) -> the first address of each of its
+  Ready endpoints (every EndpointSlice of the service, given or derived from its
+  selector); none Ready -> no answer;
+* ``a-b-c-d.<ns>.pod.<domain>`` -> ``a.b.c.d`` for any well-formed address
+  (four decimal octets 0-255 without leading zeros), as kubeadm's Corefile sets
+  ``pods insecure``: the pod need not exist;
+* ExternalName services answer a CNAME to a name outside the cluster; fastpath
+  does not resolve outside names, so they stay unresolved. SRV records and
+  per-endpoint hostnames are not modelled (flows carry A lookups).
+
+Names are case-insensitive. A pod's resolver (``dnsPolicy: ClusterFirst``) has
+``search <ns>.svc.<domain> svc.<domain> <domain>`` and ``options ndots:5``: a
+name ending in a dot is tried as is; a name with fewer than 5 dots is tried
+with each search suffix first, then as is; one with 5 or more dots as is
+first, then with each suffix (glibc's order). The first name with an answer
+wins. Clients that are not pods (external, or a node's host network, source
+namespace -1) have no search path: only fully qualified names answer.
+
+A headless service answers several addresses; a client uses the first, and
+CoreDNS rotates the order, so fastpath picks one per flow:
+``(mix64(k_dns ^ (src_ip << 16 | src_port)) >> 32) mod n`` when the client's
+address and port are given, else by the CRC-32 of the queried name.
+
+Each distinct (name, source namespace) of a batch is resolved once in Python;
+flows then take their answer by numpy indexing.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .cluster.model import Cluster
+from .errors import FastpathError
+from .tables.balancers import SALT_DNS, mix64_np, seed_key
+
+#: ``options ndots:5`` of a pod's resolv.conf.
+NDOTS = 5
+
+
+@dataclass(frozen=True)
+class DnsTable:
+    """Every A record of the cluster, by fully qualified name (lowercase, no trailing dot)."""
+
+    domain: str
+    records: dict[str, tuple[int, ...]]   #: service names -> answers (pod records are computed)
+    seed: int = 0
+
+    @classmethod
+    def from_cluster(cls, cluster: Cluster, seed: int = 0) -> "DnsTable":
+        """Build the service records of ``cluster`` (see the module docstring)."""
+        try:
+            from .cluster.endpoints import endpoints_for
+            slices = endpoints_for(cluster)
+        except ImportError:          # pragma: no cover - lands with the cluster loader
+            slices = list(cluster.slices)
+        domain = (cluster.domain or "cluster.local").strip(".").lower()
+        ready: dict[tuple[str, str], set[int]] = {}
+        for sl in slices:
+            for e in sl.endpoints:
+                if e.ready and e.addresses:
+                    ready.setdefault((sl.namespace, sl.service), set()).add(e.addresses[0])
+        records: dict[str, tuple[int, ...]] = {}
+        for s in cluster.services:
+            name = f"{s.name}.{s.namespace}.svc.{domain}".lower()
+            if s.type == "ExternalName":
+                continue
+            if s.headless:
+                ips = tuple(sorted(ready.get((s.namespace, s.name), ())))
+            else:
+                ips = tuple(s.cluster_ips[:1])
+            if ips:
+                records[name] = ips
+        return cls(domain, records, int(seed))
+
+    # ------------------------------------------------------------------ one name
+    def lookup(self, fqdn: str) -> tuple[int, ...]:
+        """A answers of one fully qualified name (lowercase, no trailing dot); () if none."""
+        hit = self.records.get(fqdn)
+        if hit is not None:
+            return hit
+        suffix = f".pod.{self.domain}"
+        if fqdn.endswith(suffix):
+            head = fqdn[: -len(suffix)]
+            label, dot, ns = head.partition(".")
+            if dot and ns and "." not in ns:
+                ip = _dashed_ipv4(label)
+                if ip is not None:
+                    return (ip,)
+        return ()
+
+    def candidates(self, name: str, namespace: str | None) -> list[str]:
+        """Names a client in ``namespace`` (None: not a pod) tries, in order."""
+        name = name.strip().lower()
+        if not name or name == ".":
+            return []
+        if name.endswith("."):
+            return [name[:-1]]
+        if namespace is None:
+            return [name]
+        search = [f"{namespace}.svc.{self.domain}", f"svc.{self.domain}", self.domain]
+        searched = [f"{name}.{s}" for s in search]
+        return [name] + searched if name.count(".") >= NDOTS else searched + [name]
+
+    def answer(self, name: str, namespace: str | None) -> tuple[int, ...]:
+        """A answers for ``name`` asked from ``namespace``: the first candidate that has any."""
+        for fqdn in self.candidates(name, namespace):
+            if "" in fqdn.split("."):
+                continue
+            hit = self.lookup(fqdn)
+            if hit:
+                return hit
+        return ()
+
+    # ------------------------------------------------------------------ a batch
+    def resolve(self, name_codes: np.ndarray, name_dict: list[str], src_ns: np.ndarray, ns_names: list[str],
+                out_ip: np.ndarray, out_ok: np.ndarray, src_ip: np.ndarray | None = None,
+                src_port: np.ndarray | None = None) -> None:
+        """Resolve the ``dst_name`` of a batch in place.
+
+        Parameters
+        ----------
+        name_codes : int32
+            Index into ``name_dict`` per flow; -1 where the flow has no name
+            (its ``out_ip`` and ``out_ok`` are left alone).
+        name_dict
+            The batch's distinct names.
+        src_ns : int32
+            Namespace index (into ``ns_names``) of each flow's source pod; -1
+            for clients that are not pods.
+        ns_names
+            Namespace names.
+        out_ip : uint32, out
+            The answer, where there is one.
+        out_ok : bool, out
+            True where the name answered, False where it did not.
+        src_ip, src_port : optional
+            Client address and port, to pick among a headless service's answers.
+        """
+        codes = np.asarray(name_codes)
+        ns = np.asarray(src_ns)
+        n = codes.shape[0]
+        if ns.shape[0] != n or out_ip.shape[0] != n or out_ok.shape[0] != n:
+            raise FastpathError(f"dns: name_codes ({n}), src_ns ({ns.shape[0]}), out_ip ({out_ip.shape[0]}) "
+                                f"and out_ok ({out_ok.shape[0]}) must have one row per flow")
+        rows = np.flatnonzero(codes >= 0)
+        if rows.size == 0:
+            return
+        c = codes[rows].astype(np.int64)
+        s = ns[rows].astype(np.int64)
+        if c.max() >= len(name_dict):
+            raise FastpathError(f"dns: name code {int(c.max())} outside the batch's {len(name_dict)} names")
+        if s.size and (s.max() >= len(ns_names) or s.min() < -1):
+            raise FastpathError(f"dns: source namespace index {int(s.max())} outside the {len(ns_names)} namespaces")
+        pair = c * (len(ns_names) + 1) + (s + 1)
+        uniq, inv = np.unique(pair, return_inverse=True)
+        counts = np.empty(uniq.shape[0], dtype=np.int64)
+        flat: list[int] = []
+        name_key = np.empty(uniq.shape[0], dtype=np.uint64)
+        for j, key in enumerate(uniq.tolist()):
+            code, nsi = divmod(key, len(ns_names) + 1)
+            name = name_dict[code]
+            ips = self.answer(name if isinstance(name, str) else str(name), ns_names[nsi - 1] if nsi else None)
+            counts[j] = len(ips)
+            flat.extend(ips)
+            name_key[j] = zlib.crc32(str(name).lower().encode())
+        off = np.zeros(uniq.shape[0] + 1, dtype=np.int64)
+        np.cumsum(counts, out=off[1:])
+        answers = np.array(flat, dtype=np.uint32)
+        k = counts[inv]
+        ok = k > 0
+        out_ok[rows] = ok
+        pos = np.zeros(rows.shape[0], dtype=np.int64)
+        multi = k > 1
+        if multi.any():
+            if src_ip is not None and src_port is not None:
+                who = ((np.asarray(src_ip, dtype=np.uint64)[rows[multi]] << np.uint64(16))
+                       | np.asarray(src_port, dtype=np.uint64)[rows[multi]])
+            else:
+                who = name_key[inv[multi]]
+            h = mix64_np(who ^ np.uint64(seed_key(self.seed, SALT_DNS)))
+            pos[multi] = (h >> np.uint64(32)) % k[multi].astype(np.uint64)
+        out_ip[rows[ok]] = answers[off[inv[ok]] + pos[ok]]
+
+
+def _dashed_ipv4(label: str) -> int | None:
+    """``a-b-c-d`` -> the address, or None if not four decimal octets without leading zeros."""
+    parts = label.split("-")
+    if len(parts) != 4:
+        return None
+    value = 0
+    for p in parts:
+        if not p.isdigit() or not p.isascii() or (len(p) > 1 and p[0] == "0") or int(p) > 255:
+            return None
+        value = (value << 8) | int(p)
+    return value

@@ -1,0 +1,339 @@
+"""Capacity-study figures from service-stage results: backend load, imbalance, churn.
+
+The questions users ask of kube-proxy (spec §6): how evenly do flows spread
+over a service's backends (kubernetes #37932, cilium #14250), and how many
+flows change backend when an endpoint goes away (why Maglev exists).
+
+* :func:`backend_load` — flows (and bytes) per backend of every service port,
+  from result arrays or an Arrow results table and the :class:`ServiceMap`.
+* :func:`imbalance` — max/mean and coefficient of variation of one load vector;
+  :meth:`BackendLoad.imbalance` gives them per service port.
+* :func:`churn` — share of flows whose backend changes when endpoints are
+  removed, per balancer: Maglev moves about 1/N, hash-mod-N most flows.
+* :func:`plot_backend_load`, :func:`plot_churn` — matplotlib figures, only if
+  matplotlib is installed (it is not a dependency).
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Iterable
+
+import numba
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ._jit import pjit
+from .cluster.model import Cluster, EndpointSlice
+from .codes import PENDING
+from .errors import FastpathError
+from .tables.balancers import BALANCERS
+from .tables.exact import ExactTable
+from .tables.services import ServiceMap, ServiceStage, compile_services
+
+
+@dataclass(frozen=True)
+class BackendLoad:
+    """Flows (and bytes) per backend: one row per endpoint of every service port."""
+
+    names: list[str]          #: service-port names, by id
+    sp: np.ndarray            #: int32 service-port id of each row
+    ip: np.ndarray            #: uint32 backend address
+    port: np.ndarray          #: uint16 backend port
+    flows: np.ndarray         #: int64 flows sent there
+    bytes: np.ndarray | None  #: float64 bytes sent there (when weights were given)
+    unmatched: int            #: flows with a service whose destination is none of its endpoints
+
+    def to_arrow(self) -> pa.Table:
+        """The rows as a table: service, backend (``IP:port``), flows[, bytes]."""
+        from .addr import ips_to_strings
+
+        backend = pc.binary_join_element_wise(ips_to_strings(self.ip), pa.array(self.port.astype(str)), ":")
+        cols = {"service": pa.DictionaryArray.from_arrays(pa.array(self.sp, pa.int32()), pa.array(self.names)),
+                "backend": backend, "flows": pa.array(self.flows)}
+        if self.bytes is not None:
+            cols["bytes"] = pa.array(self.bytes)
+        return pa.table(cols)
+
+    def imbalance(self, by: str = "flows") -> pa.Table:
+        """Per service port with load: backends, total, max/mean and coefficient of variation."""
+        load = self.flows.astype(np.float64) if by == "flows" else self.bytes
+        if load is None:
+            raise FastpathError(f"imbalance by {by!r}: the load was computed without weights")
+        rows = {"service": [], "backends": [], "total": [], "max_over_mean": [], "cv": []}
+        bounds = np.flatnonzero(np.diff(self.sp)) + 1
+        for seg in np.split(np.arange(self.sp.shape[0]), bounds):
+            if seg.size == 0 or load[seg].sum() == 0:
+                continue
+            mom, cv = imbalance(load[seg])
+            rows["service"].append(self.names[int(self.sp[seg[0]])])
+            rows["backends"].append(int(seg.size))
+            rows["total"].append(float(load[seg].sum()))
+            rows["max_over_mean"].append(mom)
+            rows["cv"].append(cv)
+        return pa.table(rows)
+
+
+def imbalance(loads: np.ndarray) -> tuple[float, float]:
+    """(max / mean, coefficient of variation = std / mean) of one service's backend loads.
+
+    Both are NaN where there is no load at all; a perfect spread gives (1.0, 0.0).
+    """
+    x = np.asarray(loads, dtype=np.float64)
+    if x.size == 0 or x.sum() == 0:
+        return float("nan"), float("nan")
+    mean = x.mean()
+    return float(x.max() / mean), float(x.std() / mean)
+
+
+@pjit
+def _match_backends(ep_off, ep_ip, ep_port, sp, ip, port, out):
+    """Endpoint index of each (sp, ip, port), by binary search in the sp's sorted endpoints; -1 if none."""
+    for i in numba.prange(sp.shape[0]):
+        s = sp[i]
+        out[i] = -1
+        if s < 0:
+            continue
+        lo = ep_off[s]
+        hi = ep_off[s + 1]
+        key = (np.uint64(ip[i]) << np.uint64(16)) | np.uint64(port[i])
+        while lo < hi:
+            mid = (lo + hi) // 2
+            k = (np.uint64(ep_ip[mid]) << np.uint64(16)) | np.uint64(ep_port[mid])
+            if k < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < ep_off[s + 1] and ep_ip[lo] == ip[i] and ep_port[lo] == port[i]:
+            out[i] = lo
+
+
+def _results_columns(results, smap: ServiceMap) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(service id, dnat_ip, dnat_port) from result arrays, a dict, or an Arrow results table."""
+    if isinstance(results, (pa.Table, pa.RecordBatch)):
+        for col in ("service", "dnat_ip", "dnat_port"):
+            if col not in results.column_names:
+                raise FastpathError(f"results table: column {col!r} missing (have {', '.join(results.column_names)})")
+        svc = results.column("service")
+        if pa.types.is_dictionary(svc.type):
+            svc = svc.cast(pa.string())
+        if not pa.types.is_integer(svc.type):
+            idx = pc.index_in(svc, value_set=pa.array(smap.names, pa.string()))
+            sp = np.asarray(idx.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int32)
+        else:
+            sp = np.asarray(svc.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int32)
+        ip = np.asarray(results.column("dnat_ip").to_numpy(zero_copy_only=False), dtype=np.uint32)
+        port = np.asarray(results.column("dnat_port").to_numpy(zero_copy_only=False), dtype=np.uint16)
+        return sp, ip, port
+
+    def get(name):
+        v = results.get(name) if isinstance(results, dict) else getattr(results, name, None)
+        if v is None:
+            raise FastpathError(f"results: {name!r} missing")
+        return v
+
+    return (np.ascontiguousarray(get("service"), dtype=np.int32),
+            np.ascontiguousarray(get("dnat_ip"), dtype=np.uint32),
+            np.ascontiguousarray(get("dnat_port"), dtype=np.uint16))
+
+
+def backend_load(results, smap: ServiceMap, weights: np.ndarray | None = None) -> BackendLoad:
+    """Flows (and bytes) each backend of each service port received.
+
+    Parameters
+    ----------
+    results
+        Result arrays (an object or dict with ``service``, ``dnat_ip``,
+        ``dnat_port``) or an Arrow results table/batch (``service`` names).
+    smap
+        The service map the results came from.
+    weights
+        Optional bytes per flow (e.g. the trace's ``bytes`` column).
+
+    Returns
+    -------
+    BackendLoad
+        One row per endpoint of every service port, including those that got
+        nothing. Flows rejected or dropped at the service stage kept their
+        frontend as destination, so they count for no backend.
+    """
+    sp, ip, port = _results_columns(results, smap)
+    if not (sp.shape[0] == ip.shape[0] == port.shape[0]):
+        raise FastpathError("results: service, dnat_ip and dnat_port must have the same length")
+    ep = np.empty(sp.shape[0], dtype=np.int64)
+    _match_backends(smap.ep_off, smap.ep_ip, smap.ep_port, sp, ip, port, ep)
+    hit = ep >= 0
+    n_ep = smap.ep_ip.shape[0]
+    flows = np.bincount(ep[hit], minlength=n_ep).astype(np.int64)
+    total_bytes = None
+    if weights is not None:
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape[0] != sp.shape[0]:
+            raise FastpathError(f"weights: {w.shape[0]} rows for {sp.shape[0]} results")
+        total_bytes = np.bincount(ep[hit], weights=w[hit], minlength=n_ep)
+    ep_sp = np.repeat(np.arange(len(smap.names), dtype=np.int32), np.diff(smap.ep_off))
+    unmatched = int(np.count_nonzero((sp >= 0) & ~hit & _dnat_changed(sp, ip, port, smap)))
+    return BackendLoad(list(smap.names), ep_sp, smap.ep_ip.copy(), smap.ep_port.copy(), flows, total_bytes,
+                       unmatched)
+
+
+def _dnat_changed(sp, ip, port, smap: ServiceMap) -> np.ndarray:
+    """Rows whose destination is not a frontend (a rejected or dropped flow keeps its frontend)."""
+    proto = smap.sp_proto[np.maximum(sp, 0)]
+    return smap.frontend_lookup(ip, proto, port) < 0
+
+
+# --------------------------------------------------------------------------- churn
+
+def _address(value) -> int:
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    try:
+        return int(ipaddress.IPv4Address(str(value)))
+    except ValueError:
+        raise FastpathError(f"churn: remove={value!r} is not an IPv4 endpoint address") from None
+
+
+def without_endpoints(cluster: Cluster, remove: Iterable) -> Cluster:
+    """``cluster`` with every endpoint whose address is in ``remove`` taken out of its slices."""
+    from .cluster.endpoints import endpoints_for
+
+    gone = {_address(r) for r in remove}
+    slices = []
+    for sl in endpoints_for(cluster):
+        eps = tuple(e for e in sl.endpoints if not (e.addresses and e.addresses[0] in gone))
+        slices.append(sl if len(eps) == len(sl.endpoints) else
+                      EndpointSlice(sl.namespace, sl.name, sl.service, sl.ports, eps))
+    return Cluster(cluster.nodes, cluster.pods, cluster.services, slices, list(cluster.warnings), cluster.domain)
+
+
+def _flow_columns(flows) -> dict:
+    names = ("src_ip", "dst_ip", "src_port", "dst_port", "proto", "ts")
+    dtypes = (np.uint32, np.uint32, np.uint16, np.uint16, np.uint8, np.int64)
+    out = {}
+    for name, dt in zip(names, dtypes):
+        if isinstance(flows, (pa.Table, pa.RecordBatch)):
+            v = flows.column(name).to_numpy(zero_copy_only=False) if name in flows.column_names else None
+        elif isinstance(flows, dict):
+            v = flows.get(name)
+        else:
+            v = getattr(flows, name, None)
+        if v is None and name != "ts":
+            raise FastpathError(f"churn: flows lack column {name!r}")
+        out[name] = None if v is None else np.ascontiguousarray(v, dtype=dt)
+    return out
+
+
+def client_nodes(cluster: Cluster, src_ip: np.ndarray) -> np.ndarray:
+    """Node of each client as the pipeline classifies it: a pod's node, a node's own address, else -1."""
+    index = {n.name: i for i, n in enumerate(cluster.nodes)}
+    keys, vals = [], []
+    for i, n in enumerate(cluster.nodes):
+        for a in (n.internal_ip, n.external_ip):
+            if a is not None:
+                keys.append(a)
+                vals.append(i)
+    for p in cluster.pods:
+        if p.ip is not None and p.node in index and not p.host_network:
+            keys.append(p.ip)
+            vals.append(index[p.node])
+    table = ExactTable.build(np.array(keys, np.uint64), np.array(vals, np.int64))
+    return table.lookup(np.asarray(src_ip, dtype=np.uint64)).astype(np.int32)
+
+
+def _backends(smap: ServiceMap, cols: dict, src_node: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(backend key ip << 16 | port, chosen) per flow after one fresh stage."""
+    n = cols["src_ip"].shape[0]
+    verdict = np.full(n, PENDING, np.uint8)
+    service = np.full(n, -1, np.int32)
+    dip, dport = cols["dst_ip"].copy(), cols["dst_port"].copy()
+    ServiceStage(smap).run(cols["src_ip"], cols["dst_ip"], cols["src_port"], cols["dst_port"], cols["proto"],
+                           cols["ts"], np.full(n, -1, np.int32), src_node.copy(), verdict, service, dip, dport,
+                           cols["src_ip"].copy())
+    chosen = (service >= 0) & (verdict == PENDING)
+    return (dip.astype(np.uint64) << np.uint64(16)) | dport.astype(np.uint64), chosen
+
+
+def churn(cluster: Cluster, flows, remove, lb: str | Iterable[str] = BALANCERS, *, seed: int = 0,
+          maglev_size: int = 16381, conn_duration: float = 30.0) -> dict[str, float]:
+    """Share of flows whose backend changes when endpoints are removed, per balancer.
+
+    Parameters
+    ----------
+    cluster
+        The cluster before the change.
+    flows
+        Flow columns (dict, object or Arrow table): ``src_ip``, ``dst_ip``,
+        ``src_port``, ``dst_port``, ``proto`` and optionally ``ts``. Clients
+        are classified as the pipeline does (pod, node address, external).
+    remove
+        An endpoint address (text or integer) or several: every endpoint with
+        that address leaves every slice.
+    lb
+        Balancer name or names to compare (all five by default).
+
+    Returns
+    -------
+    dict
+        Balancer -> moved flows / flows that had a backend both before and
+        after (flows that were on a removed endpoint count as moved). Stateful
+        balancers replay the flows from a fresh state each time.
+    """
+    if isinstance(remove, (str, int, np.integer)):
+        remove = [remove]
+    remove = list(remove)
+    lbs = [lb] if isinstance(lb, str) else list(lb)
+    cols = _flow_columns(flows)
+    src_node = client_nodes(cluster, cols["src_ip"])
+    after_cluster = without_endpoints(cluster, remove)
+    out: dict[str, float] = {}
+    for name in lbs:
+        kw = dict(lb=name, seed=seed, maglev_size=maglev_size, conn_duration=conn_duration)
+        b0, ok0 = _backends(compile_services(cluster, **kw), cols, src_node)
+        b1, ok1 = _backends(compile_services(after_cluster, **kw), cols, src_node)
+        both = ok0 & ok1
+        out[name] = float((b0[both] != b1[both]).mean()) if both.any() else float("nan")
+    return out
+
+
+# --------------------------------------------------------------------------- plots
+
+def _pyplot():
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise FastpathError("plotting needs matplotlib, which fastpath does not install: pip install matplotlib") \
+            from None
+    return plt
+
+
+def plot_backend_load(load: BackendLoad, service: str | None = None, ax=None):
+    """Bar chart of flows per backend of one service port (the busiest if not named)."""
+    plt = _pyplot()
+    if service is None:
+        totals = np.bincount(load.sp, weights=load.flows, minlength=len(load.names))
+        sp = int(np.argmax(totals))
+    elif service in load.names:
+        sp = load.names.index(service)
+    else:
+        raise FastpathError(f"plot: no service port {service!r}")
+    rows = np.flatnonzero(load.sp == sp)
+    if ax is None:
+        _, ax = plt.subplots()
+    labels = [f"{ipaddress.IPv4Address(int(load.ip[r]))}:{int(load.port[r])}" for r in rows]
+    ax.bar(range(rows.size), load.flows[rows])
+    ax.set_xticks(range(rows.size), labels, rotation=90)
+    ax.set_ylabel("flows")
+    ax.set_title(load.names[sp])
+    return ax
+
+
+def plot_churn(result: dict[str, float], ax=None):
+    """Bar chart of :func:`churn`'s moved share per balancer."""
+    plt = _pyplot()
+    if ax is None:
+        _, ax = plt.subplots()
+    ax.bar(list(result), [result[k] for k in result])
+    ax.set_ylabel("share of flows that changed backend")
+    return ax

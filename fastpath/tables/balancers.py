@@ -1,0 +1,615 @@
+"""Backend choice: the flow hashes, the five balancers, affinity, and the stage kernels.
+
+kube-proxy decides once per new connection which endpoint gets it; this module
+is that decision over a batch of flows. Randomness is emulated by seeded hashes
+so that a replay is repeatable:
+
+``mix64``
+    MurmurHash3's 64-bit finalizer (``fmix64``).
+``flow_hash(k, 5-tuple)``
+    ``mix64(mix64(k ^ (src_ip << 32 | dst_ip)) ^ (src_port << 24 | dst_port << 8 | proto))``
+    where ``k = seed_key(seed, salt)`` differs per use, so the backend choice,
+    the Maglev index and the receiving node are independent draws.
+``client_hash(k, src_ip)``
+    ``mix64(k ^ src_ip)``.
+``modn(h, n)``
+    ``(h >> 32) mod n``: the high half of the hash modulo ``n`` (32-bit division;
+    the bias is below ``n / 2^32``). Every choice below, Maglev's index
+    included, takes its hash into range this way.
+
+The balancers (``lb=``), over the eligible endpoints of the flow's service port
+in ``(IP, port)`` order:
+
+``random``
+    ``modn(flow_hash(k_random), n)``: uniform, as iptables' probability chain
+    and nftables' ``numgen random mod n``.
+``round-robin``
+    IPVS ``rr``: a counter per (receiving node, service port), in trace order.
+``source-hash``
+    IPVS ``sh``: ``modn(client_hash(k_source, src_ip), n)`` — a client never splits.
+``maglev``
+    the service port's Maglev table (:mod:`fastpath.tables.maglev`) at
+    ``(flow_hash(k_maglev) >> 32) mod M``.
+``least-connection``
+    IPVS ``lc``: fewest active connections of the receiving node to each backend,
+    the first such backend in list order on ties (as ``ip_vs_lc_schedule``). Every
+    flow is a new connection living ``conn_duration`` seconds from its ``ts``;
+    with one duration for all, connections end in the order they started, so a
+    single FIFO of (end time, node, backend) retires them. Without ``ts``
+    connections never end: lc balances the connections each node has opened.
+
+``sessionAffinity: ClientIP`` wraps any balancer: a table keyed (client IP,
+service port) keeps the backend while the client's previous flow to that
+service port is at most ``timeoutSeconds`` old (every use refreshes it, as
+iptables' ``recent --rcheck --seconds``); a remembered backend that is not
+eligible for this flow (another node under a Local policy) is chosen anew.
+Without ``ts`` an affinity never expires. An affinity hit does not advance
+round-robin.
+
+Each row is a new connection (conntrack pinning of later packets is not
+modelled here): a row repeating a 5-tuple gets the same backend from the hash
+balancers, the next one in turn from round-robin.
+
+One kernel, :func:`_stage`, runs every balancer. The stateless pass runs it over
+the batch in parallel chunks (per-flow work independent, nothing written but the
+flow's own outputs); flows that need state — every flow under round-robin or
+least-connection, and flows to affinity service ports — then go through it
+again as a single chunk, so one thread walks them in trace order. Per-(node,
+column) counters sit in a dense array when small enough, else in a hash table
+(:class:`BalancerState`). The helpers the kernel calls with arrays are inlined
+at the numba level: a call taking arrays costs more than the lookup it does.
+Maglev tables do not fit in cache (10,000 x 16381 slots), so the stateless pass
+prefetches the slot of the flow :data:`PREFETCH_AHEAD` rows ahead (its cluster
+view; only a hint) and the DRAM misses of successive flows overlap.
+"""
+from __future__ import annotations
+
+from collections import namedtuple
+
+import numba
+import numpy as np
+
+from .._jit import jit, pjit, prefetch
+from ..codes import DROPPED, PENDING, REJECTED
+from .exact import EMPTY, ht_find, ht_slot, pack2, pack3
+
+#: Balancer names, indexed by their code.
+BALANCERS = ("random", "round-robin", "source-hash", "maglev", "least-connection")
+LB_RANDOM, LB_ROUND_ROBIN, LB_SOURCE_HASH, LB_MAGLEV, LB_LEAST_CONN = range(5)
+#: Balancers that keep state across flows (sequential kernel).
+STATEFUL = (LB_ROUND_ROBIN, LB_LEAST_CONN)
+
+#: Frontend kinds, indexed by code (bits 32-35 of a frontend value).
+FRONTEND_KINDS = ("ClusterIP", "externalIP", "LoadBalancer", "NodePort")
+FE_CLUSTER_IP, FE_EXTERNAL_IP, FE_LOAD_BALANCER, FE_NODE_PORT = range(4)
+
+#: Service-port flags (``sp_flags``).
+F_ITP_LOCAL = np.uint8(1)     #: internalTrafficPolicy: Local
+F_ETP_LOCAL = np.uint8(2)     #: externalTrafficPolicy: Local
+F_AFFINITY = np.uint8(4)      #: sessionAffinity: ClientIP
+F_HAS_ANY = np.uint8(8)       #: some Ready or Serving+Terminating endpoint exists
+F_HAS_READY = np.uint8(16)    #: some Ready endpoint exists
+
+#: Hash salts: one independent draw per use of the seed.
+SALT_RANDOM, SALT_SOURCE, SALT_MAGLEV, SALT_NODE, SALT_OFFSET, SALT_SKIP, SALT_DNS = range(1, 8)
+#: Number of seed keys kept (index = salt).
+N_KEYS = 8
+
+_M64 = (1 << 64) - 1
+#: fmix64 multipliers (MurmurHash3).
+C1, C2 = 0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53
+#: 2^64 / golden ratio, spreads seeds.
+GOLDEN = 0x9E3779B97F4A7C15
+
+#: Largest node x column counter array kept dense (int64: 256 MiB); beyond, a hash table.
+DENSE_LIMIT = 1 << 25
+#: Rows per sequential-kernel call: state tables grow between calls.
+SEQ_CHUNK = 1 << 20
+#: Flows per parallel work item.
+PAR_CHUNK = 4096
+#: How many flows ahead the stateless pass prefetches a flow's Maglev slot.
+PREFETCH_AHEAD = 8
+
+#: The map arrays the stage kernels read (built by :func:`fastpath.tables.services.compile_services`).
+MapArrays = namedtuple("MapArrays", [
+    "fe_slots",                    # frontends (ExactTable.slots): pack3(ip, proto, port) -> sp | kind << 32
+    "np_slots",                    # NodePorts: pack3(0, proto, nodePort) -> sp | FE_NODE_PORT << 32
+    "nip_slots",                   # node addresses (InternalIP, ExternalIP) -> node
+    "cip_slots",                   # known ClusterIPs
+    "sp_flags",                    # u8[S]
+    "sp_set",                      # i32[S] cluster-view eligible set (-1 none)
+    "sp_zone_row",                 # i32[S] row of zone_sets, -1 when topology never applies
+    "zone_sets",                   # i32[rows * (Z + 1)] eligible set by the receiving node's zone
+    "zone_width",                  # Z + 1 (the last column: nodes without a zone)
+    "node_zone",                   # i32[N] zone index, Z where none
+    "node_ip",                     # u32[N] masquerade address (InternalIP, else ExternalIP, else 0)
+    "loc_slots",                   # pack2(sp, node) -> local eligible set
+    "lbn_off", "lbn_node",         # CSR per sp: nodes holding local eligible endpoints
+    "set_off", "set_ep", "set_ip", "set_port",  # eligible sets (CSR) -> endpoint, IP, port
+    "set_table",                   # i32[sets] Maglev table row (-1: one backend or no Maglev)
+    "maglev",                      # [tables, M] backend position in the set
+    "affinity_ns",                 # i64[S] ClientIP affinity timeout in ns
+    "keys",                        # u64[N_KEYS] seed keys by salt
+])
+
+#: Balancer state the sequential kernel reads and writes (see :class:`BalancerState`).
+StateArrays = namedtuple("StateArrays", [
+    "rr_dense",                    # int64[nodes, S] round-robin counters, or [0, 0]: use the hash table
+    "rr_keys", "rr_vals",          # pack2(node, sp) -> [counter]
+    "lc_dense",                    # int64[nodes, E] active connections, or [0, 0]: use the hash table
+    "lc_keys", "lc_vals",          # pack2(node, endpoint) -> [active connections]
+    "aff_keys", "aff_vals",        # pack2(sp, client ip) -> [endpoint, last use ns]
+    "fifo_end", "fifo_key",        # ring of open connections: end ns, lc key
+    "meta",                        # i64: rr used, lc used, aff used, fifo head, fifo count
+])
+_RR_USED, _LC_USED, _AFF_USED, _FIFO_HEAD, _FIFO_COUNT = range(5)
+
+
+# --------------------------------------------------------------------------- hashes (Python side)
+
+def mix64_py(x: int) -> int:
+    """:func:`mix64` on a Python int (for keys, explain and the slow twins)."""
+    x &= _M64
+    x ^= x >> 33
+    x = (x * C1) & _M64
+    x ^= x >> 33
+    x = (x * C2) & _M64
+    x ^= x >> 33
+    return x
+
+
+def seed_key(seed: int, salt: int) -> int:
+    """The hash key of one use (``salt``) of ``seed``."""
+    return mix64_py((int(seed) * GOLDEN + salt) & _M64)
+
+
+def seed_keys(seed: int) -> np.ndarray:
+    """All keys of ``seed``, indexed by salt (uint64[N_KEYS])."""
+    return np.array([seed_key(seed, s) for s in range(N_KEYS)], dtype=np.uint64)
+
+
+def mix64_np(x: np.ndarray) -> np.ndarray:
+    """Vectorized :func:`mix64` over a uint64 array."""
+    x = np.asarray(x, dtype=np.uint64).copy()
+    x ^= x >> np.uint64(33)
+    x *= np.uint64(C1)
+    x ^= x >> np.uint64(33)
+    x *= np.uint64(C2)
+    x ^= x >> np.uint64(33)
+    return x
+
+
+# --------------------------------------------------------------------------- hashes (kernels)
+
+@jit
+def mix64(x):
+    """MurmurHash3 ``fmix64`` of a uint64."""
+    x = np.uint64(x)
+    x ^= x >> np.uint64(33)
+    x *= np.uint64(0xFF51AFD7ED558CCD)
+    x ^= x >> np.uint64(33)
+    x *= np.uint64(0xC4CEB9FE1A85EC53)
+    x ^= x >> np.uint64(33)
+    return x
+
+
+@jit
+def flow_hash(key, src_ip, dst_ip, src_port, dst_port, proto):
+    """Seeded hash of a 5-tuple (see the module docstring)."""
+    a = (np.uint64(src_ip) << np.uint64(32)) | np.uint64(dst_ip)
+    b = (np.uint64(src_port) << np.uint64(24)) | (np.uint64(dst_port) << np.uint64(8)) | np.uint64(proto)
+    return mix64(mix64(np.uint64(key) ^ a) ^ b)
+
+
+@jit
+def client_hash(key, src_ip):
+    """Seeded hash of a client address (IPVS ``sh``)."""
+    return mix64(np.uint64(key) ^ np.uint64(src_ip))
+
+
+@jit
+def modn(h, n):
+    """``h`` taken into ``[0, n)``: ``(h >> 32) mod n`` in 32-bit arithmetic (``n`` < 2^32)."""
+    return np.int64(np.uint32(np.uint64(h) >> np.uint64(32)) % np.uint32(n))
+
+
+# --------------------------------------------------------------------------- state tables
+
+@jit
+def _slot(keys, key):
+    """Slot holding ``key``, or the empty slot where it would go."""
+    mask = keys.shape[0] - 1
+    i = ht_slot(key, mask)
+    while True:
+        k = keys[i]
+        if k == key or k == np.uint64(0xFFFFFFFFFFFFFFFF):
+            return i
+        i = (i + 1) & mask
+
+
+@jit
+def _rehash(old_keys, old_vals, new_keys, new_vals):
+    for i in range(old_keys.shape[0]):
+        k = old_keys[i]
+        if k != np.uint64(0xFFFFFFFFFFFFFFFF):
+            j = _slot(new_keys, k)
+            new_keys[j] = k
+            for c in range(old_vals.shape[1]):
+                new_vals[j, c] = old_vals[i, c]
+
+
+def _grown(keys: np.ndarray, vals: np.ndarray, need: int) -> tuple[np.ndarray, np.ndarray]:
+    """The table, re-hashed into a capacity of at least ``2 * need`` if it has less."""
+    cap = keys.shape[0]
+    if cap >= 2 * need:
+        return keys, vals
+    while cap < 2 * need:
+        cap *= 2
+    nk = np.full(cap, EMPTY, dtype=np.uint64)
+    nv = np.zeros((cap, vals.shape[1]), dtype=np.int64)
+    _rehash(keys, vals, nk, nv)
+    return nk, nv
+
+
+class BalancerState:
+    """Round-robin counters, least-connection counts and FIFO, and the affinity table.
+
+    Counters per (node, service port) and (node, endpoint) live in a dense
+    ``[nodes, columns]`` array when it has at most :data:`DENSE_LIMIT` cells
+    (pass its shape), else in an open-addressing table. The tables are flat
+    arrays (keys ``uint64``, values ``int64[cap, w]``), grown between kernel
+    calls so each call has room for every flow it may add.
+    """
+
+    def __init__(self, rr_shape: tuple[int, int] = (0, 0), lc_shape: tuple[int, int] = (0, 0)) -> None:
+        def dense(shape):
+            return np.zeros(shape if 0 < shape[0] * shape[1] <= DENSE_LIMIT else (0, 0), np.int64)
+
+        self.arrays = StateArrays(
+            rr_dense=dense(rr_shape),
+            rr_keys=np.full(8, EMPTY, np.uint64), rr_vals=np.zeros((8, 1), np.int64),
+            lc_dense=dense(lc_shape),
+            lc_keys=np.full(8, EMPTY, np.uint64), lc_vals=np.zeros((8, 1), np.int64),
+            aff_keys=np.full(8, EMPTY, np.uint64), aff_vals=np.zeros((8, 2), np.int64),
+            fifo_end=np.zeros(8, np.int64), fifo_key=np.zeros(8, np.uint64),
+            meta=np.zeros(8, np.int64),
+        )
+
+    def reserve(self, rows: int, lb: int, affinity: bool, timed: bool) -> None:
+        """Make room for ``rows`` more flows in the tables balancer ``lb`` (and affinity) will write."""
+        a = self.arrays
+        m = a.meta
+        rr_k, rr_v, lc_k, lc_v = a.rr_keys, a.rr_vals, a.lc_keys, a.lc_vals
+        af_k, af_v = a.aff_keys, a.aff_vals
+        if lb == LB_ROUND_ROBIN and a.rr_dense.shape[0] == 0:
+            rr_k, rr_v = _grown(rr_k, rr_v, int(m[_RR_USED]) + rows)
+        if lb == LB_LEAST_CONN and a.lc_dense.shape[0] == 0:
+            lc_k, lc_v = _grown(lc_k, lc_v, int(m[_LC_USED]) + rows)
+        if affinity:
+            af_k, af_v = _grown(af_k, af_v, int(m[_AFF_USED]) + rows)
+        fe, fk = a.fifo_end, a.fifo_key
+        count = int(m[_FIFO_COUNT])
+        if lb == LB_LEAST_CONN and timed and fe.shape[0] < count + rows:
+            cap = fe.shape[0]
+            while cap < count + rows:
+                cap *= 2
+            order = (int(m[_FIFO_HEAD]) + np.arange(count)) % fe.shape[0]
+            fe2 = np.zeros(cap, np.int64)
+            fk2 = np.zeros(cap, np.uint64)
+            fe2[:count] = fe[order]
+            fk2[:count] = fk[order]
+            fe, fk = fe2, fk2
+            m[_FIFO_HEAD] = 0
+        self.arrays = StateArrays(a.rr_dense, rr_k, rr_v, a.lc_dense, lc_k, lc_v, af_k, af_v, fe, fk, m)
+
+    def copy(self) -> "BalancerState":
+        """An independent copy (explain works on one, so it never disturbs a replay)."""
+        other = BalancerState.__new__(BalancerState)
+        other.arrays = StateArrays(*(x.copy() for x in self.arrays))
+        return other
+
+    def active_connections(self, node: int, endpoint: int) -> int:
+        """Open connections of ``node`` to ``endpoint`` (least-connection state)."""
+        a = self.arrays
+        return int(_count(a.lc_dense, a.lc_keys, a.lc_vals, node, endpoint))
+
+    def rr_counter(self, node: int, sp: int) -> int:
+        """Flows ``node`` has sent to service port ``sp`` by round-robin."""
+        a = self.arrays
+        return int(_count(a.rr_dense, a.rr_keys, a.rr_vals, node, sp))
+
+    def affinity(self, sp: int, client: int) -> tuple[int, int] | None:
+        """(endpoint, last use ns) remembered for ``client`` on service port ``sp``."""
+        a = self.arrays
+        i = _slot(a.aff_keys, pack2(sp, client))
+        if a.aff_keys[i] == EMPTY:
+            return None
+        return int(a.aff_vals[i, 0]), int(a.aff_vals[i, 1])
+
+
+@jit(inline="always")
+def _count(dense, keys, vals, row, col):
+    """Counter (row, col): from the dense array when there is one, else the hash table (0 if absent)."""
+    if dense.shape[0] > 0:
+        return dense[row, col]
+    key = pack2(row, col)
+    slot = _slot(keys, key)
+    return vals[slot, 0] if keys[slot] == key else np.int64(0)
+
+
+@jit(inline="always")
+def _add(dense, keys, vals, meta, used, row, col, delta):
+    """Add ``delta`` to counter (row, col); returns the value before. ``meta[used]`` counts hash keys."""
+    if dense.shape[0] > 0:
+        old = dense[row, col]
+        dense[row, col] = old + delta
+        return old
+    key = pack2(row, col)
+    slot = _slot(keys, key)
+    if keys[slot] != key:
+        keys[slot] = key
+        vals[slot, 0] = 0
+        meta[used] += 1
+    old = vals[slot, 0]
+    vals[slot, 0] = old + delta
+    return old
+
+
+# --------------------------------------------------------------------------- the per-flow body
+#
+# Kernels unpack MapArrays / StateArrays once per call and hand plain arrays on:
+# reading an array out of a tuple inside the flow loop costs an atomic
+# reference-count pair per access, which would cost more than the lookup itself.
+
+@jit
+def uses_local(flags, kind, external):
+    """Whether a Local traffic policy governs a flow (see :func:`eligible_set`)."""
+    if kind == FE_CLUSTER_IP:
+        return (flags & F_ITP_LOCAL) != 0
+    return external and (flags & F_ETP_LOCAL) != 0
+
+
+@jit(inline="always")
+def eligible_set(sp_flags, sp_set, sp_zone_row, zone_sets, zone_width, node_zone, loc_slots,
+                 sp, kind, external, rn):
+    """Eligible endpoint set of a flow received on node ``rn``, or -1 (Local, none there).
+
+    ``CategorizeEndpoints``: a ClusterIP follows internalTrafficPolicy for every
+    client; NodePort / LoadBalancer / externalIP follow externalTrafficPolicy for
+    external clients and the cluster view for in-cluster ones (kube-proxy sends
+    those to the cluster chain, "subject to neither form of traffic policy").
+    The cluster view depends on ``rn``'s zone where topology hints apply.
+    """
+    if uses_local(sp_flags[sp], kind, external):
+        return ht_find(loc_slots, pack2(sp, rn), -1)
+    row = sp_zone_row[sp]
+    if row < 0:
+        return np.int64(sp_set[sp])
+    return np.int64(zone_sets[np.int64(row) * zone_width + node_zone[rn]])
+
+
+@jit(inline="always")
+def receiving_node(sp_flags, lbn_off, lbn_node, n_nodes, sp, kind, fnode, h_node):
+    """Node that receives an external client's flow (its kube-proxy decides).
+
+    NodePort: the node owning the address. LoadBalancer, externalIP and a
+    ClusterIP reached from outside: a node drawn by ``h_node`` among the nodes
+    holding local eligible endpoints when a Local policy applies (what the cloud
+    load balancer's health check leaves), else among all nodes; -1 without nodes.
+    """
+    if kind == FE_NODE_PORT:
+        return np.int64(fnode)
+    if n_nodes == 0:
+        return np.int64(-1)
+    if uses_local(sp_flags[sp], kind, True):
+        a = lbn_off[sp]
+        b = lbn_off[sp + 1]
+        if b > a:
+            return np.int64(lbn_node[a + modn(h_node, b - a)])
+    return modn(h_node, n_nodes)
+
+
+def flow_eligible_set(T: MapArrays, sp: int, kind: int, external: bool, rn: int) -> int:
+    """:func:`eligible_set` over a :data:`MapArrays` (Python side, for explain)."""
+    return int(eligible_set(T.sp_flags, T.sp_set, T.sp_zone_row, T.zone_sets, T.zone_width, T.node_zone,
+                            T.loc_slots, sp, kind, external, rn))
+
+
+@jit(inline="always")
+def _hash_pick(lb, s, n, s_ip, d, sport, dport, p, keys, set_table, maglev):
+    """Position chosen by a stateless balancer: random, source-hash or maglev."""
+    if lb == LB_RANDOM:
+        return modn(flow_hash(keys[SALT_RANDOM], s_ip, d, sport, dport, p), n)
+    if lb == LB_SOURCE_HASH:
+        return modn(client_hash(keys[SALT_SOURCE], s_ip), n)
+    tb = set_table[s]
+    if tb < 0:
+        return np.int64(0)
+    return np.int64(maglev[tb, modn(flow_hash(keys[SALT_MAGLEV], s_ip, d, sport, dport, p), maglev.shape[1])])
+
+
+@jit(inline="always")
+def _balance(lb, s, lo, n, rn, sp, s_ip, d, sport, dport, p, keys, set_table, maglev, set_ep,
+             rr_dense, rr_keys, rr_vals, lc_dense, lc_keys, lc_vals, meta):
+    """Position in eligible set ``s`` (``n`` backends from ``lo``) chosen by balancer ``lb``."""
+    if lb != LB_ROUND_ROBIN and lb != LB_LEAST_CONN:
+        return _hash_pick(lb, s, n, s_ip, d, sport, dport, p, keys, set_table, maglev)
+    if lb == LB_ROUND_ROBIN:
+        return np.int64(_add(rr_dense, rr_keys, rr_vals, meta, _RR_USED, rn, sp, 1) % n)
+    # least-connection: first backend in list order with the fewest active connections
+    best = np.int64(0)
+    fewest = np.int64(-1)
+    for j in range(n):
+        c = _count(lc_dense, lc_keys, lc_vals, rn, set_ep[lo + j])
+        if fewest < 0 or c < fewest:
+            fewest = c
+            best = j
+    return best
+
+
+@jit(inline="always")
+def _retire(lc_dense, lc_keys, lc_vals, fifo_end, fifo_key, meta, t):
+    """Close every connection that ended at or before ``t`` (least-connection FIFO)."""
+    cap = fifo_end.shape[0]
+    head = meta[_FIFO_HEAD]
+    count = meta[_FIFO_COUNT]
+    while count > 0 and fifo_end[head] <= t:
+        key = fifo_key[head]
+        _add(lc_dense, lc_keys, lc_vals, meta, _LC_USED, np.int64(key >> np.uint64(32)),
+             np.int64(key & np.uint64(0xFFFFFFFF)), -1)
+        head = (head + 1) % cap
+        count -= 1
+    meta[_FIFO_HEAD] = head
+    meta[_FIFO_COUNT] = count
+
+
+@jit(inline="always")
+def _open(lc_dense, lc_keys, lc_vals, fifo_end, fifo_key, meta, node, ep, end, has_ts):
+    """Count a new connection for least-connection (and queue its end when timed)."""
+    _add(lc_dense, lc_keys, lc_vals, meta, _LC_USED, node, ep, 1)
+    if has_ts:
+        cap = fifo_end.shape[0]
+        tail = (meta[_FIFO_HEAD] + meta[_FIFO_COUNT]) % cap
+        fifo_end[tail] = end
+        fifo_key[tail] = pack2(node, ep)
+        meta[_FIFO_COUNT] += 1
+
+
+@jit(inline="always")
+def frontend_of(fe_slots, np_slots, nip_slots, d, p, dport):
+    """Frontend value of (address, protocol, port), -1 where none: ``sp | kind << 32 | (node + 1) << 36``.
+
+    ClusterIPs, externalIPs and load-balancer IPs are matched exactly; a NodePort
+    matches on any node address (one entry per service port, not per node), and
+    the node that owns the address is folded into the value. An exact frontend
+    wins over a NodePort on the same key (the first claim wins).
+    """
+    v = ht_find(fe_slots, pack3(d, p, dport), -1)
+    if v >= 0:
+        return v
+    node = ht_find(nip_slots, np.uint64(d), -1)
+    if node < 0:
+        return np.int64(-1)
+    v = ht_find(np_slots, pack3(0, p, dport), -1)
+    if v < 0:
+        return v
+    return v | ((node + 1) << 36)
+
+
+@jit(inline="always")
+def _prefetch_maglev(j, fe_slots, np_slots, nip_slots, sp_set, set_table, maglev, keys, src_ip, dst_ip, src_port, dst_port, proto):
+    """Start loading the Maglev slot flow ``j`` will read (its cluster view; a hint, never wrong)."""
+    v = frontend_of(fe_slots, np_slots, nip_slots, dst_ip[j], proto[j], dst_port[j])
+    if v < 0:
+        return
+    s = sp_set[v & 0xFFFFFFFF]
+    if s < 0:
+        return
+    tb = set_table[s]
+    if tb < 0:
+        return
+    m = maglev.shape[1]
+    prefetch(maglev, np.int64(tb) * m + modn(flow_hash(keys[SALT_MAGLEV], src_ip[j], dst_ip[j], src_port[j],
+                                                         dst_port[j], proto[j]), m))
+
+
+@pjit
+def _stage(T, S, lb, seq, has_ts, conn_ns, rows, chunk, src_ip, dst_ip, src_port, dst_port, proto, ts,
+           src_node, verdict, service, dnat_ip, dnat_port, snat_ip, deferred):
+    """The service stage over a batch: the one kernel of every balancer.
+
+    Stateless pass (``seq`` False): every row, in parallel chunks of ``chunk``;
+    flows to affinity service ports are only flagged in ``deferred`` (when it
+    has rows). Stateful pass (``seq`` True): the rows listed in ``rows`` (all rows
+    when ``rows`` is empty), with ``chunk`` covering them all, so one thread
+    walks them in trace order and may read and write the balancer state ``S``.
+    """
+    (fe_slots, np_slots, nip_slots, cip_slots, sp_flags, sp_set, sp_zone_row, zone_sets, zone_width, node_zone,
+     node_ip, loc_slots, lbn_off, lbn_node, set_off, set_ep, set_ip, set_port, set_table, maglev,
+     affinity_ns, keys) = T
+    rr_dense, rr_keys, rr_vals, lc_dense, lc_keys, lc_vals, aff_keys, aff_vals, fifo_end, fifo_key, meta = S
+    use_rows = rows.shape[0] > 0
+    total = rows.shape[0] if use_rows else src_ip.shape[0]
+    keep = deferred.shape[0] > 0
+    n_nodes = node_ip.shape[0]
+    for c in numba.prange((total + chunk - 1) // chunk):
+        for r in range(c * chunk, min(total, (c + 1) * chunk)):
+            i = rows[r] if use_rows else r
+            if lb == LB_MAGLEV and not seq and r + PREFETCH_AHEAD < total:
+                _prefetch_maglev(r + PREFETCH_AHEAD, fe_slots, np_slots, nip_slots, sp_set, set_table, maglev, keys,
+                                 src_ip, dst_ip, src_port, dst_port, proto)
+            if verdict[i] != PENDING:
+                continue
+            d = dst_ip[i]
+            p = proto[i]
+            dport = dst_port[i]
+            v = frontend_of(fe_slots, np_slots, nip_slots, d, p, dport)
+            if v < 0:
+                if ht_find(cip_slots, np.uint64(d), -1) >= 0:
+                    verdict[i] = REJECTED          # a ClusterIP, on a port it does not serve
+                continue
+            sp = v & 0xFFFFFFFF
+            flags = sp_flags[sp]
+            affinity = (flags & F_AFFINITY) != 0
+            if affinity and not seq:
+                if keep:
+                    deferred[i] = 1                # ClientIP affinity: the stateful pass decides
+                continue
+            kind = (v >> 32) & 0xF
+            s_ip = src_ip[i]
+            sport = src_port[i]
+            rn = np.int64(src_node[i])
+            external = rn < 0
+            if external:
+                rn = receiving_node(sp_flags, lbn_off, lbn_node, n_nodes, sp, kind, (v >> 36) - 1,
+                                    flow_hash(keys[SALT_NODE], s_ip, d, sport, dport, p))
+                src_node[i] = rn
+            service[i] = sp
+            if (flags & F_HAS_ANY) == 0:
+                verdict[i] = REJECTED              # no endpoints at all
+                continue
+            if rn < 0:
+                verdict[i] = DROPPED               # no node to receive it
+                continue
+            s = eligible_set(sp_flags, sp_set, sp_zone_row, zone_sets, zone_width, node_zone, loc_slots,
+                             sp, kind, external, rn)
+            if s < 0:
+                verdict[i] = DROPPED               # Local policy, no local endpoint
+                continue
+            lo = np.int64(set_off[s])
+            n = np.int64(set_off[s + 1]) - lo
+            if not seq:                            # stateless balancer, no affinity
+                pos = _hash_pick(lb, s, n, s_ip, d, sport, dport, p, keys, set_table, maglev)
+            else:
+                t = ts[i] if has_ts else np.int64(0)
+                if lb == LB_LEAST_CONN and has_ts:
+                    _retire(lc_dense, lc_keys, lc_vals, fifo_end, fifo_key, meta, t)
+                pos = np.int64(-1)
+                slot = np.int64(0)
+                akey = pack2(sp, s_ip)
+                if affinity:
+                    slot = _slot(aff_keys, akey)
+                    if aff_keys[slot] == akey and (not has_ts or t - aff_vals[slot, 1] <= affinity_ns[sp]):
+                        ep = aff_vals[slot, 0]
+                        for j in range(n):
+                            if set_ep[lo + j] == ep:
+                                pos = j
+                                break
+                if pos < 0:
+                    pos = _balance(lb, s, lo, n, rn, sp, s_ip, d, sport, dport, p, keys, set_table, maglev, set_ep,
+                                   rr_dense, rr_keys, rr_vals, lc_dense, lc_keys, lc_vals, meta)
+                if affinity:
+                    if aff_keys[slot] != akey:
+                        aff_keys[slot] = akey
+                        meta[_AFF_USED] += 1
+                    aff_vals[slot, 0] = set_ep[lo + pos]
+                    aff_vals[slot, 1] = t
+                if lb == LB_LEAST_CONN:
+                    _open(lc_dense, lc_keys, lc_vals, fifo_end, fifo_key, meta, rn, np.int64(set_ep[lo + pos]),
+                          t + conn_ns, has_ts)
+            k = lo + pos
+            b_ip = set_ip[k]
+            dnat_ip[i] = b_ip
+            dnat_port[i] = set_port[k]
+            if (external and (kind == FE_CLUSTER_IP or not uses_local(flags, kind, external))) or b_ip == s_ip:
+                snat_ip[i] = node_ip[rn]           # masquerade to the receiving node

@@ -1,0 +1,840 @@
+"""The service map: kube-proxy's rules compiled into flat arrays, and the service stage.
+
+:func:`compile_services` turns a cluster's Services and EndpointSlices into a
+:class:`ServiceMap`:
+
+* **frontends**, one :class:`~fastpath.tables.exact.ExactTable` keyed
+  ``pack3(ip, proto, port)``: every ClusterIP, externalIP and load-balancer
+  ingress IP on the port, and the nodePort on every node's InternalIP and
+  ExternalIP (types NodePort and LoadBalancer). The value packs the service
+  port id, the frontend kind and, for NodePort, the node:
+  ``sp | kind << 32 | (node + 1) << 36``. Headless and ExternalName services
+  have no frontend. Where two frontends claim one key the first wins, in the
+  order ClusterIP, LoadBalancer, externalIP, NodePort, then service order (a
+  warning says so). The known ClusterIPs are a second table, so traffic to a
+  ClusterIP on a port or protocol it does not serve is rejected.
+* **endpoints** of each service port in CSR form, sorted by (IP, port): from
+  every EndpointSlice labelled with the service (the given ones and those the
+  EndpointSlice controller would derive, :func:`fastpath.cluster.endpoints.endpoints_for`)
+  whose ports include one with the service port's name and protocol; an
+  endpoint's port is its slice's. Only an endpoint's first address counts, and
+  an (IP, port) seen twice keeps its first occurrence (kube-proxy's
+  ``endpointslicecache``).
+* **eligible sets**, kube-proxy's ``CategorizeEndpoints`` (``pkg/proxy/topology.go``)
+  precomputed: the *cluster view* is the Ready endpoints, else the
+  Serving+Terminating ones; when every Ready endpoint carries zone hints and
+  one is hinted for the receiving node's zone, only the Ready endpoints hinted
+  for that zone (one set per zone, only for service ports where that narrows
+  anything). The *local view* of a node, built only for service ports with a
+  Local policy, is that node's Ready endpoints, else its Serving+Terminating
+  ones. Which view a flow gets is :func:`fastpath.tables.balancers.eligible_set`.
+* **Maglev tables** (``lb="maglev"``), one per distinct eligible backend list.
+
+:class:`ServiceStage` runs the stage over a batch (``docs/dataplane.md`` §4);
+the balancers, hashes and affinity are in :mod:`fastpath.tables.balancers`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .._jit import jit
+from ..addr import int_to_ip
+from ..cluster.model import PROTO_NAMES, Cluster
+from ..codes import DROPPED, REJECTED
+from ..errors import FastpathError
+from .balancers import (BALANCERS, F_AFFINITY, F_ETP_LOCAL, F_HAS_ANY, F_HAS_READY, F_ITP_LOCAL,
+                        FE_CLUSTER_IP, FE_EXTERNAL_IP, FE_LOAD_BALANCER, FE_NODE_PORT, FRONTEND_KINDS,
+                        LB_LEAST_CONN, LB_MAGLEV, LB_RANDOM, LB_ROUND_ROBIN, LB_SOURCE_HASH, SALT_MAGLEV,
+                        SALT_NODE, SALT_RANDOM, SALT_SOURCE, SEQ_CHUNK, STATEFUL, BalancerState, MapArrays,
+                        PAR_CHUNK, _stage, client_hash, flow_eligible_set, flow_hash,
+                        seed_keys, uses_local)
+from .exact import ExactTable, pack2_np, pack3_np
+from .maglev import DEFAULT_M, backend_names, build_tables, check_size
+
+#: Default ``sessionAffinityConfig.clientIP.timeoutSeconds``.
+DEFAULT_AFFINITY_TIMEOUT = 10800
+#: Bit of an endpoint's hint mask saying it carries zone hints at all.
+HINTED = np.uint64(1 << 63)
+#: Most node zones the topology masks can hold.
+MAX_ZONES = 63
+
+
+@dataclass(frozen=True)
+class ServiceMap:
+    """Every service port of a cluster as flat arrays (see the module docstring).
+
+    Index ``sp`` (a *service-port id*) runs over :attr:`names`; the service
+    stage writes it into results' ``service`` column.
+    """
+
+    names: list[str]                 #: ``namespace/name:portname-or-port`` by service-port id
+    lb: str                          #: balancer the map was built for
+    seed: int
+    maglev_size: int
+    conn_duration: float             #: least-connection connection lifetime, seconds
+    arrays: MapArrays                #: what the kernels read
+    frontends: ExactTable            #: pack3(ip, proto, port) -> sp | kind << 32 (ClusterIP, LB, externalIP)
+    node_ports: ExactTable           #: pack3(0, proto, nodePort) -> sp | FE_NODE_PORT << 32
+    node_ips: ExactTable             #: node InternalIP / ExternalIP -> node
+    cluster_ips: ExactTable          #: ClusterIP -> 1
+    local_sets: ExactTable           #: pack2(sp, node) -> local eligible set
+    sp_service: np.ndarray           #: int32[S] index into cluster.services
+    sp_port: np.ndarray              #: uint16[S] service port
+    sp_proto: np.ndarray             #: uint8[S]
+    sp_flags: np.ndarray             #: uint8[S] F_* flags
+    affinity_timeout: np.ndarray     #: int64[S] seconds
+    ep_off: np.ndarray               #: int64[S + 1] endpoints of sp: ep_off[sp]:ep_off[sp + 1]
+    ep_ip: np.ndarray                #: uint32[E]
+    ep_port: np.ndarray              #: uint16[E] numeric target port
+    ep_node: np.ndarray              #: int32[E] node index, -1 unknown
+    ep_pod: np.ndarray               #: int32[E] pod index (targetRef), -1 none
+    ep_zone: np.ndarray              #: int32[E] index into zones, -1 none
+    ep_ready: np.ndarray             #: bool[E]
+    ep_serving: np.ndarray           #: bool[E]
+    ep_terminating: np.ndarray       #: bool[E]
+    ep_hints: np.ndarray             #: uint64[E] bit z: hinted for zones[z]; bit 63: has hints
+    node_names: list[str]
+    zones: list[str]                 #: node zones first (bit order), then zones only endpoints name
+    pod_names: list[str]
+    has_affinity: bool               #: some service port has sessionAffinity ClientIP
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n_sets(self) -> int:
+        return int(self.arrays.set_off.shape[0] - 1)
+
+    def set_members(self, s: int) -> np.ndarray:
+        """Endpoint indices of eligible set ``s``."""
+        a = self.arrays
+        return a.set_ep[a.set_off[s]:a.set_off[s + 1]]
+
+    def endpoints(self, sp: int) -> range:
+        """Endpoint indices of service port ``sp``."""
+        return range(int(self.ep_off[sp]), int(self.ep_off[sp + 1]))
+
+    def backend_text(self, e: int) -> str:
+        """``IP:port`` of endpoint ``e``, with its pod and node where known."""
+        text = f"{int_to_ip(int(self.ep_ip[e]))}:{int(self.ep_port[e])}"
+        extra = []
+        if self.ep_pod[e] >= 0:
+            extra.append(f"pod {self.pod_names[self.ep_pod[e]]}")
+        if self.ep_node[e] >= 0:
+            extra.append(f"node {self.node_names[self.ep_node[e]]}")
+        return text + (f" ({', '.join(extra)})" if extra else "")
+
+    def frontend_lookup(self, ip: np.ndarray, proto: np.ndarray, port: np.ndarray) -> np.ndarray:
+        """Frontend values (``sp | kind << 32 | (node + 1) << 36``, -1 where none) of a batch of keys."""
+        ip = np.asarray(ip, dtype=np.uint64)
+        proto = np.asarray(proto, dtype=np.int64)
+        port = np.asarray(port, dtype=np.int64)
+        out = self.frontends.lookup(pack3_np(ip, proto, port))
+        node = self.node_ips.lookup(ip)
+        nodeport = self.node_ports.lookup(pack3_np(np.zeros_like(proto), proto, port))
+        take = (out < 0) & (node >= 0) & (nodeport >= 0)
+        out[take] = nodeport[take] | ((node[take] + 1) << 36)
+        return out
+
+    def describe(self) -> dict:
+        """Sizes of the compiled map (capacity notes)."""
+        a = self.arrays
+        return {
+            "service_ports": len(self.names), "frontends": len(self.frontends),
+            "node_ports": len(self.node_ports),
+            "endpoints": int(self.ep_ip.shape[0]), "eligible_sets": self.n_sets,
+            "local_sets": len(self.local_sets), "maglev_tables": int(a.maglev.shape[0]),
+            "bytes": int(sum(x.nbytes for x in a if isinstance(x, np.ndarray))),
+        }
+
+
+# --------------------------------------------------------------------------- compile
+
+def balancer_code(lb: str) -> int:
+    """Code of a balancer name, or :class:`FastpathError` listing the choices."""
+    try:
+        return BALANCERS.index(lb)
+    except ValueError:
+        raise FastpathError(f"unknown balancer {lb!r}: choose one of {', '.join(BALANCERS)}") from None
+
+
+def _all_slices(cluster: Cluster) -> list:
+    try:
+        from ..cluster.endpoints import endpoints_for
+    except ImportError:        # pragma: no cover - the module lands with the cluster loader
+        return list(cluster.slices)
+    return endpoints_for(cluster)
+
+
+def compile_services(cluster: Cluster, *, lb: str = "random", seed: int = 0,
+                     maglev_size: int = DEFAULT_M, conn_duration: float = 30.0) -> ServiceMap:
+    """Compile ``cluster``'s services into a :class:`ServiceMap`.
+
+    Parameters
+    ----------
+    cluster
+        The validated cluster; endpoints come from its EndpointSlices and, for
+        services given without any, from their selectors.
+    lb
+        Balancer: ``random``, ``round-robin``, ``source-hash``, ``maglev`` or
+        ``least-connection`` (see :mod:`fastpath.tables.balancers`).
+    seed
+        Seed of every hash, so a replay is repeatable.
+    maglev_size
+        Prime size M of each Maglev table (Cilium's default 16381).
+    conn_duration
+        Seconds a connection stays active, for ``least-connection``.
+    """
+    lb_code = balancer_code(lb)
+    if lb_code == LB_MAGLEV:
+        maglev_size = check_size(maglev_size)
+    if not (isinstance(conn_duration, (int, float)) and math.isfinite(conn_duration) and conn_duration > 0):
+        raise FastpathError(f"conn_duration {conn_duration!r}: must be a positive number of seconds")
+    seed = int(seed)
+    warnings: list[str] = []
+
+    # nodes and zones
+    nodes = cluster.nodes
+    node_index = {n.name: i for i, n in enumerate(nodes)}
+    zones = sorted({n.zone for n in nodes if n.zone})
+    if len(zones) > MAX_ZONES:
+        raise FastpathError(f"cluster has {len(zones)} zones: topology hints support at most {MAX_ZONES}")
+    n_zones = len(zones)
+    zone_index = {z: i for i, z in enumerate(zones)}
+    node_zone = np.array([zone_index.get(n.zone, n_zones) for n in nodes], dtype=np.int32)
+    node_ip = np.array([n.internal_ip or n.external_ip or 0 for n in nodes], dtype=np.uint32)
+
+    # service ports and their frontends
+    names: list[str] = []
+    sp_service, sp_port, sp_proto, sp_flags, sp_timeout = [], [], [], [], []
+    sp_pname: list[str] = []                #: slice port name each service port matches
+    fe = {k: ([], [], [], []) for k in (FE_CLUSTER_IP, FE_LOAD_BALANCER, FE_EXTERNAL_IP)}  # ip, proto, port, sp
+    np_proto, np_port, np_sp = [], [], []
+    cluster_ips: list[int] = []
+    sp_by_svc: dict[tuple[str, str], list[int]] = {}
+    for si, svc in enumerate(cluster.services):
+        if svc.type == "ExternalName" or svc.headless:
+            continue                       # not proxied (ShouldSkipService)
+        cluster_ips.extend(svc.cluster_ips)
+        flags = ((F_ITP_LOCAL if svc.internal_policy == "Local" else 0)
+                 | (F_ETP_LOCAL if svc.external_policy == "Local" else 0)
+                 | (F_AFFINITY if svc.session_affinity else 0))
+        timeout = svc.affinity_timeout or DEFAULT_AFFINITY_TIMEOUT
+        node_ports = svc.type in ("NodePort", "LoadBalancer")
+        lb_ips = svc.lb_ips if svc.type == "LoadBalancer" else ()
+        for port in svc.ports:
+            sp = len(names)
+            names.append(f"{svc.namespace}/{svc.name}:{port.name or port.port}")
+            sp_by_svc.setdefault((svc.namespace, svc.name), []).append(sp)
+            sp_service.append(si)
+            sp_port.append(port.port)
+            sp_proto.append(port.proto)
+            sp_pname.append(port.name or "")
+            sp_flags.append(flags)
+            sp_timeout.append(timeout)
+            for kind, ips in ((FE_CLUSTER_IP, svc.cluster_ips), (FE_LOAD_BALANCER, lb_ips),
+                              (FE_EXTERNAL_IP, svc.external_ips)):
+                cols = fe[kind]
+                for ip in ips:
+                    cols[0].append(ip)
+                    cols[1].append(port.proto)
+                    cols[2].append(port.port)
+                    cols[3].append(sp)
+            if node_ports and port.node_port:
+                np_proto.append(port.proto)
+                np_port.append(port.node_port)
+                np_sp.append(sp)
+    n_sp = len(names)
+    frontends, node_ports, node_ips = _frontend_table(fe, np_proto, np_port, np_sp, nodes, names, warnings)
+    cip = np.unique(np.array(cluster_ips, dtype=np.uint64))
+    cip_table = ExactTable.build(cip, np.ones(cip.shape[0], np.int64))
+
+    # endpoints
+    pod_index = {p.key: i for i, p in enumerate(cluster.pods)}
+    ep = _gather_endpoints(_all_slices(cluster), sp_by_svc, sp_pname, sp_proto, node_index, zones, zone_index,
+                           pod_index)
+    ep_sp, ep_ip, ep_port, ep_node, ep_pod, ep_zone, ep_ready, ep_serving, ep_term, ep_hints, all_zones = ep
+    ep_off = np.zeros(n_sp + 1, dtype=np.int64)
+    np.cumsum(np.bincount(ep_sp, minlength=n_sp), out=ep_off[1:])
+
+    # eligible sets
+    sp_flags_a = np.array(sp_flags, dtype=np.uint8)
+    needs_local = (sp_flags_a & (F_ITP_LOCAL | F_ETP_LOCAL)) != 0
+    n_ep = ep_ip.shape[0]
+    n_hinted = int(np.count_nonzero(ep_hints))
+    cap_sets = n_sp * (1 + n_zones) + n_ep + 1
+    cap_members = 2 * n_ep + n_zones * n_hinted + 1
+    set_off = np.zeros(cap_sets + 1, dtype=np.int64)
+    set_ep = np.empty(cap_members, dtype=np.int32)
+    sp_set = np.empty(n_sp, dtype=np.int32)
+    sp_has = np.empty(n_sp, dtype=np.uint8)
+    sp_zone_row = np.empty(n_sp, dtype=np.int32)
+    zone_sets = np.empty(max(1, n_sp * (n_zones + 1)), dtype=np.int32)
+    loc_sp = np.empty(n_ep, dtype=np.int32)
+    loc_node = np.empty(n_ep, dtype=np.int32)
+    loc_set = np.empty(n_ep, dtype=np.int32)
+    counts = np.zeros(4, dtype=np.int64)
+    _categorize(ep_off, ep_ready, ep_serving, ep_term, ep_node, ep_hints, needs_local, n_zones, len(nodes),
+                set_off, set_ep, sp_set, sp_has, sp_zone_row, zone_sets, loc_sp, loc_node, loc_set, counts)
+    n_sets, n_members, n_rows, n_loc = (int(x) for x in counts)
+    set_off = set_off[:n_sets + 1].copy()
+    set_ep = set_ep[:n_members].copy()
+    zone_sets = zone_sets[:max(1, n_rows * (n_zones + 1))].copy()
+    sp_flags_a |= sp_has
+    loc_sp, loc_node, loc_set = loc_sp[:n_loc], loc_node[:n_loc], loc_set[:n_loc]
+    local_table = ExactTable.build(pack2_np(loc_sp, loc_node), loc_set)
+    order = np.lexsort((loc_node, loc_sp))
+    lbn_node = np.ascontiguousarray(loc_node[order], dtype=np.int32)
+    lbn_off = np.zeros(n_sp + 1, dtype=np.int64)
+    np.cumsum(np.bincount(loc_sp, minlength=n_sp), out=lbn_off[1:])
+    set_ip = ep_ip[set_ep]
+    set_port = ep_port[set_ep]
+
+    # Maglev tables, one per distinct backend list
+    set_table = np.full(n_sets, -1, dtype=np.int32)
+    if lb_code == LB_MAGLEV:
+        maglev = _maglev_tables(set_off, set_ip, set_port, set_table, maglev_size, seed)
+    else:
+        maglev = np.zeros((0, 1), dtype=np.uint8)     # same kernel type as real (uint8) tables
+
+    timeouts = np.array(sp_timeout, dtype=np.int64)
+    arrays = MapArrays(
+        fe_slots=frontends.slots, np_slots=node_ports.slots, nip_slots=node_ips.slots, cip_slots=cip_table.slots,
+        sp_flags=sp_flags_a, sp_set=sp_set, sp_zone_row=sp_zone_row, zone_sets=zone_sets,
+        zone_width=np.int64(n_zones + 1), node_zone=node_zone, node_ip=node_ip,
+        loc_slots=local_table.slots, lbn_off=lbn_off, lbn_node=lbn_node,
+        set_off=set_off, set_ep=set_ep, set_ip=set_ip, set_port=set_port, set_table=set_table,
+        maglev=maglev, affinity_ns=timeouts * np.int64(1_000_000_000), keys=seed_keys(seed),
+    )
+    return ServiceMap(
+        names=names, lb=lb, seed=seed, maglev_size=int(maglev_size), conn_duration=float(conn_duration),
+        arrays=arrays, frontends=frontends, node_ports=node_ports, node_ips=node_ips, cluster_ips=cip_table, local_sets=local_table,
+        sp_service=np.array(sp_service, dtype=np.int32), sp_port=np.array(sp_port, dtype=np.uint16),
+        sp_proto=np.array(sp_proto, dtype=np.uint8), sp_flags=sp_flags_a, affinity_timeout=timeouts,
+        ep_off=ep_off, ep_ip=ep_ip, ep_port=ep_port, ep_node=ep_node, ep_pod=ep_pod, ep_zone=ep_zone,
+        ep_ready=ep_ready, ep_serving=ep_serving, ep_terminating=ep_term, ep_hints=ep_hints,
+        node_names=[n.name for n in nodes], zones=all_zones, pod_names=[p.key for p in cluster.pods],
+        has_affinity=bool((sp_flags_a & F_AFFINITY).any()), warnings=warnings,
+    )
+
+
+def _frontend_table(fe: dict, np_proto: list, np_port: list, np_sp: list, nodes: list, names: list[str],
+                    warnings: list[str]) -> tuple[ExactTable, ExactTable, ExactTable]:
+    """The frontend tables: exact (ClusterIP, LB, externalIP), NodePorts, node addresses.
+
+    A NodePort is one entry keyed by (protocol, port) and matches on every node
+    address, so the table grows with service ports, not service ports x nodes.
+    The first claim of a key wins (see the module docstring).
+    """
+    keys, vals = [], []
+    for kind in (FE_CLUSTER_IP, FE_LOAD_BALANCER, FE_EXTERNAL_IP):
+        ip, proto, port, sp = (np.array(c, dtype=np.int64) for c in fe[kind])
+        keys.append(pack3_np(ip, proto, port))
+        vals.append(sp | (kind << 32))
+    k = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
+    v = np.concatenate(vals) if vals else np.zeros(0, np.int64)
+    uniq, first, inverse = np.unique(k, return_index=True, return_inverse=True)
+
+    def lost(count: int, key: int, loser: int, winner: int) -> None:
+        warnings.append(
+            f"{count} frontend claim(s) lost to an earlier one: e.g. "
+            f"{int_to_ip(key >> 24)} {PROTO_NAMES.get((key >> 16) & 0xFF, '?').lower()}/{key & 0xFFFF} "
+            f"of {names[loser & 0xFFFFFFFF]} goes to {names[winner & 0xFFFFFFFF]}")
+
+    clash = np.flatnonzero(v != v[first][inverse])       # a later claim that differs from the kept one
+    if clash.size:
+        j = int(clash[0])
+        lost(int(clash.size), int(k[j]), int(v[j]), int(v[first[inverse[j]]]))
+    exact = ExactTable.build(uniq, v[first])
+
+    n_ip, n_node = [], []
+    for i, n in enumerate(nodes):
+        for ip in (n.internal_ip, n.external_ip):
+            if ip is not None:
+                n_ip.append(ip)
+                n_node.append(i)
+    node_ips = ExactTable.build(np.array(n_ip, dtype=np.uint64), np.array(n_node, dtype=np.int64))
+    np_key = pack3_np(np.zeros(len(np_sp), dtype=np.int64), np.array(np_proto, dtype=np.int64),
+                      np.array(np_port, dtype=np.int64))
+    np_val = np.array(np_sp, dtype=np.int64) | (FE_NODE_PORT << 32)
+    nk, nfirst, ninv = np.unique(np_key, return_index=True, return_inverse=True)
+    nclash = np.flatnonzero(np_val != np_val[nfirst][ninv])
+    if nclash.size:
+        j = int(nclash[0])
+        lost(int(nclash.size), int(np_key[j]), int(np_val[j]), int(np_val[nfirst[ninv[j]]]))
+    node_ports = ExactTable.build(nk, np_val[nfirst])
+    # an exact frontend on a node address hides a NodePort on the same (protocol, port)
+    if uniq.size and n_ip:
+        on_node = np.isin((uniq >> np.uint64(24)).astype(np.int64), np.array(n_ip, dtype=np.int64))
+        hidden = [(int(key), int(val)) for key, val in zip(uniq[on_node], v[first][on_node])
+                  if node_ports.get(int(key) & 0xFFFFFF) >= 0]
+        if hidden:
+            key, val = hidden[0]
+            lost(len(hidden), key, node_ports.get(key & 0xFFFFFF), val)
+    return exact, node_ports, node_ips
+
+
+def _gather_endpoints(slices: list, sp_by_svc: dict, sp_pname: list[str], sp_proto: list, node_index: dict,
+                      zones: list[str], zone_index: dict, pod_index: dict):
+    """Endpoint arrays of every service port, sorted by (sp, IP, port), duplicates dropped."""
+    # every endpoint of every slice once, in slice order, as one record each
+    all_zones = list(zones)
+    extra_zones: dict[str, int] = {}
+    cache: dict[int, tuple] = {}
+    records: list[tuple] = []
+    slice_start = []
+    for sl in slices:
+        slice_start.append(len(records))
+        for e in sl.endpoints:
+            attrs = cache.get(id(e))
+            if attrs is None:
+                hint = 0
+                if e.hint_zones:
+                    hint = 1 << 63
+                    for z in e.hint_zones:
+                        zi = zone_index.get(z)
+                        if zi is not None:
+                            hint |= 1 << zi
+                zi = -1
+                if e.zone:
+                    zi = zone_index.get(e.zone)
+                    if zi is None:
+                        zi = extra_zones.setdefault(e.zone, len(zones) + len(extra_zones))
+                attrs = (e.addresses[0] if e.addresses else 0, bool(e.ready), bool(e.serving),
+                         bool(e.terminating), node_index.get(e.node, -1) if e.node else -1, zi, hint,
+                         pod_index.get(e.target_pod, -1) if e.target_pod else -1, bool(e.addresses))
+                cache[id(e)] = attrs
+            records.append(attrs)
+    all_zones.extend(sorted(extra_zones, key=extra_zones.get))
+    slice_start.append(len(records))
+    rec = np.array(records, dtype=_ENDPOINT_RECORD)
+
+    # which slices (and which of their ports) serve each service port
+    slices_of: dict[tuple[str, str], list[int]] = {}
+    for i, sl in enumerate(slices):
+        slices_of.setdefault((sl.namespace, sl.service), []).append(i)
+    seg_sp, seg_start, seg_len, seg_port = [], [], [], []
+    for svc_key, sps in sp_by_svc.items():
+        for i in slices_of.get(svc_key, ()):
+            sl = slices[i]
+            n = slice_start[i + 1] - slice_start[i]
+            if n == 0:
+                continue
+            for sp in sps:
+                for p in sl.ports:
+                    if p.proto == sp_proto[sp] and (p.name or "") == sp_pname[sp]:
+                        seg_sp.append(sp)
+                        seg_start.append(slice_start[i])
+                        seg_len.append(n)
+                        seg_port.append(p.port)
+                        break
+    seg_len_a = np.array(seg_len, dtype=np.int64)
+    total = int(seg_len_a.sum())
+    first = np.repeat(np.array(seg_start, dtype=np.int64) - np.concatenate(([0], np.cumsum(seg_len_a)[:-1])),
+                      seg_len_a) if total else np.zeros(0, np.int64)
+    idx = first + np.arange(total, dtype=np.int64)
+    sp_a = np.repeat(np.array(seg_sp, dtype=np.int32), seg_len_a)
+    port_a = np.repeat(np.array(seg_port, dtype=np.int64), seg_len_a)
+
+    valid = rec["valid"][idx]
+    ip = rec["ip"][idx]
+    # sort by (sp, ip, port, input order) and drop repeated (sp, ip, port)
+    order = np.lexsort((np.arange(total), port_a, ip, sp_a))
+    order = order[valid[order]]
+    s_sp, s_ip, s_port = sp_a[order], ip[order], port_a[order]
+    keep = np.ones(order.shape[0], bool)
+    if order.shape[0] > 1:
+        keep[1:] = (s_sp[1:] != s_sp[:-1]) | (s_ip[1:] != s_ip[:-1]) | (s_port[1:] != s_port[:-1])
+    order = order[keep]
+    pick = idx[order]
+
+    r = rec[pick]
+    return (np.ascontiguousarray(sp_a[order]), ip[order].astype(np.uint32), port_a[order].astype(np.uint16),
+            r["node"].copy(), r["pod"].copy(), r["zone"].copy(), r["ready"].copy(), r["serving"].copy(),
+            r["terminating"].copy(), r["hints"].copy(), all_zones)
+
+
+#: One endpoint as :func:`_gather_endpoints` first records it.
+_ENDPOINT_RECORD = np.dtype([("ip", np.int64), ("ready", bool), ("serving", bool), ("terminating", bool),
+                             ("node", np.int32), ("zone", np.int32), ("hints", np.uint64), ("pod", np.int32),
+                             ("valid", bool)])
+
+
+@jit
+def _categorize(ep_off, ready, serving, term, node, hint, sp_local, n_zones, n_nodes,
+                set_off, set_ep, sp_set, sp_has, sp_zone_row, zone_sets, loc_sp, loc_node, loc_set, counts):
+    """``CategorizeEndpoints`` for every service port: cluster, per-zone and per-node eligible sets."""
+    ns = 0
+    nm = 0
+    rows = 0
+    nl = 0
+    width = n_zones + 1
+    seen = np.full(max(n_nodes, 1), -1, dtype=np.int64)
+    set_off[0] = 0
+    for sp in range(ep_off.shape[0] - 1):
+        a = ep_off[sp]
+        b = ep_off[sp + 1]
+        n_ready = 0
+        n_st = 0
+        hinted = True
+        for e in range(a, b):
+            if ready[e]:
+                n_ready += 1
+                if hint[e] == 0:
+                    hinted = False
+            elif serving[e] and term[e]:
+                n_st += 1
+        base = -1
+        sp_has[sp] = 0
+        if n_ready + n_st > 0:
+            sp_has[sp] = 8 | (16 if n_ready > 0 else 0)
+            for e in range(a, b):
+                if ready[e] if n_ready > 0 else (serving[e] and term[e]):
+                    set_ep[nm] = e
+                    nm += 1
+            base = ns
+            ns += 1
+            set_off[ns] = nm
+        sp_set[sp] = base
+        sp_zone_row[sp] = -1
+        if n_ready > 0 and hinted and n_zones > 0:
+            differs = False
+            for z in range(n_zones):
+                bit = np.uint64(1) << np.uint64(z)
+                cnt = 0
+                for e in range(a, b):
+                    if ready[e] and (hint[e] & bit) != 0:
+                        cnt += 1
+                if cnt == 0 or cnt == n_ready:
+                    zone_sets[rows * width + z] = base
+                else:
+                    for e in range(a, b):
+                        if ready[e] and (hint[e] & bit) != 0:
+                            set_ep[nm] = e
+                            nm += 1
+                    zone_sets[rows * width + z] = ns
+                    ns += 1
+                    set_off[ns] = nm
+                    differs = True
+            zone_sets[rows * width + n_zones] = base
+            if differs:
+                sp_zone_row[sp] = rows
+                rows += 1
+        if sp_local[sp]:
+            for e in range(a, b):
+                nd = node[e]
+                if nd < 0 or seen[nd] == sp:
+                    continue
+                seen[nd] = sp
+                local_ready = 0
+                local_st = 0
+                for e2 in range(a, b):
+                    if node[e2] == nd:
+                        if ready[e2]:
+                            local_ready += 1
+                        elif serving[e2] and term[e2]:
+                            local_st += 1
+                if local_ready + local_st == 0:
+                    continue
+                for e2 in range(a, b):
+                    if node[e2] == nd and (ready[e2] if local_ready > 0 else (serving[e2] and term[e2])):
+                        set_ep[nm] = e2
+                        nm += 1
+                loc_sp[nl] = sp
+                loc_node[nl] = nd
+                loc_set[nl] = ns
+                nl += 1
+                ns += 1
+                set_off[ns] = nm
+    counts[0] = ns
+    counts[1] = nm
+    counts[2] = rows
+    counts[3] = nl
+
+
+def _maglev_tables(set_off: np.ndarray, set_ip: np.ndarray, set_port: np.ndarray, set_table: np.ndarray,
+                   m: int, seed: int) -> np.ndarray:
+    """Build one table per distinct backend list of two or more; fill ``set_table``."""
+    names = backend_names(set_ip, set_port)
+    distinct: dict[bytes, int] = {}
+    tab_off = [0]
+    parts = []
+    sizes = np.diff(set_off)
+    for s in np.flatnonzero(sizes >= 2).tolist():
+        seg = names[set_off[s]:set_off[s + 1]]
+        key = seg.tobytes()
+        t = distinct.get(key)
+        if t is None:
+            t = distinct[key] = len(parts)
+            parts.append(seg)
+            tab_off.append(tab_off[-1] + seg.shape[0])
+        set_table[s] = t
+    flat = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+    return build_tables(np.array(tab_off, dtype=np.int64), flat, m, seed)
+
+
+# --------------------------------------------------------------------------- the stage
+
+def _column(name: str, x, dtype, n: int | None, writable: bool = False) -> np.ndarray:
+    """A flat contiguous array of ``dtype`` (zero-copy when it already is one), or a one-line error."""
+    if writable:
+        if not isinstance(x, np.ndarray) or x.dtype != dtype or x.ndim != 1 or not x.flags.c_contiguous \
+                or not x.flags.writeable:
+            got = f"{x.dtype}{'' if getattr(x, 'flags', None) is None or x.flags.writeable else ' read-only'}" \
+                if isinstance(x, np.ndarray) else type(x).__name__
+            raise FastpathError(f"service stage: output {name!r} must be a writable contiguous 1-D "
+                                f"{np.dtype(dtype).name} array, got {got}")
+        arr = x
+    else:
+        try:
+            arr = np.ascontiguousarray(x, dtype=dtype)
+        except (TypeError, ValueError, OverflowError):
+            raise FastpathError(f"service stage: column {name!r} cannot be read as {np.dtype(dtype).name}") from None
+        if arr.ndim != 1:
+            raise FastpathError(f"service stage: column {name!r} must be 1-D, got shape {arr.shape}")
+    if n is not None and arr.shape[0] != n:
+        raise FastpathError(f"service stage: column {name!r} has {arr.shape[0]} rows, expected {n}")
+    return arr
+
+
+#: Empty row list / deferral flags: "every row" / "do not flag".
+_NO_ROWS = np.zeros(0, dtype=np.int64)
+_NO_DEFER = np.zeros(0, dtype=np.uint8)
+
+
+class ServiceStage:
+    """kube-proxy on every node, over batches of flows; holds the balancer state between batches.
+
+    Parameters
+    ----------
+    smap
+        The compiled service map; its ``lb`` picks the balancer.
+    """
+
+    def __init__(self, smap: ServiceMap) -> None:
+        self.smap = smap
+        self.lb = balancer_code(smap.lb)
+        self.reset()
+        self.conn_ns = np.int64(round(smap.conn_duration * 1e9))
+
+    def run(self, src_ip, dst_ip, src_port, dst_port, proto, ts, src_pod, src_node, verdict, service,
+            dnat_ip, dnat_port, snat_ip) -> None:
+        """Resolve the service stage of one batch, in place (``docs/dataplane.md`` §4).
+
+        Only rows whose ``verdict`` is ``PENDING`` are looked at.
+
+        Parameters
+        ----------
+        src_ip, dst_ip : uint32
+        src_port, dst_port : uint16
+        proto : uint8
+        ts : int64 nanoseconds, non-decreasing, or None
+            Without timestamps ClientIP affinity never expires and least-connection
+            connections never close.
+        src_pod : int32
+            The sending pod or -1 (not used by the rules, kept for symmetry with the pipeline).
+        src_node : int32, in/out
+            >= 0 for in-cluster clients (their node's kube-proxy decides); -1 for
+            external clients, set here to the receiving node where a frontend is
+            hit: a NodePort's node; for a LoadBalancer / externalIP / ClusterIP, a
+            node drawn by a seeded flow hash among the nodes with local endpoints
+            when a Local policy governs the flow, else among all nodes. It stays
+            -1 for a ClusterIP's unserved port (no frontend was hit).
+        verdict : uint8, in/out
+            ``REJECTED`` (no endpoints, or a ClusterIP's unserved port) and
+            ``DROPPED`` (Local policy without a local endpoint) are written here.
+        service : int32, out
+            Service-port id of the frontend hit (caller pre-fills -1).
+        dnat_ip, dnat_port, snat_ip : out
+            Rewritten destination and source (caller pre-fills the inputs).
+        """
+        n = _column("src_ip", src_ip, np.uint32, None).shape[0]
+        src_ip = _column("src_ip", src_ip, np.uint32, n)
+        dst_ip = _column("dst_ip", dst_ip, np.uint32, n)
+        src_port = _column("src_port", src_port, np.uint16, n)
+        dst_port = _column("dst_port", dst_port, np.uint16, n)
+        proto = _column("proto", proto, np.uint8, n)
+        has_ts = ts is not None
+        ts = _column("ts", ts, np.int64, n) if has_ts else np.zeros(1, np.int64)
+        outs = [_column(name, x, dt, n, writable=True) for name, x, dt in (
+            ("src_node", src_node, np.int32), ("verdict", verdict, np.uint8), ("service", service, np.int32),
+            ("dnat_ip", dnat_ip, np.uint32), ("dnat_port", dnat_port, np.uint16), ("snat_ip", snat_ip, np.uint32))]
+        if n == 0:
+            return
+        T = self.smap.arrays
+        cols = (src_ip, dst_ip, src_port, dst_port, proto, ts, *outs)
+        if self.lb in STATEFUL:
+            rows = np.arange(n, dtype=np.int64)
+        else:
+            deferred = np.zeros(n if self.smap.has_affinity else 0, dtype=np.uint8)
+            _stage(T, self.state.arrays, self.lb, False, has_ts, self.conn_ns, _NO_ROWS, PAR_CHUNK, *cols, deferred)
+            if not self.smap.has_affinity:
+                return
+            rows = np.flatnonzero(deferred).astype(np.int64)
+        for start in range(0, rows.shape[0], SEQ_CHUNK):
+            chunk = rows[start:start + SEQ_CHUNK]
+            self.state.reserve(chunk.shape[0], self.lb, self.smap.has_affinity, has_ts)
+            # one work item covering every row: a single thread, in trace order
+            _stage(T, self.state.arrays, self.lb, True, has_ts, self.conn_ns, chunk, chunk.shape[0], *cols,
+                   _NO_DEFER)
+
+    def reset(self) -> None:
+        """Forget round-robin counters, open connections and affinities."""
+        nodes = len(self.smap.node_names)
+        self.state = BalancerState(
+            rr_shape=(nodes, len(self.smap.names)) if self.lb == LB_ROUND_ROBIN else (0, 0),
+            lc_shape=(nodes, int(self.smap.ep_ip.shape[0])) if self.lb == LB_LEAST_CONN else (0, 0))
+
+
+# --------------------------------------------------------------------------- explain
+
+def explain_service(dp, flows, results, row: int = 0) -> list[str]:
+    """Why the service stage did what it did to one resolved flow, as lines of text.
+
+    Parameters
+    ----------
+    dp
+        A :class:`fastpath.pipeline.DataPlane` (its ``services`` and ``stage``
+        are used) or a :class:`ServiceMap`.
+    flows
+        The flows (``src_ip``, ``dst_ip``, ``src_port``, ``dst_port``, ``proto``
+        and optionally ``ts`` arrays, as attributes or dict keys).
+    results
+        The batch's results after the stage (``service``, ``verdict``,
+        ``src_node``, ``dnat_ip``, ``dnat_port``, ``snat_ip``, and ``src_kind``
+        where known: 2 = external client).
+    row
+        Which flow.
+
+    Returns
+    -------
+    list of str
+        Frontend and its kind, receiving node, eligible endpoints and why
+        (policy, fallback, topology), the backend and why (balancer, hash,
+        affinity), and source NAT. Empty where the flow hit no frontend and no
+        ClusterIP.
+    """
+    smap: ServiceMap = dp.services if hasattr(dp, "services") else dp
+    stage = getattr(dp, "stage", None)
+
+    def get(obj, name):
+        return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+    src, dst = int(get(flows, "src_ip")[row]), int(get(flows, "dst_ip")[row])
+    sport, dport, proto = int(get(flows, "src_port")[row]), int(get(flows, "dst_port")[row]), int(get(flows, "proto")[row])
+    ts = get(flows, "ts")
+    pname = PROTO_NAMES.get(proto, str(proto)).lower()
+    sp = int(get(results, "service")[row])
+    verdict = int(get(results, "verdict")[row])
+    rn = int(get(results, "src_node")[row])
+    kinds = get(results, "src_kind")
+    a = smap.arrays
+    lines: list[str] = []
+    if sp < 0:
+        if smap.cluster_ips.get(dst) >= 0:
+            lines.append(f"{int_to_ip(dst)} is a ClusterIP but no service port serves {pname}/{dport} "
+                         f"there: rejected (ICMP port unreachable)")
+        return lines
+    value = int(smap.frontend_lookup(np.array([dst]), np.array([proto]), np.array([dport]))[0])
+    kind = (value >> 32) & 0xF
+    fnode = (value >> 36) - 1
+    external = bool(kinds[row] == 2) if kinds is not None else rn < 0
+    name = smap.names[sp]
+    where = f" on node {smap.node_names[fnode]}'s address" if kind == FE_NODE_PORT else ""
+    lines.append(f"{int_to_ip(dst)} {pname}/{dport} is the {FRONTEND_KINDS[kind]} frontend of {name}{where}")
+    flags = int(smap.sp_flags[sp])
+    node = smap.node_names[rn] if rn >= 0 else "?"
+    if not external:
+        lines.append(f"in-cluster client: kube-proxy on its node {node} decides")
+    elif kind == FE_NODE_PORT:
+        lines.append(f"external client: received by node {node}, which owns the address")
+    elif rn >= 0:
+        local = bool(uses_local(np.uint8(flags), kind, True))
+        cand = int(a.lbn_off[sp + 1] - a.lbn_off[sp])
+        pool = (f"the {cand} node(s) with local endpoints ({_policy_name(kind)} Local: the load balancer's "
+                f"health check)" if local and cand else f"all {len(smap.node_names)} nodes")
+        h = int(flow_hash(a.keys[SALT_NODE], src, dst, sport, dport, proto))
+        lines.append(f"external client: received by node {node}, drawn by flow hash {h:#018x} among {pool}")
+    if not flags & F_HAS_ANY:
+        lines.append(f"{name} has no Ready or Serving+Terminating endpoint: rejected (ICMP port unreachable)")
+        return lines
+    if rn < 0:
+        lines.append("no node can receive the flow: dropped")
+        return lines
+    local = bool(uses_local(np.uint8(flags), kind, external))
+    s = flow_eligible_set(a, sp, kind, external, rn)
+    policy = _policy_name(kind) if kind == FE_CLUSTER_IP or external else None
+    if local:
+        if s < 0:
+            lines.append(f"{policy} Local: no endpoint of {name} on node {node}: dropped")
+            return lines
+        members = smap.set_members(s)
+        why = "Ready" if smap.ep_ready[members].all() else "no local Ready one, so Serving+Terminating"
+        lines.append(f"{policy} Local: {members.size} {why} endpoint(s) on node {node} eligible")
+    else:
+        members = smap.set_members(s)
+        head = f"{policy} Cluster" if policy else "in-cluster client on an external frontend: cluster view"
+        if not flags & F_HAS_READY:
+            lines.append(f"{head}: no Ready endpoint, falling back to {members.size} Serving+Terminating")
+        elif s != int(a.sp_set[sp]):
+            z = int(a.node_zone[rn])
+            lines.append(f"{head}: topology hints, node zone {smap.zones[z]}: {members.size} of "
+                         f"{smap.set_members(int(a.sp_set[sp])).size} Ready endpoints hinted for it")
+        else:
+            lines.append(f"{head}: {members.size} Ready endpoint(s) eligible")
+    lines.append("eligible: " + ", ".join(smap.backend_text(int(e)) for e in members[:8])
+                 + (f", ... ({members.size} in all)" if members.size > 8 else ""))
+    if verdict in (REJECTED, DROPPED):
+        return lines
+    e_chosen = _chosen(smap, members, int(get(results, "dnat_ip")[row]), int(get(results, "dnat_port")[row]))
+    n = members.size
+    pos = int(np.flatnonzero(members == e_chosen)[0]) if e_chosen >= 0 else -1
+    lb = balancer_code(smap.lb)
+    if flags & F_AFFINITY:
+        lines.append(f"sessionAffinity ClientIP ({int(smap.affinity_timeout[sp])} s): the client keeps its "
+                     f"backend while it returns within the timeout")
+    if lb == LB_RANDOM:
+        h = int(flow_hash(a.keys[SALT_RANDOM], src, dst, sport, dport, proto))
+        lines.append(f"random: 5-tuple hash {h:#018x} -> position {(h >> 32) % n} of {n}")
+    elif lb == LB_SOURCE_HASH:
+        h = int(client_hash(a.keys[SALT_SOURCE], src))
+        lines.append(f"source-hash: client hash {h:#018x} -> position {(h >> 32) % n} of {n}")
+    elif lb == LB_MAGLEV:
+        h = int(flow_hash(a.keys[SALT_MAGLEV], src, dst, sport, dport, proto)) >> 32
+        t = int(a.set_table[s])
+        if t < 0:
+            lines.append("maglev: a single backend")
+        else:
+            idx = h % smap.maglev_size
+            lines.append(f"maglev: 5-tuple hash mod {smap.maglev_size} = slot {idx} -> position "
+                         f"{int(a.maglev[t, idx])} of {n} (table shared by {int((a.set_table == t).sum())} set(s))")
+    elif lb == LB_ROUND_ROBIN and stage is not None:
+        c = stage.state.rr_counter(rn, sp)
+        lines.append(f"round-robin: node {node}'s counter for {name} now {c} (next position {c % n} of {n})")
+    elif lb == LB_LEAST_CONN and stage is not None:
+        counts = ", ".join(f"{int_to_ip(int(smap.ep_ip[e]))}:{int(smap.ep_port[e])}="
+                           f"{stage.state.active_connections(rn, int(e)) - (int(e) == e_chosen)}"
+                           for e in members[:8])
+        lines.append(f"least-connection: active connections from node {node} before this one: {counts} "
+                     f"(fewest wins, first in list order on ties)")
+    if pos >= 0:
+        lines.append(f"DNAT -> {smap.backend_text(e_chosen)}")
+    snat = int(get(results, "snat_ip")[row])
+    if snat != src:
+        reason = ("hairpin: the backend is the client itself" if int(get(results, "dnat_ip")[row]) == src else
+                  "an external client reaching a ClusterIP" if kind == FE_CLUSTER_IP else
+                  f"an external client under externalTrafficPolicy Cluster")
+        lines.append(f"SNAT (masquerade) {int_to_ip(src)} -> {int_to_ip(snat)}, node {node}'s address: {reason}")
+    elif external:
+        lines.append("client IP kept (externalTrafficPolicy Local)")
+    return lines
+
+
+def _policy_name(kind: int) -> str:
+    return "internalTrafficPolicy" if kind == FE_CLUSTER_IP else "externalTrafficPolicy"
+
+
+def _chosen(smap: ServiceMap, members: np.ndarray, ip: int, port: int) -> int:
+    hit = members[(smap.ep_ip[members] == ip) & (smap.ep_port[members] == port)]
+    return int(hit[0]) if hit.size else -1
