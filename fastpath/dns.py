@@ -32,7 +32,7 @@ flows then take their answer by numpy indexing.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -51,6 +51,8 @@ class DnsTable:
     domain: str
     records: dict[str, tuple[int, ...]]   #: service names -> answers (pod records are computed)
     seed: int = 0
+    #: answers already worked out, by (name, namespace): a replay asks the same names every batch
+    _answers: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_cluster(cls, cluster: Cluster, seed: int = 0) -> "DnsTable":
@@ -110,6 +112,13 @@ class DnsTable:
 
     def answer(self, name: str, namespace: str | None) -> tuple[int, ...]:
         """A answers for ``name`` asked from ``namespace``: the first candidate that has any."""
+        key = (name, namespace)
+        hit = self._answers.get(key)
+        if hit is None:
+            hit = self._answers[key] = self._answer(name, namespace)
+        return hit
+
+    def _answer(self, name: str, namespace: str | None) -> tuple[int, ...]:
         for fqdn in self.candidates(name, namespace):
             if "" in fqdn.split("."):
                 continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 
 from .addr import LOOPBACK_LEN, LOOPBACK_NET, cidr_contains, format_cidr, int_to_ip, int_to_mac, ip_to_int
 from .cluster.compile import fdb_key
@@ -86,16 +87,18 @@ def explain(dp: DataPlane, src: str, dst: str, dport: int, proto: str | int = "t
     p = _parse_proto(proto)
     src_ip = _endpoint_ip(dp, src, "source")
     by_name = not _looks_like_ip(dst) and not (dst in t.pod_names)
-    cols = {"src_ip": np.array([src_ip], np.uint32), "src_port": np.array([sport], np.uint16),
-            "dst_port": np.array([dport], np.uint16), "proto": np.array([p], np.uint8)}
+    cols = {"src_ip": pa.array([src_ip], pa.uint32()), "src_port": pa.array([sport], pa.uint16()),
+            "dst_port": pa.array([dport], pa.uint16()), "proto": pa.array([p], pa.uint8())}
     if by_name:
-        cols["dst_ip"] = np.array([0], np.uint32)
-        cols["dst_name"] = np.array([dst], dtype=object)
+        cols["dst_ip"] = pa.array([None], pa.uint32())
+        cols["dst_name"] = pa.array([dst], pa.string())
+        orig = 0
     else:
-        cols["dst_ip"] = np.array([_endpoint_ip(dp, dst, "destination")], np.uint32)
+        orig = _endpoint_ip(dp, dst, "destination")
+        cols["dst_ip"] = pa.array([orig], pa.uint32())
     if ts is not None:
-        cols["ts"] = np.array([ts], np.int64)
-    flows = normalize_batch(cols, "explain")
+        cols["ts"] = pa.array([ts], pa.int64())
+    flows = normalize_batch(pa.record_batch(cols), "explain")
     r = dp.resolve_flows(flows)
     row = dp.to_arrow(r).to_pylist()[0]
     pname = PROTO_NAMES.get(p, str(p)).lower()
@@ -121,8 +124,6 @@ def explain(dp: DataPlane, src: str, dst: str, dport: int, proto: str | int = "t
             return ex
         orig = _answered(dp, flows)
         ex.add("dns", f"{dst!r} -> {int_to_ip(orig)}")
-    else:
-        orig = int(cols["dst_ip"][0])
 
     # --- loopback
     if row["path"] == "loopback" and (cidr_contains(LOOPBACK_NET, LOOPBACK_LEN, orig) or orig == src_ip):
@@ -135,10 +136,13 @@ def explain(dp: DataPlane, src: str, dst: str, dport: int, proto: str | int = "t
         return ex
 
     # --- service stage
-    for line in _service_lines(dp, flows, r):
+    asked = {"src_ip": flows.src_ip, "dst_ip": np.array([orig], np.uint32), "src_port": flows.src_port,
+             "dst_port": flows.dst_port, "proto": flows.proto, "ts": flows.ts}
+    for line in _service_lines(dp, asked, r):
         ex.add("service", line)
-    if row["service"] is not None and row["verdict"] in ("rejected", "dropped") and row["dst_node"] is None:
-        return ex
+    if row["path"] == "none" and row["verdict"] in ("rejected", "dropped") and row["dst_node"] is None \
+            and (row["service"] is not None or row["verdict"] == "rejected"):
+        return ex                       # stopped by kube-proxy: no endpoint, no local endpoint, unserved port
     d = int(r.dnat_ip[0])
     port = int(r.dnat_port[0])
     if row["service"] is None and kind != SRC_EXTERNAL:
