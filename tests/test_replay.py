@@ -204,7 +204,9 @@ def test_sample_paths_override(tmp_path, monkeypatch):
 
 
 def test_sparse_pair_counting_agrees_with_dense(sample, plane, sample_run, monkeypatch):
-    import fastpath.replay as replay_mod
+    import importlib
+
+    replay_mod = importlib.import_module("fastpath.replay")   # the module; fastpath.replay is the function
 
     monkeypatch.setattr(replay_mod, "_DENSE_PAIRS", 0)  # as for a cluster too big for the dense array
     monkeypatch.setattr(replay_mod, "_PAIR_MERGE_EVERY", 2)
