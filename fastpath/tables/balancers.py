@@ -130,6 +130,7 @@ MapArrays = namedtuple("MapArrays", [
     "maglev",                      # [tables, M] backend position in the set
     "affinity_ns",                 # i64[S] ClientIP affinity timeout in ns
     "keys",                        # u64[N_KEYS] seed keys by salt
+    "addr_filter",                 # u64[FILTER_WORDS] bit set over hashed frontend / node / ClusterIP addresses
 ])
 
 #: Balancer state the sequential kernel reads and writes (see :class:`BalancerState`).
@@ -475,6 +476,28 @@ def _open(lc_dense, lc_keys, lc_vals, fifo_end, fifo_key, meta, node, ep, end, h
         meta[_FIFO_COUNT] += 1
 
 
+#: Bits in the address filter (2^20 bits = 128 KiB, stays in L2): one load tells most
+#: destinations that they are no frontend, node address or ClusterIP at all.
+FILTER_BITS = 20
+
+
+def address_filter(addresses: np.ndarray) -> np.ndarray:
+    """The bit set :func:`maybe_service_address` reads, over ``addresses`` (uint32)."""
+    words = np.zeros((1 << FILTER_BITS) // 64, dtype=np.uint64)
+    a = np.asarray(addresses, dtype=np.uint64)
+    if a.size:
+        h = (a * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - FILTER_BITS)
+        np.bitwise_or.at(words, (h >> np.uint64(6)).astype(np.int64), np.uint64(1) << (h & np.uint64(63)))
+    return words
+
+
+@jit(inline="always")
+def maybe_service_address(addr_filter, d):
+    """False only where ``d`` is surely no frontend, node address or ClusterIP (no false negatives)."""
+    h = (np.uint64(d) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - FILTER_BITS)
+    return (addr_filter[np.int64(h >> np.uint64(6))] >> (h & np.uint64(63))) & np.uint64(1) != 0
+
+
 @jit(inline="always")
 def frontend_of(fe_slots, np_slots, nip_slots, d, p, dport):
     """Frontend value of (address, protocol, port), -1 where none: ``sp | kind << 32 | (node + 1) << 36``.
@@ -526,7 +549,7 @@ def _stage(T, S, lb, seq, has_ts, conn_ns, rows, chunk, src_ip, dst_ip, src_port
     """
     (fe_slots, np_slots, nip_slots, cip_slots, sp_flags, sp_set, sp_zone_row, zone_sets, zone_width, node_zone,
      node_ip, loc_slots, lbn_off, lbn_node, set_off, set_ep, set_ip, set_port, set_table, maglev,
-     affinity_ns, keys) = T
+     affinity_ns, keys, addr_filter) = T
     rr_dense, rr_keys, rr_vals, lc_dense, lc_keys, lc_vals, aff_keys, aff_vals, fifo_end, fifo_key, meta = S
     use_rows = rows.shape[0] > 0
     total = rows.shape[0] if use_rows else src_ip.shape[0]
@@ -541,6 +564,8 @@ def _stage(T, S, lb, seq, has_ts, conn_ns, rows, chunk, src_ip, dst_ip, src_port
             if verdict[i] != PENDING:
                 continue
             d = dst_ip[i]
+            if not maybe_service_address(addr_filter, d):
+                continue                           # no frontend, node address or ClusterIP: not kube-proxy's
             p = proto[i]
             dport = dst_port[i]
             v = frontend_of(fe_slots, np_slots, nip_slots, d, p, dport)

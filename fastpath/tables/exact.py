@@ -6,7 +6,7 @@ listening ports ((pod, proto, port)) and service frontends ((IP, proto, port)).
 Keys are packed into one uint64 by the caller (see :func:`pack2`/:func:`pack3`).
 
 The table is one flat uint64 array of (key, value) slot pairs, a power of two
-of slots at most three quarters full, so key and value share a cache line and
+of slots at most half full (a miss probes ~2.5 slots), so key and value share a cache line and
 a hit usually costs one memory read. The kernel-side probe :func:`ht_find` is
 inlined into other kernels; :func:`ht_home` + :func:`ht_probe` split it so a
 kernel can prefetch a whole group's slots before probing them.
@@ -140,7 +140,7 @@ class ExactTable:
         return self.slots[1::2].view(np.int64)
 
     @classmethod
-    def build(cls, keys: np.ndarray, values: np.ndarray, load: float = 0.75) -> "ExactTable":
+    def build(cls, keys: np.ndarray, values: np.ndarray, load: float = 0.5) -> "ExactTable":
         """Build from parallel arrays; a repeated key keeps its last value."""
         k = np.ascontiguousarray(keys, dtype=np.uint64)
         v = np.ascontiguousarray(values, dtype=np.int64)

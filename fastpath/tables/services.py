@@ -49,9 +49,9 @@ from .balancers import (BALANCERS, F_AFFINITY, F_ETP_LOCAL, F_HAS_ANY, F_HAS_REA
                         FE_CLUSTER_IP, FE_EXTERNAL_IP, FE_LOAD_BALANCER, FE_NODE_PORT, FRONTEND_KINDS,
                         LB_LEAST_CONN, LB_MAGLEV, LB_RANDOM, LB_ROUND_ROBIN, LB_SOURCE_HASH, SALT_MAGLEV,
                         SALT_NODE, SALT_RANDOM, SALT_SOURCE, SEQ_CHUNK, STATEFUL, BalancerState, MapArrays,
-                        PAR_CHUNK, _stage, client_hash, flow_eligible_set, flow_hash,
+                        PAR_CHUNK, _stage, address_filter, client_hash, flow_eligible_set, flow_hash,
                         seed_keys, uses_local)
-from .exact import ExactTable, pack2_np, pack3_np
+from .exact import EMPTY, ExactTable, pack2_np, pack3_np
 from .maglev import DEFAULT_M, backend_names, build_tables, check_size
 
 #: Default ``sessionAffinityConfig.clientIP.timeoutSeconds``.
@@ -306,6 +306,9 @@ def compile_services(cluster: Cluster, *, lb: str = "random", seed: int = 0,
         loc_slots=local_table.slots, lbn_off=lbn_off, lbn_node=lbn_node,
         set_off=set_off, set_ep=set_ep, set_ip=set_ip, set_port=set_port, set_table=set_table,
         maglev=maglev, affinity_ns=timeouts * np.int64(1_000_000_000), keys=seed_keys(seed),
+        addr_filter=address_filter(np.concatenate([
+            (frontends.keys[frontends.keys != EMPTY] >> np.uint64(24)), node_ips.keys[node_ips.keys != EMPTY],
+            cip_table.keys[cip_table.keys != EMPTY]])),
     )
     return ServiceMap(
         names=names, lb=lb, seed=seed, maglev_size=int(maglev_size), conn_duration=float(conn_duration),
