@@ -133,3 +133,23 @@ def test_matches_twin_on_random_names():
         want = [naive.resolve(nm, sp, s, p) for nm, sp, s, p in zip(names, spaces, src, port)]
         assert got == want
         assert sum(g is not None for g in got) > 30
+
+
+POD_RECORDS = ["10-244-1-7.shop.pod.cluster.local", "10-244-1-7.shop.pod.cluster.local.", "10-244-1-7.Shop.POD.cluster.local",
+               "010-244-1-7.shop.pod.cluster.local", "10-244-1-256.shop.pod.cluster.local", "1-2-3-4.a.pod.cluster.local",
+               "1-2-3.shop.pod.cluster.local", "1-2-3-4-5.shop.pod.cluster.local", "10-244-1-7.shop.team.pod.cluster.local",
+               "10-244-1-7.-shop.pod.cluster.local", "10-244-1-7.shop.pod.other.local", "0-0-0-0.x.pod.cluster.local",
+               "255-255-255-255.x-y.pod.cluster.local", "10-244-01-7.shop.pod.cluster.local", "web", "web.shop"]
+
+
+def test_batch_pod_records_equal_single_answers():
+    """The vectorized pod-record path answers exactly as answer() does, name by name."""
+    table = DnsTable.from_cluster(cluster_with_headless())
+    ns_names = ["shop", "kube-system"]
+    for ns in ("shop", None):
+        got, _, _ = batch(table, POD_RECORDS, [ns] * len(POD_RECORDS), ns_names)
+        for name, g in zip(POD_RECORDS, got):
+            want = table.answer(name, ns)
+            assert (g is not None) == bool(want), name
+            if want:
+                assert g in want, name

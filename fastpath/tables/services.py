@@ -5,14 +5,17 @@
 
 * **frontends**, one :class:`~fastpath.tables.exact.ExactTable` keyed
   ``pack3(ip, proto, port)``: every ClusterIP, externalIP and load-balancer
-  ingress IP on the port, and the nodePort on every node's InternalIP and
-  ExternalIP (types NodePort and LoadBalancer). The value packs the service
-  port id, the frontend kind and, for NodePort, the node:
-  ``sp | kind << 32 | (node + 1) << 36``. Headless and ExternalName services
-  have no frontend. Where two frontends claim one key the first wins, in the
-  order ClusterIP, LoadBalancer, externalIP, NodePort, then service order (a
-  warning says so). The known ClusterIPs are a second table, so traffic to a
-  ClusterIP on a port or protocol it does not serve is rejected.
+  ingress IP on the port (value ``sp | kind << 32``); and the NodePorts, one
+  entry per service port keyed ``pack3(0, proto, nodePort)``, matched on any
+  node address through a node-by-IP table, so the map grows with service
+  ports, not service ports x nodes (:func:`~fastpath.tables.balancers.frontend_of`
+  folds the node in: ``sp | kind << 32 | (node + 1) << 36``). Headless and
+  ExternalName services have no frontend. Where two frontends claim one key
+  the first wins, in the order ClusterIP, LoadBalancer, externalIP, NodePort,
+  then service order (a warning says so). The known ClusterIPs are a further
+  table, so traffic to a ClusterIP on a port or protocol it does not serve is
+  rejected. A 128 KiB bit set over all these addresses lets most flows (pod
+  to pod, egress) pass the stage with one load.
 * **endpoints** of each service port in CSR form, sorted by (IP, port): from
   every EndpointSlice labelled with the service (the given ones and those the
   EndpointSlice controller would derive, :func:`fastpath.cluster.endpoints.endpoints_for`)
