@@ -377,8 +377,12 @@ class DataPlane:
         d = self._dicts
 
         def names(idx: np.ndarray, dictionary: pa.Array) -> pa.DictionaryArray:
-            mask = idx < 0
-            indices = pa.array(idx, type=pa.int32(), mask=mask if mask.any() else None)
+            # indices zero-copy over the result array; -1 becomes null through a validity bitmap
+            n = idx.shape[0]
+            valid = idx >= 0
+            nulls = n - int(np.count_nonzero(valid))
+            bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
+            indices = pa.Array.from_buffers(pa.int32(), n, [bitmap, pa.py_buffer(idx)], null_count=nulls)
             return pa.DictionaryArray.from_arrays(indices, dictionary)
 
         cols = [
