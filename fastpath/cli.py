@@ -48,16 +48,25 @@ def _service_args(p: argparse.ArgumentParser) -> None:
                    help="seconds a connection stays open, for least-connection (default 30)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line (``fastpath ...: error: ...``), exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        where = self.prog.partition(" ")[2]
+        self.exit(EXIT_USAGE, f"fastpath: error: {where + ': ' if where else ''}{message} "
+                              f"(see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="fastpath",
         description="Emulate the Kubernetes data plane over millions of flows: routes, bridges, kube-proxy.")
     ap.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
     syn = sub.add_parser("synth", help="make a synthetic cluster or trace")
-    ssub = syn.add_subparsers(dest="what", metavar="WHAT")
+    ssub = syn.add_subparsers(dest="what", metavar="WHAT", parser_class=_Parser)
     ssub.required = True
     sc = ssub.add_parser("cluster", help="a synthetic cluster as a kubectl v1 List (JSON)")
     sc.add_argument("--nodes", type=_positive, required=True)
@@ -72,14 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--seed", type=int, default=0)
     sc.add_argument("-o", "--output", required=True, type=Path)
     st = ssub.add_parser("trace", help="a synthetic trace (Arrow IPC) for a cluster")
-    st.add_argument("cluster", type=Path, help="cluster file or directory")
+    st.add_argument("cluster", type=Path, metavar="CLUSTER", help="cluster file or directory")
     st.add_argument("--flows", type=_positive, required=True)
     st.add_argument("--seed", type=int, default=0)
     st.add_argument("-o", "--output", required=True, type=Path)
 
     rp = sub.add_parser("replay", help="resolve every flow of a trace; write results and a summary")
-    rp.add_argument("cluster", nargs="?", type=Path, help="cluster file or directory (default: bundled sample)")
-    rp.add_argument("trace", nargs="?", type=Path, help="trace file or directory (default: bundled sample)")
+    rp.add_argument("cluster", nargs="?", type=Path, metavar="CLUSTER", help="cluster file or directory (default: bundled sample)")
+    rp.add_argument("trace", nargs="?", type=Path, metavar="TRACE", help="trace file or directory (default: bundled sample)")
     rp.add_argument("-o", "--output", type=Path, help="results file (.arrow/.feather or .parquet)")
     _service_args(rp)
     rp.add_argument("--batch-size", type=_positive, default=None, help="flows per batch (default 65536)")
@@ -88,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--summary-json", type=Path, help="also write the summary as JSON here ('-' for stdout)")
 
     ex = sub.add_parser("explain", help="one flow, hop by hop")
-    ex.add_argument("cluster", type=Path)
+    ex.add_argument("cluster", type=Path, metavar="CLUSTER", help="cluster file or directory")
     ex.add_argument("--src", required=True, help="client IP or pod (namespace/name)")
     ex.add_argument("--dst", required=True, help="destination IP, pod, or DNS name")
     ex.add_argument("--dport", type=_nonneg, required=True)

@@ -86,7 +86,7 @@ def explain(dp: DataPlane, src: str, dst: str, dport: int, proto: str | int = "t
     t = dp.tables
     p = _parse_proto(proto)
     src_ip = _endpoint_ip(dp, src, "source")
-    by_name = not _looks_like_ip(dst) and not (dst in t.pod_names)
+    by_name = not _looks_like_ip(dst) and "/" not in dst     # namespace/name is a pod, never a DNS name
     cols = {"src_ip": pa.array([src_ip], pa.uint32()), "src_port": pa.array([sport], pa.uint16()),
             "dst_port": pa.array([dport], pa.uint16()), "proto": pa.array([p], pa.uint8())}
     if by_name:
