@@ -177,18 +177,19 @@ class DnsTable:
         uniq = np.unique(pair)
         unknown = uniq[count[uniq] < 0]
         if unknown.size:                 # each (name, namespace) pair is worked out once per dictionary
-            flat = memo["flat"]
             unknown = self._pod_records(memo, unknown, width)
+            new: list[int] = []
+            used = memo["used"]
             for key in unknown.tolist():
                 code, nsi = divmod(key, width)
                 name = name_dict[code]
                 name = name if isinstance(name, str) else str(name)
                 ips = self.answer(name, ns_names[nsi - 1] if nsi else None)
                 count[key] = len(ips)
-                start[key] = len(flat)
-                flat.extend(ips)
+                start[key] = used + len(new)
+                new.extend(ips)
                 name_key[key] = zlib.crc32(name.lower().encode())
-            memo["answers"] = np.array(flat, dtype=np.uint32)
+            _append(memo, np.array(new, dtype=np.uint32))
         answers = memo["answers"]
         k = count[pair]
         ok = k > 0
@@ -231,10 +232,9 @@ class DnsTable:
             good &= v <= 255
             value = (value << np.uint64(8)) | v.astype(np.uint64)
         k = keys[hit][good]
-        flat = memo["flat"]
         memo["count"][k] = 1
-        memo["start"][k] = len(flat) + np.arange(k.size)
-        flat.extend(value[good].astype(np.uint32).tolist())
+        memo["start"][k] = memo["used"] + np.arange(k.size)
+        _append(memo, value[good].astype(np.uint32))
         memo["name_key"][k] = [zlib.crc32(str(n).encode()) for n in names.filter(pa.array(hit)).filter(pa.array(good)).to_pylist()]
         rest = np.ones(keys.shape[0], dtype=bool)
         rest[np.flatnonzero(hit)[good]] = False
@@ -251,9 +251,21 @@ class DnsTable:
             size = len(name_dict) * width
             memo = {"dict": name_dict, "width": width, "count": np.full(size, -1, dtype=np.int64),
                     "start": np.zeros(size, dtype=np.int64), "name_key": np.zeros(size, dtype=np.uint64),
-                    "flat": [], "answers": np.zeros(0, dtype=np.uint32)}
+                    "answers": np.zeros(1024, dtype=np.uint32), "used": 0}
             self._answers["__pairs__"] = memo
         return memo
+
+
+def _append(memo: dict, values: np.ndarray) -> None:
+    """Append answers to the memo's buffer, doubling it when full (amortized O(1) per answer)."""
+    used = memo["used"]
+    buf = memo["answers"]
+    if used + values.size > buf.size:
+        grown = np.zeros(max(2 * buf.size, used + values.size), dtype=np.uint32)
+        grown[:used] = buf[:used]
+        memo["answers"] = buf = grown
+    buf[used:used + values.size] = values
+    memo["used"] = used + values.size
 
 
 def _dashed_ipv4(label: str) -> int | None:
