@@ -223,45 +223,39 @@ def _finish(j, dn, dp, proto, node_slots, node_ip, listen_slots, hl_slots,
         return
     d = dnat_ip[j]
     port = dnat_port[j]
-    if dn >= 0:
-        if ext and sn < 0:
-            sn = dn
-            src_node[j] = dn
+    target = dn if dn >= 0 else ht_find(node_slots, np.uint64(d), -1)   # a pod's node, or a node address
+    if target >= 0:
+        if ext and sn < 0:                        # an external client is received by the target node
+            sn = target
+            src_node[j] = target
             src_part = 1
-        cross = 0 if dn == sn else (1 if ext else 2)
-        dst_node[j] = dn
-        if dp < 0:
-            verdict[j] = DROPPED                  # no such pod behind this node's bridge
-            path[j] = NONE
-            hops[j] = src_part + cross
+        cross = 0 if target == sn else (1 if ext else 2)
+        dst_node[j] = target
+        if dn >= 0:                               # a pod behind that node's bridge
+            if dp < 0:
+                verdict[j] = DROPPED              # no such pod behind this node's bridge
+                path[j] = NONE
+                hops[j] = src_part + cross
+                return
+            dst_pod[j] = dp
+            ok = ht_find(listen_slots, pack3(dp, proto[j], port), -1) >= 0
+            verdict[j] = DELIVERED if ok else REFUSED
+            same_bridge = kind == SRC_POD and dn == sn
+            hops[j] = src_part + cross + (1 if same_bridge else 2)
+            if ext:
+                path[j] = EXTERNAL
+            elif dn == sn:
+                path[j] = BRIDGE
+            else:
+                path[j] = ROUTED
             return
-        dst_pod[j] = dp
-        ok = ht_find(listen_slots, pack3(dp, proto[j], port), -1) >= 0
-        verdict[j] = DELIVERED if ok else REFUSED
-        same_bridge = kind == SRC_POD and dn == sn
-        hops[j] = src_part + cross + (1 if same_bridge else 2)
-        if ext:
-            path[j] = EXTERNAL
-        elif dn == sn:
-            path[j] = BRIDGE
-        else:
-            path[j] = ROUTED
-        return
-    hn = ht_find(node_slots, np.uint64(d), -1)
-    if hn >= 0:
-        if ext and sn < 0:
-            sn = hn
-            src_node[j] = hn
-            src_part = 1
-        cross = 0 if hn == sn else (1 if ext else 2)
-        dst_node[j] = hn
-        hp = ht_find(hl_slots, pack3(hn, proto[j], port), -1)
+        hp = ht_find(hl_slots, pack3(target, proto[j], port), -1)   # the node's host namespace
         dst_pod[j] = hp
         verdict[j] = DELIVERED if hp >= 0 else REFUSED
         if ext:
             path[j] = EXTERNAL
             hops[j] = src_part + cross
-        elif hn != sn:
+        elif target != sn:
             path[j] = ROUTED
             hops[j] = src_part + cross
         elif kind == SRC_HOST:

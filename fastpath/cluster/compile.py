@@ -28,7 +28,7 @@ import numpy as np
 from ..addr import cni_mac, prefix_mask
 from ..tables.exact import ExactTable, pack2_np, pack3_np
 from ..tables.lpm import RouteTable
-from .model import Cluster
+from .model import Cluster, node_addresses
 
 #: Calico's IPAM block size (IPPool ``blockSize``).
 CALICO_BLOCK = 26
@@ -91,12 +91,7 @@ def compile_forwarding(cluster: Cluster) -> ForwardingTables:
             lp_port.append(cp.port)
 
     node_ip = np.array([n.internal_ip or 0 for n in nodes], dtype=np.uint32)
-    nk, nv = [], []
-    for i, n in enumerate(nodes):
-        for ip in (n.internal_ip, n.external_ip):
-            if ip is not None:
-                nk.append(ip)
-                nv.append(i)
+    nk, nv = node_addresses(nodes)
     node_by_ip = ExactTable.build(np.array(nk, dtype=np.uint64), np.array(nv, dtype=np.int64))
 
     # pods on a bridge: an IP, a node, not hostNetwork

@@ -112,6 +112,17 @@ class EndpointSlice:
     endpoints: tuple[Endpoint, ...]
 
 
+def node_addresses(nodes: list[Node]) -> tuple[list[int], list[int]]:
+    """Every node's InternalIP and ExternalIP with the node's index: ``(addresses, nodes)``."""
+    ips, idx = [], []
+    for i, n in enumerate(nodes):
+        for ip in (n.internal_ip, n.external_ip):
+            if ip is not None:
+                ips.append(ip)
+                idx.append(i)
+    return ips, idx
+
+
 @dataclass
 class Cluster:
     """Every object fastpath uses, validated, in input order."""

@@ -45,7 +45,7 @@ import numpy as np
 
 from .._jit import jit
 from ..addr import int_to_ip
-from ..cluster.model import PROTO_NAMES, Cluster
+from ..cluster.model import PROTO_NAMES, Cluster, node_addresses
 from ..codes import DROPPED, REJECTED
 from ..errors import FastpathError
 from .balancers import (BALANCERS, F_AFFINITY, F_ETP_LOCAL, F_HAS_ANY, F_HAS_READY, F_ITP_LOCAL,
@@ -354,12 +354,7 @@ def _frontend_table(fe: dict, np_proto: list, np_port: list, np_sp: list, nodes:
         lost(int(clash.size), int(k[j]), int(v[j]), int(v[first[inverse[j]]]))
     exact = ExactTable.build(uniq, v[first])
 
-    n_ip, n_node = [], []
-    for i, n in enumerate(nodes):
-        for ip in (n.internal_ip, n.external_ip):
-            if ip is not None:
-                n_ip.append(ip)
-                n_node.append(i)
+    n_ip, n_node = node_addresses(nodes)
     node_ips = ExactTable.build(np.array(n_ip, dtype=np.uint64), np.array(n_node, dtype=np.int64))
     np_key = pack3_np(np.zeros(len(np_sp), dtype=np.int64), np.array(np_proto, dtype=np.int64),
                       np.array(np_port, dtype=np.int64))
