@@ -36,7 +36,8 @@ def main(paths: list[str]) -> None:
             current = module
             print(f"\n**{module}**\n\n| benchmark | rate | median round | details |\n|---|---:|---:|---|")
         shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items())
-        print(f"| `{name}` | {rate / 1e6:,.2f} M {unit}/s | {median * 1e3:,.1f} ms | {shown} |")
+        shown_rate = f"{rate / 1e6:,.2f} M {unit}/s" if rate >= 1e5 else f"{rate:,.0f} {unit}/s"
+        print(f"| `{name}` | {shown_rate} | {median * 1e3:,.1f} ms | {shown} |")
     print("\nMachine: " + "; ".join(sorted(machines)))
 
 
