@@ -15,10 +15,10 @@ import pyarrow as pa
 from .addr import LOOPBACK_LEN, LOOPBACK_NET, cidr_contains, format_cidr, int_to_ip, int_to_mac, ip_to_int
 from .cluster.compile import fdb_key
 from .cluster.model import PROTO_NAMES
-from .codes import PATHS, PROTOCOLS, VERDICTS
+from .codes import PROTOCOLS
 from .errors import FastpathError
 from .pipeline import SRC_EXTERNAL, SRC_HOST, SRC_POD, DataPlane
-from .tables.exact import pack2, pack3
+from .tables.exact import pack2
 from .tables.lpm import RouteTable
 
 

@@ -17,15 +17,13 @@ from hypothesis import strategies as st
 from fastpath.addr import cni_mac, int_to_mac
 from fastpath.cluster.compile import ForwardingTables, compile_forwarding, fdb_key
 from fastpath.cluster.load import load_cluster
-from fastpath.cluster.model import Cluster, ContainerPort, Node, Pod
+from fastpath.cluster.model import Cluster, Node
 from fastpath.tables.exact import EMPTY, ExactTable, pack2_np, pack3_np
-from naive.pipeline import NaiveNetwork, random_cluster
+from naive.pipeline import NaiveNetwork, ip, random_cluster
+from naive.pipeline import make_pod as _pod
 
 TCP, UDP, SCTP = 6, 17, 132
 
-
-def ip(text: str) -> int:
-    return int(ipaddress.ip_address(text))
 
 
 def contents(table: ExactTable) -> dict[int, int]:
@@ -103,12 +101,6 @@ def check_tables(cluster: Cluster, t: ForwardingTables) -> None:
 
 
 # --------------------------------------------------------------------------- by hand
-
-def _pod(name, node, addr, *ports, host=False, ns="default"):
-    return Pod(namespace=ns, name=name, node=node, host_network=host, ip=None if addr is None else ip(addr),
-               ready=True, terminating=False,
-               ports=tuple(ContainerPort(container=c, port=p, proto=pr, name=None) for c, p, pr in ports))
-
 
 def two_nodes() -> Cluster:
     nodes = [

@@ -20,11 +20,12 @@ from hypothesis import strategies as st
 from fastpath._jit import get_threads, set_threads
 from fastpath.cluster.compile import compile_cluster, compile_forwarding
 from fastpath.cluster.load import load_cluster
-from fastpath.cluster.model import Cluster, ContainerPort, Node, Pod
+from fastpath.cluster.model import Cluster, Node
 from fastpath.pipeline import CHUNK, RESULT_SCHEMA, DataPlane
 from fastpath.tables.services import ServiceStage, compile_services
 from fastpath.traces import Flows, normalize_batch
-from naive.pipeline import naive_resolve, random_cluster, random_flows
+from naive.pipeline import ip, naive_resolve, random_cluster, random_flows
+from naive.pipeline import make_pod as _pod
 from naive.services import NaiveServices
 from naive.services import random_cluster as random_service_cluster
 from naive.services import random_flows as random_service_flows
@@ -36,9 +37,6 @@ FLOW_TYPES = {"src_ip": np.uint32, "dst_ip": np.uint32, "src_port": np.uint16, "
               "proto": np.uint8}
 TCP, UDP, SCTP = 6, 17, 132
 
-
-def ip(text: str) -> int:
-    return int(ipaddress.ip_address(text))
 
 
 def dataplane(cluster: Cluster, lb: str = "random", seed: int = 0, **service_options) -> DataPlane:
@@ -101,12 +99,6 @@ def flow(src: str, dst: str, port: int, proto: int = TCP) -> dict:
 
 
 # --------------------------------------------------------------------------- edge cases by hand
-
-def _pod(name, node, addr, *ports, host=False, ns="default"):
-    return Pod(namespace=ns, name=name, node=node, host_network=host, ip=None if addr is None else ip(addr),
-               ready=True, terminating=False,
-               ports=tuple(ContainerPort(container=c, port=p, proto=pr, name=None) for c, p, pr in ports))
-
 
 def hand_cluster() -> Cluster:
     """Two nodes; node-a has two pod CIDRs and an ExternalIP; a Calico block and a shared block."""

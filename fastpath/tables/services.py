@@ -724,7 +724,6 @@ def explain_service(dp, flows, results, row: int = 0) -> list[str]:
 
     src, dst = int(get(flows, "src_ip")[row]), int(get(flows, "dst_ip")[row])
     sport, dport, proto = int(get(flows, "src_port")[row]), int(get(flows, "dst_port")[row]), int(get(flows, "proto")[row])
-    ts = get(flows, "ts")
     pname = PROTO_NAMES.get(proto, str(proto)).lower()
     sp = int(get(results, "service")[row])
     verdict = int(get(results, "verdict")[row])
@@ -825,7 +824,7 @@ def explain_service(dp, flows, results, row: int = 0) -> list[str]:
     if snat != src:
         reason = ("hairpin: the backend is the client itself" if int(get(results, "dnat_ip")[row]) == src else
                   "an external client reaching a ClusterIP" if kind == FE_CLUSTER_IP else
-                  f"an external client under externalTrafficPolicy Cluster")
+                  "an external client under externalTrafficPolicy Cluster")
         lines.append(f"SNAT (masquerade) {int_to_ip(src)} -> {int_to_ip(snat)}, node {node}'s address: {reason}")
     elif external:
         lines.append("client IP kept (externalTrafficPolicy Local)")

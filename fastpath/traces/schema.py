@@ -103,7 +103,6 @@ class Flows:
         """Rows of ``parts`` one after the other; name dictionaries are merged."""
         if len(parts) == 1:
             return parts[0]
-        first = parts[0]
         out: dict[str, Any] = {}
         for f in fields(Flows):
             if f.name in ("n", "name_dict", "name_code"):

@@ -384,22 +384,16 @@ def _to_nothing(pools, mix, rng, m):
             addr[hit] = net[hit] + 1 + (rng.random(hit.size) * (size[hit] - 2)).astype(np.int64)
         dst[i] = addr
         port[i] = 80
-    # A pod's address, on a port it does not declare.
-    j = np.flatnonzero(way == 1)
-    if j.size:
-        ip = pools.pp_ip[rng.integers(0, len(pools.pp_ip), j.size)]
-        key = ip.astype(np.int64) << 16
-        port[j] = _redraw(lambda n: rng.integers(1, 65536, n),
-                          lambda v: _in_sorted(pools.listen_keys, key | v), port[j].astype(np.int64))
-        dst[j] = ip
-    # A ClusterIP on a port it does not serve.
-    k = np.flatnonzero(way == 2)
-    if k.size:
-        ip = pools.ci_addrs[rng.integers(0, len(pools.ci_addrs), k.size)]
-        key = ip.astype(np.int64) << 16
-        port[k] = _redraw(lambda n: rng.integers(1, 65536, n),
-                          lambda v: _in_sorted(pools.ci_keys, key | v), port[k].astype(np.int64))
-        dst[k] = ip
+    # A pod's address on a port it does not declare (way 1); a ClusterIP on a port it does
+    # not serve (way 2).
+    for kind, addrs, taken in ((1, pools.pp_ip, pools.listen_keys), (2, pools.ci_addrs, pools.ci_keys)):
+        j = np.flatnonzero(way == kind)
+        if j.size:
+            ip = addrs[rng.integers(0, len(addrs), j.size)]
+            key = ip.astype(np.int64) << 16
+            port[j] = _redraw(lambda n: rng.integers(1, 65536, n),
+                              lambda v: _in_sorted(taken, key | v), port[j].astype(np.int64))
+            dst[j] = ip
     return src, dst, port, proto, None
 
 

@@ -285,8 +285,21 @@ PORTS = (53, 80, 443, 8080, 9000)
 PROTOS = (6, 17, 132)
 
 
-def _ip(text: str) -> int:
+def ip(text: str) -> int:
+    """Dotted quad to its integer value."""
     return int(ipaddress.ip_address(text))
+
+
+_ip = ip
+
+
+def make_pod(name, node, addr, *ports, host=False, ns="default"):
+    """A Ready pod by hand: ``ports`` as (container, port, proto) triples."""
+    from fastpath.cluster.model import ContainerPort, Pod
+
+    return Pod(namespace=ns, name=name, node=node, host_network=host, ip=None if addr is None else ip(addr),
+               ready=True, terminating=False,
+               ports=tuple(ContainerPort(container=c, port=p, proto=pr, name=None) for c, p, pr in ports))
 
 
 def random_cluster(rng, *, misplaced: bool = True, nested_cidr: bool = True):
