@@ -109,13 +109,17 @@ def _rows(path: Path) -> int:
         return pa.ipc.open_file(source).count_rows()
 
 
+def _rounds(benchmark, code: str, inputs: tuple[Path, Path], out: Path) -> dict:
+    """Time whole-process rounds of ``code`` (one warm-up); check every flow reached ``out``."""
+    got = benchmark.pedantic(_child, args=(code, *inputs, out), rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    assert got["flows"] == FLOWS and _rows(out) == FLOWS
+    return got
+
+
 def test_io_floor(benchmark, throughput, replay_inputs, tmp_path):
     """Read + check every batch of the trace and write a results-sized Arrow file; no resolving."""
-    cluster, trace = replay_inputs
-    out = tmp_path / "floor.arrow"
-    got = benchmark.pedantic(_child, args=(FLOOR_CHILD, cluster, trace, out), rounds=ROUNDS, iterations=1,
-                             warmup_rounds=1)
-    assert got["flows"] == FLOWS and _rows(out) == FLOWS
+    trace = replay_inputs[1]
+    got = _rounds(benchmark, FLOOR_CHILD, replay_inputs, tmp_path / "floor.arrow")
     throughput(benchmark, FLOWS, unit="flows", peak_rss_mb=round(got["peak_rss_mb"], 1),
                trace_mb=round(trace.stat().st_size / 2**20, 1), batch_size=DEFAULT_BATCH_SIZE)
     if "flows_per_s" in benchmark.extra_info:
@@ -124,11 +128,7 @@ def test_io_floor(benchmark, throughput, replay_inputs, tmp_path):
 
 def test_replay_whole_process(benchmark, throughput, replay_inputs, tmp_path):
     """``replay(cluster, trace, out)`` in a fresh process: start, compile, stream, write."""
-    cluster, trace = replay_inputs
-    out = tmp_path / "results.arrow"
-    got = benchmark.pedantic(_child, args=(REPLAY_CHILD, cluster, trace, out), rounds=ROUNDS, iterations=1,
-                             warmup_rounds=1)
-    assert got["flows"] == FLOWS and _rows(out) == FLOWS
+    got = _rounds(benchmark, REPLAY_CHILD, replay_inputs, tmp_path / "results.arrow")
     info = dict(peak_rss_mb=round(got["peak_rss_mb"], 1), inner_flows_per_s=got["inner_flows_per_s"],
                 compile_s=got["compile_s"], nodes=NODES, pods=NODES * PODS_PER_NODE, services=SERVICES,
                 batch_size=DEFAULT_BATCH_SIZE)

@@ -21,7 +21,6 @@ import pytest
 from fastpath import benchdata
 from fastpath.tables.lpm import RouteTable
 
-ROOT = Path(__file__).resolve().parents[1]
 #: Small sizes everywhere (CI smoke run).
 QUICK = os.environ.get("FASTPATH_BENCH_QUICK", "") not in ("", "0")
 #: Destinations per round for the batch lookups (fastpath, numpy).
@@ -30,8 +29,6 @@ LOOKUPS = int(os.environ.get("FASTPATH_BENCH_LOOKUPS", 20_000 if QUICK else 4_00
 SUBSET = int(os.environ.get("FASTPATH_BENCH_SUBSET", 2_000 if QUICK else 200_000))
 #: Timed rounds per benchmark (after one warm-up round).
 ROUNDS = 1 if QUICK else 5
-#: The RouteViews IPv4 table (616k prefixes), under the shared data folder.
-ROUTEVIEWS_FILE = "routeviews-rv2-20160202-1200.pfx2as.gz"
 #: Quick mode keeps every n-th RouteViews prefix (the file is still read whole).
 QUICK_ROUTEVIEWS_STRIDE = 20
 #: Table sizes per case: (cluster nodes), (Calico blocks, host routes).
@@ -51,10 +48,9 @@ class Workload(NamedTuple):
 
 
 def routeviews_path() -> Path:
-    shared = Path(os.environ.get("FASTPATH_SHARED", ROOT.parent / "shared"))
-    path = shared / "data" / ROUTEVIEWS_FILE
-    if not path.exists():
-        pytest.skip(f"{path} not present (set FASTPATH_SHARED to the shared/ folder)")
+    path = benchdata.routeviews_path()
+    if path is None:
+        pytest.skip("RouteViews table not present (set FASTPATH_SHARED to the shared/ folder)")
     return path
 
 

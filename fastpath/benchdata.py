@@ -7,6 +7,7 @@ return uint32 arrays. All are deterministic for a given ``seed``.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -84,6 +85,21 @@ def calico_route_table(blocks: int = 20000, hosts: int = 2000, seed: int = 0,
     lengths = np.concatenate([np.full(blocks, CALICO_BLOCK_LEN), np.full(hosts, 32), [0]])
     next_hops = np.concatenate([block_owner, host_owner, [nodes]])
     return _routes(prefixes, lengths, next_hops)
+
+
+#: The RouteViews IPv4 table shipped in the project's ``shared/data`` folder.
+ROUTEVIEWS_FILE = "routeviews-rv2-20160202-1200.pfx2as.gz"
+
+
+def routeviews_path() -> Path | None:
+    """The RouteViews file: under ``$FASTPATH_SHARED/data`` when set, else ``shared/data``
+    beside the source tree or beside the working directory; None where it is absent."""
+    if os.environ.get("FASTPATH_SHARED"):
+        cands = [Path(os.environ["FASTPATH_SHARED"]) / "data" / ROUTEVIEWS_FILE]
+    else:
+        here = Path(__file__).resolve().parents[1]
+        cands = [d / "shared" / "data" / ROUTEVIEWS_FILE for d in (here.parent, Path.cwd().parent)]
+    return next((p for p in cands if p.exists()), None)
 
 
 def routeviews_table(path: str | Path) -> Routes:

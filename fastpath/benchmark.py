@@ -5,9 +5,7 @@ A quick look for users; the full suites with competitors (pytricia, py-radix,
 """
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -15,8 +13,6 @@ from . import benchdata
 from ._jit import get_threads, set_threads
 from .tables.lpm import RouteTable
 
-#: RouteViews file looked for beside the source tree (or under FASTPATH_SHARED).
-ROUTEVIEWS = "routeviews-rv2-20160202-1200.pfx2as.gz"
 
 
 def _best_rate(fn, n: int, repeat: int = 5) -> float:
@@ -27,15 +23,6 @@ def _best_rate(fn, n: int, repeat: int = 5) -> float:
         fn()
         best = min(best, time.perf_counter() - t)
     return n / best
-
-
-def _routeviews_path() -> Path | None:
-    cands = []
-    if os.environ.get("FASTPATH_SHARED"):
-        cands.append(Path(os.environ["FASTPATH_SHARED"]) / "data" / ROUTEVIEWS)
-    here = Path(__file__).resolve().parents[1]
-    cands += [here.parent / "shared" / "data" / ROUTEVIEWS, Path.cwd().parent / "shared" / "data" / ROUTEVIEWS]
-    return next((p for p in cands if p.exists()), None)
 
 
 def pod_to_pod_flows(dp, n: int, seed: int = 0) -> dict:
@@ -74,7 +61,7 @@ def run(quick: bool = False, threads: int | None = None) -> list[tuple[str, str,
 
     tables = [("cluster /24 per node, 5,000 nodes", benchdata.cluster_route_table(5000)),
               ("Calico /26 blocks + /32s", benchdata.calico_route_table())]
-    rv = _routeviews_path()
+    rv = benchdata.routeviews_path()
     if rv is not None:
         tables.insert(0, ("RouteViews 616k prefixes, random dst", benchdata.routeviews_table(rv)))
     for name, routes in tables:
