@@ -90,7 +90,24 @@ def check_tables(cluster: Cluster, t: ForwardingTables) -> None:
             want_listen.add(int(pack3_np(i, cp.proto, cp.port)))
             if p.host_network and p.node is not None:
                 want_host.setdefault(int(pack3_np(node_index[p.node], cp.proto, cp.port)), i)
-    assert set(contents(t.listen)) == want_listen
+    got_listen = {int(pack3_np(i, int(e) >> 16, int(e) & 0xFFFF)) for i in range(len(cluster.pods))
+                  for e in t.ports_of(i)}
+    assert got_listen == want_listen
+    assert t.pod_ports.size == len(want_listen)
+    for i in range(len(cluster.pods)):
+        assert list(t.ports_of(i)) == sorted(t.ports_of(i))
+        assert (int(t.pod_info[i]) & 0xFFFFFFFF) == (int(t.pod_node[i]) & 0xFFFFFFFF)
+
+    # the join the forwarding kernel reads: (node, IP) -> MAC -> FDB port -> pod is pod by IP on that node
+    for i in on_bridge:
+        p = cluster.pods[i]
+        nd = node_index[p.node]
+        for other in {nd, (nd + 1) % len(cluster.nodes)}:
+            mac = t.neighbours.get(int(pack2_np(other, p.ip)))
+            port = t.fdb.get(int(fdb_key(other, mac))) if mac >= 0 else -1
+            via_bridge = int(t.port_pod[port]) if port >= 0 else -1
+            by_ip = t.pod_by_ip.get(p.ip)
+            assert via_bridge == (by_ip if int(t.pod_node[by_ip]) == other else -1)
     assert contents(t.host_listen) == want_host
 
     # route table: pod CIDRs and Calico routes, next hop = node index
@@ -137,7 +154,7 @@ def test_two_nodes_by_hand():
     assert t.host_listen.get(int(pack3_np(0, TCP, 10250))) == 3          # the first declaring pod
     assert t.host_listen.get(int(pack3_np(0, TCP, 10255))) == 4
     assert t.host_listen.get(int(pack3_np(1, TCP, 10250))) == -1
-    assert t.listen.get(int(pack3_np(1, SCTP, 53))) == -1
+    assert not t.listens(1, SCTP, 53)
     # veths: node-a's bridge has a1, a2, c2 (veth1..3); node-b's has b1, c1, c1b, c3
     veth = {t.pod_names[p]: (t.node_names[t.pod_node[p]], int(v)) for p, v in zip(t.port_pod, t.port_veth)}
     assert veth == {"default/a1": ("node-a", 1), "default/a2": ("node-a", 2), "default/c2": ("node-a", 3),

@@ -3,8 +3,9 @@
 Every Kubernetes rule of the forwarding path becomes table contents here, once,
 so the kernels never branch on Kubernetes concepts:
 
-* **pod by IP** (exact): IP -> pod, for pods with an IP and a node that are not
-  ``hostNetwork`` (hostNetwork pods share their node's IP).
+* **pod by IP** (exact, :class:`~fastpath.tables.exact.AddressTable`): IP -> pod,
+  for pods with an IP and a node that are not ``hostNetwork`` (hostNetwork pods
+  share their node's IP).
 * **node by IP** (exact): every node's InternalIP and ExternalIP -> node.
 * **cluster route table** (LPM, :class:`~fastpath.tables.lpm.RouteTable`): each
   node's pod CIDRs -> node; for pods whose IP lies outside their own node's pod
@@ -16,8 +17,19 @@ so the kernels never branch on Kubernetes concepts:
   ``0a:58:`` + IPv4 address, one entry per pod on that node's bridge.
 * **FDB** (exact): (node, MAC) -> bridge port, one forwarding database per node
   bridge ``cbr0``; ``port_pod`` maps a port to the pod behind that veth.
-* **listening ports** (exact): (pod, protocol, port) for every declared
-  container port, and (node, protocol, port) -> pod for hostNetwork pods.
+* **listening ports**: each pod's declared (protocol, port) pairs, sorted, in
+  one flat array (``pod_ports``, CSR offsets in ``pod_info``); and (node,
+  protocol, port) -> pod (exact) for hostNetwork pods.
+
+The forwarding kernel does not walk the neighbour table and the FDB one after
+the other: both are keyed by what the pod-by-IP table already says. The node's
+neighbour entry for an IP exists exactly when a bridged pod with that IP runs on
+that node, and its FDB port leads back to that pod (CNI MACs are ``0a:58:`` +
+the IP, pod IPs are unique), so "(node, IP) -> MAC -> port -> pod" is the pod by
+IP, kept when its node is the routed node. The kernel reads that join
+(``pod_by_ip`` + ``pod_info``): one probe instead of two. The neighbour tables
+and FDBs are still compiled as such; ``fastpath explain`` walks them hop by hop
+and the tests check the join against them for every pod.
 """
 from __future__ import annotations
 
@@ -26,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..addr import cni_mac, prefix_mask
-from ..tables.exact import ExactTable, pack2_np, pack3_np
+from ..tables.exact import AddressTable, ExactTable, pack2_np, pack3_np
 from ..tables.lpm import RouteTable
 from .model import Cluster, node_addresses
 
@@ -45,16 +57,26 @@ class ForwardingTables:
     pod_ip: np.ndarray                #: uint32[P] (0 where none)
     pod_node: np.ndarray              #: int32[P] (-1 where unscheduled)
     pod_ns: np.ndarray                #: int32[P] index into ns_names
-    pod_by_ip: ExactTable
+    pod_by_ip: AddressTable           #: IP -> bridged pod
+    pod_info: np.ndarray              #: int64[P + 1]: node (low 32 bits, int32) | first port << 32
+    pod_ports: np.ndarray             #: uint32: proto << 16 | port, each pod's sorted run
     node_by_ip: ExactTable
     routes: RouteTable                #: next hop = node index
     neighbours: ExactTable            #: pack2(node, ip) -> MAC
     fdb: ExactTable                   #: node << 48 | MAC -> port id
     port_pod: np.ndarray              #: int32[ports] pod behind each bridge port
     port_veth: np.ndarray             #: int32[ports] veth number on its node (vethN)
-    listen: ExactTable                #: pack3(pod, proto, port) -> 1
     host_listen: ExactTable           #: pack3(node, proto, port) -> hostNetwork pod
     route_notes: list[str]            #: how routes were derived (for explain / warnings)
+
+    def ports_of(self, pod: int) -> np.ndarray:
+        """The (proto << 16 | port) entries pod ``pod`` listens on, sorted."""
+        lo, hi = int(self.pod_info[pod]) >> 32, int(self.pod_info[pod + 1]) >> 32
+        return self.pod_ports[lo:hi]
+
+    def listens(self, pod: int, proto: int, port: int) -> bool:
+        """Whether some container of pod ``pod`` declares ``port`` for ``proto``."""
+        return bool(((int(proto) << 16) | int(port)) in self.ports_of(pod).tolist())
 
 
 def fdb_key(node: np.ndarray | int, mac: np.ndarray | int):
@@ -98,7 +120,7 @@ def compile_forwarding(cluster: Cluster) -> ForwardingTables:
     bridged = np.flatnonzero(has_ip & (pod_node >= 0) & ~pod_host)
     b_ip = pod_ip[bridged]
     b_node = pod_node[bridged]
-    pod_by_ip = ExactTable.build(b_ip, bridged)
+    pod_by_ip = AddressTable.build(b_ip, bridged)
 
     # cluster route table: pod CIDRs, then Calico-style blocks / host routes for the rest
     r_net, r_len, r_nh = [], [], []
@@ -153,7 +175,7 @@ def compile_forwarding(cluster: Cluster) -> ForwardingTables:
     lp_pod_a = np.array(lp_pod, dtype=np.int64)
     lp_proto_a = np.array(lp_proto, dtype=np.int64)
     lp_port_a = np.array(lp_port, dtype=np.int64)
-    listen = ExactTable.build(pack3_np(lp_pod_a, lp_proto_a, lp_port_a), np.ones(lp_pod_a.size, dtype=np.int64))
+    pod_info, pod_ports = _listeners(pod_node, lp_pod_a, lp_proto_a, lp_port_a)
     hmask = pod_host[lp_pod_a] & (pod_node[lp_pod_a] >= 0) if lp_pod_a.size else np.zeros(0, dtype=bool)
     # first hostNetwork pod declaring a port on a node wins: build in reverse so it is the last write
     hk = pack3_np(pod_node[lp_pod_a[hmask]], lp_proto_a[hmask], lp_port_a[hmask])[::-1]
@@ -164,10 +186,22 @@ def compile_forwarding(cluster: Cluster) -> ForwardingTables:
         pod_names=[p.key for p in pods],
         ns_names=list(ns_index),
         node_ip=node_ip, pod_ip=pod_ip, pod_node=pod_node, pod_ns=pod_ns,
-        pod_by_ip=pod_by_ip, node_by_ip=node_by_ip, routes=routes,
+        pod_by_ip=pod_by_ip, pod_info=pod_info, pod_ports=pod_ports, node_by_ip=node_by_ip, routes=routes,
         neighbours=neighbours, fdb=fdb, port_pod=port_pod, port_veth=port_veth,
-        listen=listen, host_listen=host_listen, route_notes=notes,
+        host_listen=host_listen, route_notes=notes,
     )
+
+
+def _listeners(pod_node: np.ndarray, pod: np.ndarray, proto: np.ndarray, port: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Every pod's declared (protocol, port) pairs as one sorted run per pod, and ``pod_info``."""
+    n = pod_node.shape[0]
+    entry = (proto.astype(np.uint64) << np.uint64(16)) | port.astype(np.uint64)
+    order = np.lexsort((entry, pod))
+    pod_ports = entry[order].astype(np.uint32)
+    first = np.searchsorted(pod[order], np.arange(n + 1)).astype(np.int64)
+    node = np.append(pod_node, -1).astype(np.int64) & 0xFFFFFFFF
+    return (first << 32) | node, pod_ports
 
 
 def compile_cluster(cluster, *, lb: str = "random", seed: int = 0, **service_options):

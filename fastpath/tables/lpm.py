@@ -6,16 +6,23 @@ A DIR-24-8 table (DPDK ``rte_lpm``) answers most lookups with one read, but its
 first level is 2^24 entries (32-64 MiB): every random lookup is a miss to DRAM.
 fastpath follows Poptrie (Asai & Ohara, SIGCOMM 2015) instead:
 
-* a direct-pointing first level on the top 18 bits (262,144 x 4 B = 1 MiB, which
-  stays in a core's L2), Poptrie's best-performing variant;
-* below it, nodes of 64 children (6-bit strides: 18 + 6 + 6 + 2 bits), each node
+* a direct-pointing first level on the top 20 bits (1,048,576 x 4 B = 4 MiB);
+* below it, nodes of 64 children (6-bit strides: 20 + 6 + 6 = 32 bits), each node
   three words: a bit vector of which children are inner nodes, a bit vector
   marking where a run of equal leaves starts, and the two base indices. A
   child's position in the packed child or leaf array is a ``popcnt`` away, so
   a node never stores the 64 entries themselves.
 
-The whole 616k-prefix RouteViews table compiles to a few MiB that stay in the
-CPU's L2/L3, and a lookup is at most four dependent reads, usually one or two.
+Poptrie's paper prefers an 18-bit direct level (1 MiB) for Internet tables.
+fastpath takes 20 bits because of the cluster tables it meets: with 20 + 6 a
+Calico ``/26`` block ends at the first node level, as a node's ``/24`` does, so
+every pod lookup is three dependent reads (direct entry, node, leaf), and no
+lookup takes more than four. Destinations inside pod ranges touch only the few
+KiB of the direct level that cover those ranges. On the RouteViews table with
+uniformly random destinations (which touch all 4 MiB) the two layouts measured
+within noise of each other on this project's machines; the 18-bit layout made
+Calico lookups take a second node level and ran them at about half the rate.
+The whole 616k-prefix RouteViews table compiles to 6.6 MiB.
 
 The table is compiled from a flat list of disjoint address ranges (the same
 list :meth:`RouteTable.to_ranges` returns), which also makes the build linear:
@@ -42,11 +49,14 @@ MISS = np.uint32(0xFFFFFFFF)
 #: Flag in a first-level entry: the low 31 bits index ``leaves`` (else: a node).
 _LEAF = np.uint32(0x80000000)
 #: Bits resolved by the direct-pointing first level.
-_DIRECT_BITS = 18
-#: Key bits below the address in the node key space (32 - 18 = 14 = 6 + 6 + 2: pad 4).
-_PAD = 4
+_DIRECT_BITS = 20
 #: Width of one node's stride.
 _STRIDE = 6
+#: Key bits below the address in the node key space, so that the bits under the
+#: direct level split into whole strides (20: 12 = 6 + 6, pad 0; 18: 14 + 4 = 3 x 6).
+_PAD = (-(32 - _DIRECT_BITS)) % _STRIDE
+#: Shift of the first node level's stride in the (padded) key.
+_SHIFT1 = 32 - _DIRECT_BITS + _PAD - _STRIDE
 
 
 # --------------------------------------------------------------------------- ranges
@@ -114,9 +124,10 @@ def _advance(starts, i, a):
 def _build_poptrie(starts, vals, l0, nodes, leaves, queue):
     """Compile disjoint ranges into (l0, nodes, leaves). Returns (node count, leaf count).
 
-    Nodes work in a 36-bit key space (the address shifted left by 4) so that every
-    level below the direct table has a 6-bit stride; keys with their four low bits
-    set are never looked up, and the build gives them the value of their address.
+    Nodes work in a key space of the address shifted left by ``_PAD`` bits so that
+    every level below the direct table has a 6-bit stride (no shift with the 20-bit
+    direct level; 4 bits with an 18-bit one); padded keys with low bits set are
+    never looked up, and the build gives them the value of their address.
     """
     n = starts.shape[0]
     nleaf = 0
@@ -124,10 +135,11 @@ def _build_poptrie(starts, vals, l0, nodes, leaves, queue):
     i = 0
     prev_val = np.uint32(0)
     prev_leaf = -1
-    # first level: one entry per /18
-    for j in range(1 << 18):
-        a = np.uint64(j) << np.uint64(14)
-        b = a + np.uint64(1 << 14)
+    # first level: one entry per /20 (per /_DIRECT_BITS)
+    below = 32 - _DIRECT_BITS
+    for j in range(1 << _DIRECT_BITS):
+        a = np.uint64(j) << np.uint64(below)
+        b = a + (np.uint64(1) << np.uint64(below))
         i = _advance(starts, i, a)
         if i + 1 == n or starts[i + 1] >= b:
             v = vals[i]
@@ -139,15 +151,15 @@ def _build_poptrie(starts, vals, l0, nodes, leaves, queue):
             l0[j] = np.uint32(0x80000000) | np.uint32(prev_leaf)
         else:
             l0[j] = np.uint32(nnode)
-            queue[nnode, 0] = np.int64(a << np.uint64(4))  # key of the node's first child
-            queue[nnode, 1] = 12                           # key bits below this node's stride
+            queue[nnode, 0] = np.int64(a << np.uint64(_PAD))  # key of the node's first child
+            queue[nnode, 1] = _SHIFT1                         # key bits below this node's stride
             nnode += 1
     # inner nodes, breadth first: siblings are allocated together
     q = 0
     while q < nnode:
         klo = np.uint64(queue[q, 0])
         shift = queue[q, 1]
-        a0 = klo >> np.uint64(4)
+        a0 = klo >> np.uint64(_PAD)
         i = 0
         # binary search for the range holding a0 (nodes are not visited in address order)
         lo = 0
@@ -167,9 +179,9 @@ def _build_poptrie(starts, vals, l0, nodes, leaves, queue):
         last_val = np.uint32(0)
         for c in range(64):
             ck = klo + (np.uint64(c) << np.uint64(shift))
-            a = ck >> np.uint64(4)
-            if shift >= 4:
-                b = a + (np.uint64(1) << np.uint64(shift - 4))
+            a = ck >> np.uint64(_PAD)
+            if shift >= _PAD:
+                b = a + (np.uint64(1) << np.uint64(shift - _PAD))
             else:
                 b = a + np.uint64(1)
             i = _advance(starts, i, a)
@@ -198,11 +210,11 @@ def _build_poptrie(starts, vals, l0, nodes, leaves, queue):
 @jit(inline="always")
 def lpm_get(l0, nodes, leaves, addr):
     """Next hop of one address (``MISS`` where none). Inline-callable from other kernels."""
-    d = l0[np.uint32(addr) >> np.uint32(14)]
+    d = l0[np.uint32(addr) >> np.uint32(32 - _DIRECT_BITS)]
     if d & np.uint32(0x80000000):
         return leaves[d & np.uint32(0x7FFFFFFF)]
-    key = np.uint64(addr) << np.uint64(4)
-    shift = np.uint64(12)
+    key = np.uint64(addr) << np.uint64(_PAD)
+    shift = np.uint64(_SHIFT1)
     node = np.int64(d)
     while True:
         v = (key >> shift) & np.uint64(63)
@@ -210,7 +222,7 @@ def lpm_get(l0, nodes, leaves, addr):
         if (vec >> v) & np.uint64(1):
             base1 = nodes[3 * node + 2] & np.uint64(0xFFFFFFFF)
             node = np.int64(base1 + popcount64(vec << (np.uint64(63) - v))) - 1
-            shift -= np.uint64(6)
+            shift -= np.uint64(_STRIDE)
         else:
             leafvec = nodes[3 * node + 1]
             base0 = nodes[3 * node + 2] >> np.uint64(32)
