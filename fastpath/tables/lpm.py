@@ -240,8 +240,10 @@ def _lookup_parallel(l0, nodes, leaves, dst, out, chunk):
     n = dst.shape[0]
     nchunks = (n + chunk - 1) // chunk
     for c in numba.prange(nchunks):
-        end = min(n, (c + 1) * chunk)
-        for j in range(c * chunk, end):
+        # unsigned rows: a signed index numba cannot prove non-negative costs a
+        # wrap-around check on every access
+        lo = np.uint64(c) * np.uint64(chunk)
+        for j in range(lo, min(np.uint64(n), lo + np.uint64(chunk))):
             out[j] = lpm_get(l0, nodes, leaves, dst[j])
 
 
