@@ -155,8 +155,37 @@ def _at_lookup(slots, query, default, out):
         out[j] = at_find(slots, query[j], default)
 
 
+class _SlotTable:
+    """What both tables share: batch and single lookups, size, bytes."""
+
+    # set by each table: key dtype, parallel lookup kernel (slots, query, default, out),
+    # one-key finder (slots, key, default)
+    _key_type: type
+    _batch = None
+    _one = None
+
+    def lookup(self, query: np.ndarray, default: int = -1, out: np.ndarray | None = None) -> np.ndarray:
+        """Values for a batch of keys (``default`` where absent)."""
+        q = np.ascontiguousarray(query, dtype=self._key_type)
+        if out is None:
+            out = np.empty(q.shape[0], dtype=np.int64)
+        self._batch(self.slots, q, np.int64(default), out)
+        return out
+
+    def get(self, key: int, default: int = -1) -> int:
+        """One key's value (Python side; for explain and tests)."""
+        return int(self._one(self.slots, self._key_type(key), np.int64(default)))
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def nbytes(self) -> int:
+        return self.slots.nbytes
+
+
 @dataclass(frozen=True)
-class AddressTable:
+class AddressTable(_SlotTable):
     """An exact-match table from IPv4 addresses to values in ``0 .. 2^32 - 2``, 8 bytes a slot.
 
     Build with :meth:`build`; kernels probe ``slots`` with :func:`at_find`
@@ -165,6 +194,9 @@ class AddressTable:
 
     slots: np.ndarray   #: uint64[capacity]: ``ip << 32 | value``, all ones where free
     size: int           #: number of distinct addresses
+    _key_type = np.uint32
+    _batch = staticmethod(_at_lookup)
+    _one = staticmethod(at_find)
 
     @classmethod
     def build(cls, ips: np.ndarray, values: np.ndarray, load: float = 0.5) -> "AddressTable":
@@ -194,24 +226,6 @@ class AddressTable:
         """Values by slot (int64; meaningless where free)."""
         return (self.slots & np.uint64(0xFFFFFFFF)).astype(np.int64)
 
-    def lookup(self, query: np.ndarray, default: int = -1, out: np.ndarray | None = None) -> np.ndarray:
-        """Values for a batch of addresses (``default`` where absent)."""
-        q = np.ascontiguousarray(query, dtype=np.uint32)
-        if out is None:
-            out = np.empty(q.shape[0], dtype=np.int64)
-        _at_lookup(self.slots, q, np.int64(default), out)
-        return out
-
-    def get(self, ip: int, default: int = -1) -> int:
-        """One address's value (Python side; for explain and tests)."""
-        return int(at_find(self.slots, np.uint32(ip), np.int64(default)))
-
-    def __len__(self) -> int:
-        return self.size
-
-    @property
-    def nbytes(self) -> int:
-        return self.slots.nbytes
 
 
 # --------------------------------------------------------------------------- key packing
@@ -241,7 +255,7 @@ def pack3_np(a: np.ndarray, proto: np.ndarray, port: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class ExactTable:
+class ExactTable(_SlotTable):
     """An exact-match table from uint64 keys to int64 values.
 
     Build with :meth:`build`; look up a batch with :meth:`lookup`, or pass
@@ -250,6 +264,9 @@ class ExactTable:
 
     slots: np.ndarray   #: uint64[2 * capacity]: key (EMPTY where free), value (int64 bits), interleaved
     size: int           #: number of distinct keys
+    _key_type = np.uint64
+    _batch = staticmethod(_ht_lookup)
+    _one = staticmethod(ht_find)
 
     @property
     def keys(self) -> np.ndarray:
@@ -281,21 +298,3 @@ class ExactTable:
         slots[1::2] = tv.view(np.uint64)
         return cls(slots, int(n))
 
-    def lookup(self, query: np.ndarray, default: int = -1, out: np.ndarray | None = None) -> np.ndarray:
-        """Values for a batch of keys (``default`` where absent)."""
-        q = np.ascontiguousarray(query, dtype=np.uint64)
-        if out is None:
-            out = np.empty(q.shape[0], dtype=np.int64)
-        _ht_lookup(self.slots, q, np.int64(default), out)
-        return out
-
-    def get(self, key: int, default: int = -1) -> int:
-        """One key's value (Python side; for explain and tests)."""
-        return int(ht_find(self.slots, np.uint64(key), np.int64(default)))
-
-    def __len__(self) -> int:
-        return self.size
-
-    @property
-    def nbytes(self) -> int:
-        return self.slots.nbytes
