@@ -50,17 +50,18 @@ Each row is a new connection (conntrack pinning of later packets is not
 modelled here): a row repeating a 5-tuple gets the same backend from the hash
 balancers, the next one in turn from round-robin.
 
-One kernel, :func:`_stage`, runs every balancer. The stateless pass runs it over
-the batch in parallel chunks (per-flow work independent, nothing written but the
-flow's own outputs); flows that need state — every flow under round-robin or
-least-connection, and flows to affinity service ports — then go through it
-again as a single chunk, so one thread walks them in trace order. Per-(node,
+Two kernels share the per-flow helpers. The stateless pass, :func:`_stage_hash`,
+runs random, source-hash and maglev over the batch in parallel chunks (per-flow
+work independent, nothing written but the flow's own outputs), walking each
+chunk in groups of flows one table level at a time so that the cache misses of a
+group overlap (Maglev tables do not fit in cache: 10,000 x 16381 slots); an
+in-cluster client of a service port whose eligible set depends on nothing else
+takes a shortcut, one read for the set (``sp_span``). Flows that need state —
+every flow under round-robin or least-connection, and flows to affinity service
+ports — go through :func:`_stage`, one thread in trace order. Per-(node,
 column) counters sit in a dense array when small enough, else in a hash table
-(:class:`BalancerState`). The helpers the kernel calls with arrays are inlined
+(:class:`BalancerState`). The helpers the kernels call with arrays are inlined
 at the numba level: a call taking arrays costs more than the lookup it does.
-Maglev tables do not fit in cache (10,000 x 16381 slots), so the stateless pass
-prefetches the slot of the flow :data:`PREFETCH_AHEAD` rows ahead (its cluster
-view; only a hint) and the DRAM misses of successive flows overlap.
 """
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ import numpy as np
 
 from .._jit import jit, pjit, prefetch
 from ..codes import DROPPED, PENDING, REJECTED
-from .exact import EMPTY, ht_find, ht_slot, pack2, pack3
+from .exact import EMPTY, ht_find, ht_home, ht_probe, ht_slot, pack2, pack3
 
 #: Balancer names, indexed by their code.
 BALANCERS = ("random", "round-robin", "source-hash", "maglev", "least-connection")
@@ -107,8 +108,6 @@ DENSE_LIMIT = 1 << 25
 SEQ_CHUNK = 1 << 20
 #: Flows per parallel work item.
 PAR_CHUNK = 4096
-#: How many flows ahead the stateless pass prefetches a flow's Maglev slot.
-PREFETCH_AHEAD = 8
 
 #: The map arrays the stage kernels read (built by :func:`fastpath.tables.services.compile_services`).
 MapArrays = namedtuple("MapArrays", [
@@ -131,6 +130,9 @@ MapArrays = namedtuple("MapArrays", [
     "affinity_ns",                 # i64[S] ClientIP affinity timeout in ns
     "keys",                        # u64[N_KEYS] seed keys by salt
     "addr_filter",                 # u64[FILTER_WORDS] bit set over hashed frontend / node / ClusterIP addresses
+    "sp_span",                     # i64[S] first << 32 | size of the eligible set every in-cluster client gets, or -1
+    "sp_table",                    # i32[S] Maglev table row of that set (-1: none)
+    "set_backend",                 # u64 per set member: IP | port << 32 (one read for the rewrite)
 ])
 
 #: Balancer state the sequential kernel reads and writes (see :class:`BalancerState`).
@@ -417,16 +419,21 @@ def flow_eligible_set(T: MapArrays, sp: int, kind: int, external: bool, rn: int)
 
 
 @jit(inline="always")
-def _hash_pick(lb, s, n, s_ip, d, sport, dport, p, keys, set_table, maglev):
-    """Position chosen by a stateless balancer: random, source-hash or maglev."""
-    if lb == LB_RANDOM:
-        return modn(flow_hash(keys[SALT_RANDOM], s_ip, d, sport, dport, p), n)
+def pick_hash(lb, s_ip, d, sport, dport, p, keys):
+    """The hash a stateless balancer draws with: the client's under source-hash, else the 5-tuple's."""
     if lb == LB_SOURCE_HASH:
-        return modn(client_hash(keys[SALT_SOURCE], s_ip), n)
-    tb = set_table[s]
+        return client_hash(keys[SALT_SOURCE], s_ip)
+    return flow_hash(keys[SALT_MAGLEV if lb == LB_MAGLEV else SALT_RANDOM], s_ip, d, sport, dport, p)
+
+
+@jit(inline="always")
+def _hash_pick(lb, tb, n, h, maglev):
+    """Position a stateless balancer picks by :func:`pick_hash` ``h`` among ``n`` (``tb``: the set's Maglev row)."""
+    if lb != LB_MAGLEV:
+        return modn(h, n)
     if tb < 0:
-        return np.int64(0)
-    return np.int64(maglev[tb, modn(flow_hash(keys[SALT_MAGLEV], s_ip, d, sport, dport, p), maglev.shape[1])])
+        return np.int64(0)                         # one backend: no table
+    return np.int64(maglev[tb, modn(h, maglev.shape[1])])
 
 
 @jit(inline="always")
@@ -434,7 +441,7 @@ def _balance(lb, s, lo, n, rn, sp, s_ip, d, sport, dport, p, keys, set_table, ma
              rr_dense, rr_keys, rr_vals, lc_dense, lc_keys, lc_vals, meta):
     """Position in eligible set ``s`` (``n`` backends from ``lo``) chosen by balancer ``lb``."""
     if lb != LB_ROUND_ROBIN and lb != LB_LEAST_CONN:
-        return _hash_pick(lb, s, n, s_ip, d, sport, dport, p, keys, set_table, maglev)
+        return _hash_pick(lb, set_table[s], n, pick_hash(lb, s_ip, d, sport, dport, p, keys), maglev)
     if lb == LB_ROUND_ROBIN:
         return np.int64(_add(rr_dense, rr_keys, rr_vals, meta, _RR_USED, rn, sp, 1) % n)
     # least-connection: first backend in list order with the fewest active connections
@@ -495,7 +502,7 @@ def address_filter(addresses: np.ndarray) -> np.ndarray:
 def maybe_service_address(addr_filter, d):
     """False only where ``d`` is surely no frontend, node address or ClusterIP (no false negatives)."""
     h = (np.uint64(d) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - FILTER_BITS)
-    return (addr_filter[np.int64(h >> np.uint64(6))] >> (h & np.uint64(63))) & np.uint64(1) != 0
+    return (addr_filter[h >> np.uint64(6)] >> (h & np.uint64(63))) & np.uint64(1) != 0
 
 
 @jit(inline="always")
@@ -507,7 +514,12 @@ def frontend_of(fe_slots, np_slots, nip_slots, d, p, dport):
     the node that owns the address is folded into the value. An exact frontend
     wins over a NodePort on the same key (the first claim wins).
     """
-    v = ht_find(fe_slots, pack3(d, p, dport), -1)
+    return node_port_or(ht_find(fe_slots, pack3(d, p, dport), -1), np_slots, nip_slots, d, p, dport)
+
+
+@jit(inline="always")
+def node_port_or(v, np_slots, nip_slots, d, p, dport):
+    """:func:`frontend_of` once the exact table answered ``v`` (a kernel probes it after a prefetch)."""
     if v >= 0:
         return v
     node = ht_find(nip_slots, np.uint64(d), -1)
@@ -520,121 +532,241 @@ def frontend_of(fe_slots, np_slots, nip_slots, d, p, dport):
 
 
 @jit(inline="always")
-def _prefetch_maglev(j, fe_slots, np_slots, nip_slots, sp_set, set_table, maglev, keys, src_ip, dst_ip, src_port, dst_port, proto):
-    """Start loading the Maglev slot flow ``j`` will read (its cluster view; a hint, never wrong)."""
-    v = frontend_of(fe_slots, np_slots, nip_slots, dst_ip[j], proto[j], dst_port[j])
+def masquerades(flags, kind, external):
+    """Whether a flow leaves with its receiving node's address whatever backend it gets.
+
+    An external client's flow is, unless externalTrafficPolicy: Local governs it
+    (a NodePort, LoadBalancer or externalIP keeps the client address); any flow
+    is when its backend is its own client (hairpin, :func:`_rewrite`).
+    """
+    return external and (kind == FE_CLUSTER_IP or not uses_local(flags, kind, external))
+
+
+@jit(inline="always")
+def _target(i, v, defer, cip_slots, sp_flags, sp_set, sp_zone_row, zone_sets, zone_width, node_zone, loc_slots,
+            lbn_off, lbn_node, keys, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service, deferred):
+    """Eligible set of row ``i`` whose frontend is ``v``, with its receiving node and whether the client is external.
+
+    Writes what it decides on the way: ``REJECTED`` / ``DROPPED``, the service-port
+    id, an external client's receiving node. The set is -1 where the flow is
+    decided or is no service's, and for a ClientIP-affinity flow when ``defer``
+    (the stateless pass; flagged in ``deferred`` when it has rows).
+    """
+    none = (np.int64(-1), np.int64(-1), False)
+    d = dst_ip[i]
     if v < 0:
-        return
-    s = sp_set[v & 0xFFFFFFFF]
+        if ht_find(cip_slots, np.uint64(d), -1) >= 0:
+            verdict[i] = REJECTED                  # a ClusterIP, on a port it does not serve
+        return none
+    sp = v & 0xFFFFFFFF
+    flags = sp_flags[sp]
+    if defer and (flags & F_AFFINITY) != 0:
+        if deferred.shape[0] > 0:
+            deferred[i] = 1                        # ClientIP affinity: the stateful pass decides
+        return none
+    kind = (v >> 32) & 0xF
+    rn = np.int64(src_node[i])
+    external = rn < 0
+    if external:
+        rn = receiving_node(sp_flags, lbn_off, lbn_node, node_zone.shape[0], sp, kind, (v >> 36) - 1,
+                            flow_hash(keys[SALT_NODE], src_ip[i], d, src_port[i], dst_port[i], proto[i]))
+        src_node[i] = rn
+    service[i] = sp
+    if (flags & F_HAS_ANY) == 0:
+        verdict[i] = REJECTED                      # no endpoints at all
+        return none
+    if rn < 0:
+        verdict[i] = DROPPED                       # no node to receive it
+        return none
+    s = eligible_set(sp_flags, sp_set, sp_zone_row, zone_sets, zone_width, node_zone, loc_slots,
+                     sp, kind, external, rn)
     if s < 0:
-        return
-    tb = set_table[s]
-    if tb < 0:
-        return
-    m = maglev.shape[1]
-    prefetch(maglev, np.int64(tb) * m + modn(flow_hash(keys[SALT_MAGLEV], src_ip[j], dst_ip[j], src_port[j],
-                                                         dst_port[j], proto[j]), m))
+        verdict[i] = DROPPED                       # Local policy, no local endpoint
+        return none
+    return s, rn, external
+
+
+@jit(inline="always")
+def _rewrite(i, k, rn, masq, set_backend, node_ip, src_ip, dnat_ip, dnat_port, snat_ip):
+    """DNAT row ``i`` to backend ``k``; SNAT to node ``rn`` when ``masq`` or the backend is the client itself."""
+    b = set_backend[np.uint64(k)]
+    b_ip = np.uint32(b & np.uint64(0xFFFFFFFF))
+    dnat_ip[i] = b_ip
+    dnat_port[i] = np.uint16(b >> np.uint64(32))
+    if masq or b_ip == src_ip[i]:
+        snat_ip[i] = node_ip[rn]                   # masquerade to the receiving node
+
+
+# The stateless pass walks each chunk in groups of GROUP flows, one level at a time
+# (every flow's address filter and frontend prefetch, then every flow's frontend
+# probe and hash, then every flow's eligible set and pick, then every flow's
+# rewrite): the reads of a level are independent, and each level prefetches what
+# the next one reads, so the CPU keeps a group's cache misses in flight together
+# instead of one flow's chain of dependent misses after another. Row indices are unsigned (uint64): for a signed index
+# numba emits a negative-index wrap-around on every access, which costs more than
+# the lookups here.
+
+#: Flows per group in the stateless pass.
+GROUP = 32
+_UGROUP = np.uint64(GROUP)
 
 
 @pjit
-def _stage(T, S, lb, seq, has_ts, conn_ns, rows, chunk, src_ip, dst_ip, src_port, dst_port, proto, ts,
-           src_node, verdict, service, dnat_ip, dnat_port, snat_ip, deferred):
-    """The service stage over a batch: the one kernel of every balancer.
+def _stage_hash(T, lb, chunk, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service,
+                dnat_ip, dnat_port, snat_ip, deferred):
+    """The stateless pass (random, source-hash, maglev): every row, in parallel chunks of ``chunk``.
 
-    Stateless pass (``seq`` False): every row, in parallel chunks of ``chunk``;
-    flows to affinity service ports are only flagged in ``deferred`` (when it
-    has rows). Stateful pass (``seq`` True): the rows listed in ``rows`` (all rows
-    when ``rows`` is empty), with ``chunk`` covering them all, so one thread
-    walks them in trace order and may read and write the balancer state ``S``.
+    Flows to ClientIP-affinity service ports are only flagged in ``deferred``
+    (when it has rows) for :func:`_stage`. An in-cluster client of a service
+    port whose eligible set depends on nothing else takes the shortcut
+    ``sp_span`` (one read for the set); every other flow goes through :func:`_target`.
     """
     (fe_slots, np_slots, nip_slots, cip_slots, sp_flags, sp_set, sp_zone_row, zone_sets, zone_width, node_zone,
-     node_ip, loc_slots, lbn_off, lbn_node, set_off, set_ep, set_ip, set_port, set_table, maglev,
-     affinity_ns, keys, addr_filter) = T
+     node_ip, loc_slots, lbn_off, lbn_node, set_off, _set_ep, _set_ip, _set_port, set_table, maglev,
+     _affinity_ns, keys, addr_filter, sp_span, sp_table, set_backend) = T
+    n = src_ip.shape[0]
+    m = maglev.shape[1]
+    slots = maglev.ravel()                         # flat view: one index to prefetch and read
+    for c in numba.prange((n + chunk - 1) // chunk):
+        lo = np.uint64(c) * np.uint64(chunk)
+        hi = min(np.uint64(n), lo + np.uint64(chunk))
+        key = np.empty(GROUP, dtype=np.uint64)     # frontend key, then the balancer's hash
+        at = np.empty(GROUP, dtype=np.int64)       # home slot, then frontend (-1: none), then backend; -2: done
+        tab = np.empty(GROUP, dtype=np.int64)      # maglev: the table slot naming the backend, -1: none
+        node = np.empty(GROUP, dtype=np.int64)     # receiving node, ~node where it masquerades
+        for g in range(lo, hi, _UGROUP):
+            ge = min(hi, g + _UGROUP)
+            for i in range(g, ge):                 # level 1: address filter, prefetch the frontend slot
+                h = np.int64(-2)
+                d = dst_ip[i]
+                if verdict[i] == PENDING and maybe_service_address(addr_filter, d):
+                    fk = pack3(d, proto[i], dst_port[i])
+                    key[i - g] = fk
+                    h = ht_home(fe_slots, fk)
+                    prefetch(fe_slots, 2 * h)
+                at[i - g] = h
+            for i in range(g, ge):                 # level 2: frontend (prefetch its shortcut), hash
+                h = at[i - g]
+                if h == -2:
+                    continue
+                v = node_port_or(ht_probe(fe_slots, key[i - g], h, -1), np_slots, nip_slots, dst_ip[i], proto[i],
+                                 dst_port[i])
+                at[i - g] = v
+                if v >= 0:
+                    prefetch(sp_span, v & 0xFFFFFFFF)
+                    key[i - g] = pick_hash(lb, src_ip[i], dst_ip[i], src_port[i], dst_port[i], proto[i], keys)
+            for i in range(g, ge):                 # level 3: eligible set, pick (prefetch the backend)
+                v = at[i - g]
+                if v == -2:
+                    continue
+                at[i - g] = -2
+                rn = np.int64(src_node[i])
+                span = sp_span[v & 0xFFFFFFFF] if v >= 0 and rn >= 0 else np.int64(-1)
+                if span >= 0:                      # in-cluster client, the service port's one set
+                    service[i] = v & 0xFFFFFFFF
+                    first = span >> 32
+                    size = span & 0xFFFFFFFF
+                    tb = np.int64(sp_table[v & 0xFFFFFFFF]) if lb == LB_MAGLEV else np.int64(-1)
+                    masq = False
+                else:
+                    s, rn, external = _target(i, v, True, cip_slots, sp_flags, sp_set, sp_zone_row, zone_sets,
+                                              zone_width, node_zone, loc_slots, lbn_off, lbn_node, keys, src_ip,
+                                              dst_ip, src_port, dst_port, proto, src_node, verdict, service, deferred)
+                    if s < 0:
+                        continue
+                    first = np.int64(set_off[s])
+                    size = np.int64(set_off[s + 1]) - first
+                    tb = np.int64(set_table[s]) if lb == LB_MAGLEV else np.int64(-1)
+                    masq = masquerades(sp_flags[v & 0xFFFFFFFF], (v >> 32) & 0xF, external)
+                node[i - g] = ~rn if masq else rn
+                if lb == LB_MAGLEV:                # the table slot now, the backend it names next level
+                    at[i - g] = first
+                    t = np.int64(-1)
+                    if tb >= 0:
+                        t = tb * m + modn(key[i - g], m)
+                        prefetch(slots, t)
+                    tab[i - g] = t
+                    continue
+                k = first + _hash_pick(lb, tb, size, key[i - g], maglev)
+                at[i - g] = k
+                prefetch(set_backend, k)
+            if lb == LB_MAGLEV:
+                for j in range(ge - g):            # level 3b (maglev): the backend its table slot names
+                    k = at[j]
+                    if k < 0:
+                        continue
+                    if tab[j] >= 0:
+                        k += slots[tab[j]]
+                        at[j] = k
+                    prefetch(set_backend, k)
+            for i in range(g, ge):                 # level 4: rewrite
+                k = at[i - g]
+                if k < 0:
+                    continue
+                rn = node[i - g]
+                _rewrite(i, k, ~rn if rn < 0 else rn, rn < 0, set_backend, node_ip, src_ip, dnat_ip, dnat_port, snat_ip)
+
+
+@pjit
+def _stage(T, S, lb, has_ts, conn_ns, rows, src_ip, dst_ip, src_port, dst_port, proto, ts,
+           src_node, verdict, service, dnat_ip, dnat_port, snat_ip):
+    """The stateful pass: the rows listed in ``rows``, in that order, reading and writing the balancer state ``S``.
+
+    Every row under round-robin or least-connection; under the stateless
+    balancers the ClientIP-affinity rows :func:`_stage_hash` deferred.
+    """
+    (fe_slots, np_slots, nip_slots, cip_slots, sp_flags, sp_set, sp_zone_row, zone_sets, zone_width, node_zone,
+     node_ip, loc_slots, lbn_off, lbn_node, set_off, set_ep, _set_ip, _set_port, set_table, maglev,
+     affinity_ns, keys, addr_filter, _sp_span, _sp_table, set_backend) = T
     rr_dense, rr_keys, rr_vals, lc_dense, lc_keys, lc_vals, aff_keys, aff_vals, fifo_end, fifo_key, meta = S
-    use_rows = rows.shape[0] > 0
-    total = rows.shape[0] if use_rows else src_ip.shape[0]
-    keep = deferred.shape[0] > 0
-    n_nodes = node_ip.shape[0]
-    for c in numba.prange((total + chunk - 1) // chunk):
-        for r in range(c * chunk, min(total, (c + 1) * chunk)):
-            i = rows[r] if use_rows else r
-            if lb == LB_MAGLEV and not seq and r + PREFETCH_AHEAD < total:
-                _prefetch_maglev(r + PREFETCH_AHEAD, fe_slots, np_slots, nip_slots, sp_set, set_table, maglev, keys,
-                                 src_ip, dst_ip, src_port, dst_port, proto)
+    no_defer = np.zeros(0, dtype=np.uint8)
+    # one work item: one thread walks the rows in trace order; inside a parallel loop body
+    # numba passes the unpacked arrays on without reference counting every use (3x faster)
+    for _ in numba.prange(1):
+        for r in range(rows.shape[0]):
+            i = np.uint64(rows[r])                     # unsigned: no wrap-around per access
             if verdict[i] != PENDING:
                 continue
             d = dst_ip[i]
             if not maybe_service_address(addr_filter, d):
-                continue                           # no frontend, node address or ClusterIP: not kube-proxy's
-            p = proto[i]
-            dport = dst_port[i]
-            v = frontend_of(fe_slots, np_slots, nip_slots, d, p, dport)
-            if v < 0:
-                if ht_find(cip_slots, np.uint64(d), -1) >= 0:
-                    verdict[i] = REJECTED          # a ClusterIP, on a port it does not serve
+                continue                               # no frontend, node address or ClusterIP: not kube-proxy's
+            v = frontend_of(fe_slots, np_slots, nip_slots, d, proto[i], dst_port[i])
+            s, rn, external = _target(i, v, False, cip_slots, sp_flags, sp_set, sp_zone_row, zone_sets, zone_width,
+                                      node_zone, loc_slots, lbn_off, lbn_node, keys, src_ip, dst_ip, src_port, dst_port,
+                                      proto, src_node, verdict, service, no_defer)
+            if s < 0:
                 continue
             sp = v & 0xFFFFFFFF
             flags = sp_flags[sp]
             affinity = (flags & F_AFFINITY) != 0
-            if affinity and not seq:
-                if keep:
-                    deferred[i] = 1                # ClientIP affinity: the stateful pass decides
-                continue
-            kind = (v >> 32) & 0xF
             s_ip = src_ip[i]
-            sport = src_port[i]
-            rn = np.int64(src_node[i])
-            external = rn < 0
-            if external:
-                rn = receiving_node(sp_flags, lbn_off, lbn_node, n_nodes, sp, kind, (v >> 36) - 1,
-                                    flow_hash(keys[SALT_NODE], s_ip, d, sport, dport, p))
-                src_node[i] = rn
-            service[i] = sp
-            if (flags & F_HAS_ANY) == 0:
-                verdict[i] = REJECTED              # no endpoints at all
-                continue
-            if rn < 0:
-                verdict[i] = DROPPED               # no node to receive it
-                continue
-            s = eligible_set(sp_flags, sp_set, sp_zone_row, zone_sets, zone_width, node_zone, loc_slots,
-                             sp, kind, external, rn)
-            if s < 0:
-                verdict[i] = DROPPED               # Local policy, no local endpoint
-                continue
             lo = np.int64(set_off[s])
             n = np.int64(set_off[s + 1]) - lo
-            if not seq:                            # stateless balancer, no affinity
-                pos = _hash_pick(lb, s, n, s_ip, d, sport, dport, p, keys, set_table, maglev)
-            else:
-                t = ts[i] if has_ts else np.int64(0)
-                if lb == LB_LEAST_CONN and has_ts:
-                    _retire(lc_dense, lc_keys, lc_vals, fifo_end, fifo_key, meta, t)
-                pos = np.int64(-1)
-                slot = np.int64(0)
-                akey = pack2(sp, s_ip)
-                if affinity:
-                    slot = _slot(aff_keys, akey)
-                    if aff_keys[slot] == akey and (not has_ts or t - aff_vals[slot, 1] <= affinity_ns[sp]):
-                        ep = aff_vals[slot, 0]
-                        for j in range(n):
-                            if set_ep[lo + j] == ep:
-                                pos = j
-                                break
-                if pos < 0:
-                    pos = _balance(lb, s, lo, n, rn, sp, s_ip, d, sport, dport, p, keys, set_table, maglev, set_ep,
-                                   rr_dense, rr_keys, rr_vals, lc_dense, lc_keys, lc_vals, meta)
-                if affinity:
-                    if aff_keys[slot] != akey:
-                        aff_keys[slot] = akey
-                        meta[_AFF_USED] += 1
-                    aff_vals[slot, 0] = set_ep[lo + pos]
-                    aff_vals[slot, 1] = t
-                if lb == LB_LEAST_CONN:
-                    _open(lc_dense, lc_keys, lc_vals, fifo_end, fifo_key, meta, rn, np.int64(set_ep[lo + pos]),
-                          t + conn_ns, has_ts)
-            k = lo + pos
-            b_ip = set_ip[k]
-            dnat_ip[i] = b_ip
-            dnat_port[i] = set_port[k]
-            if (external and (kind == FE_CLUSTER_IP or not uses_local(flags, kind, external))) or b_ip == s_ip:
-                snat_ip[i] = node_ip[rn]           # masquerade to the receiving node
+            t = ts[i] if has_ts else np.int64(0)
+            if lb == LB_LEAST_CONN and has_ts:
+                _retire(lc_dense, lc_keys, lc_vals, fifo_end, fifo_key, meta, t)
+            pos = np.int64(-1)
+            slot = np.int64(0)
+            akey = pack2(sp, s_ip)
+            if affinity:
+                slot = _slot(aff_keys, akey)
+                if aff_keys[slot] == akey and (not has_ts or t - aff_vals[slot, 1] <= affinity_ns[sp]):
+                    ep = aff_vals[slot, 0]
+                    for j in range(n):
+                        if set_ep[lo + j] == ep:
+                            pos = j
+                            break
+            if pos < 0:
+                pos = _balance(lb, s, lo, n, rn, sp, s_ip, d, src_port[i], dst_port[i], proto[i], keys, set_table,
+                               maglev, set_ep, rr_dense, rr_keys, rr_vals, lc_dense, lc_keys, lc_vals, meta)
+            if affinity:
+                if aff_keys[slot] != akey:
+                    aff_keys[slot] = akey
+                    meta[_AFF_USED] += 1
+                aff_vals[slot, 0] = set_ep[lo + pos]
+                aff_vals[slot, 1] = t
+            if lb == LB_LEAST_CONN:
+                _open(lc_dense, lc_keys, lc_vals, fifo_end, fifo_key, meta, rn, np.int64(set_ep[lo + pos]),
+                      t + conn_ns, has_ts)
+            _rewrite(i, lo + pos, rn, masquerades(flags, (v >> 32) & 0xF, external), set_backend, node_ip, src_ip,
+                     dnat_ip, dnat_port, snat_ip)

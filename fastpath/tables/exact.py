@@ -53,10 +53,10 @@ def ht_probe(slots, key, home, default):
     i = home
     while True:
         k = slots[2 * i]
+        if k == np.uint64(0xFFFFFFFFFFFFFFFF):       # first: the reserved key itself is never found
+            return np.int64(default)
         if k == key:
             return np.int64(slots[2 * i + 1])
-        if k == np.uint64(0xFFFFFFFFFFFFFFFF):
-            return np.int64(default)
         i = (i + 1) & mask
 
 

@@ -52,7 +52,7 @@ from .balancers import (BALANCERS, F_AFFINITY, F_ETP_LOCAL, F_HAS_ANY, F_HAS_REA
                         FE_CLUSTER_IP, FE_EXTERNAL_IP, FE_LOAD_BALANCER, FE_NODE_PORT, FRONTEND_KINDS,
                         LB_LEAST_CONN, LB_MAGLEV, LB_RANDOM, LB_ROUND_ROBIN, LB_SOURCE_HASH, SALT_MAGLEV,
                         SALT_NODE, SALT_RANDOM, SALT_SOURCE, SEQ_CHUNK, STATEFUL, BalancerState, MapArrays,
-                        PAR_CHUNK, _stage, address_filter, client_hash, flow_eligible_set, flow_hash,
+                        PAR_CHUNK, _stage, _stage_hash, address_filter, client_hash, flow_eligible_set, flow_hash,
                         seed_keys, uses_local)
 from .exact import EMPTY, ExactTable, pack2_np, pack3_np
 from .maglev import DEFAULT_M, backend_names, build_tables, check_size
@@ -301,6 +301,16 @@ def compile_services(cluster: Cluster, *, lb: str = "random", seed: int = 0,
     else:
         maglev = np.zeros((0, 1), dtype=np.uint8)     # same kernel type as real (uint8) tables
 
+    # the shortcut of in-cluster clients: the one eligible set of a service port without
+    # affinity, internalTrafficPolicy Local or topology (see balancers._stage_hash)
+    s0 = np.maximum(sp_set, 0).astype(np.int64)
+    off = np.append(set_off, set_off[-1])          # s0 + 1 stays in range when there is no set
+    first, size = off[s0], off[s0 + 1] - off[s0]
+    plain = (((sp_flags_a & (F_ITP_LOCAL | F_AFFINITY)) == 0) & ((sp_flags_a & F_HAS_ANY) != 0)
+             & (sp_zone_row < 0) & (sp_set >= 0) & (size > 0))
+    sp_span = np.where(plain, (first << 32) | size, -1).astype(np.int64)
+    sp_table = np.where(plain, np.append(set_table, -1)[s0], -1).astype(np.int32)
+
     timeouts = np.array(sp_timeout, dtype=np.int64)
     arrays = MapArrays(
         fe_slots=frontends.slots, np_slots=node_ports.slots, nip_slots=node_ips.slots, cip_slots=cip_table.slots,
@@ -312,6 +322,8 @@ def compile_services(cluster: Cluster, *, lb: str = "random", seed: int = 0,
         addr_filter=address_filter(np.concatenate([
             (frontends.keys[frontends.keys != EMPTY] >> np.uint64(24)), node_ips.keys[node_ips.keys != EMPTY],
             cip_table.keys[cip_table.keys != EMPTY]])),
+        sp_span=sp_span, sp_table=sp_table,
+        set_backend=set_ip.astype(np.uint64) | (set_port.astype(np.uint64) << np.uint64(32)),
     )
     return ServiceMap(
         names=names, lb=lb, seed=seed, maglev_size=int(maglev_size), conn_duration=float(conn_duration),
@@ -599,11 +611,6 @@ def _column(name: str, x, dtype, n: int | None, writable: bool = False) -> np.nd
     return arr
 
 
-#: Empty row list / deferral flags: "every row" / "do not flag".
-_NO_ROWS = np.zeros(0, dtype=np.int64)
-_NO_DEFER = np.zeros(0, dtype=np.uint8)
-
-
 class ServiceStage:
     """kube-proxy on every node, over batches of flows; holds the balancer state between batches.
 
@@ -664,21 +671,19 @@ class ServiceStage:
         if n == 0:
             return
         T = self.smap.arrays
-        cols = (src_ip, dst_ip, src_port, dst_port, proto, ts, *outs)
         if self.lb in STATEFUL:
             rows = np.arange(n, dtype=np.int64)
         else:
             deferred = np.zeros(n if self.smap.has_affinity else 0, dtype=np.uint8)
-            _stage(T, self.state.arrays, self.lb, False, has_ts, self.conn_ns, _NO_ROWS, PAR_CHUNK, *cols, deferred)
+            _stage_hash(T, self.lb, PAR_CHUNK, src_ip, dst_ip, src_port, dst_port, proto, *outs, deferred)
             if not self.smap.has_affinity:
                 return
             rows = np.flatnonzero(deferred).astype(np.int64)
+        cols = (src_ip, dst_ip, src_port, dst_port, proto, ts, *outs)
         for start in range(0, rows.shape[0], SEQ_CHUNK):
             chunk = rows[start:start + SEQ_CHUNK]
             self.state.reserve(chunk.shape[0], self.lb, self.smap.has_affinity, has_ts)
-            # one work item covering every row: a single thread, in trace order
-            _stage(T, self.state.arrays, self.lb, True, has_ts, self.conn_ns, chunk, chunk.shape[0], *cols,
-                   _NO_DEFER)
+            _stage(T, self.state.arrays, self.lb, has_ts, self.conn_ns, chunk, *cols)   # one thread, in trace order
 
     def reset(self) -> None:
         """Forget round-robin counters, open connections and affinities."""
