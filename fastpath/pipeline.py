@@ -112,23 +112,32 @@ def chunk_bounds(c, chunk, n):
 
 
 @jit(inline="always")
-def pod_node_of(pod_info, p):
-    """Node of pod ``p`` (-1 where unscheduled), from ``ForwardingTables.pod_info``."""
-    return np.int64(np.int32(pod_info[p] & np.int64(0xFFFFFFFF)))
+def pod_node_of(pod_rec, p):
+    """Node of pod ``p`` (-1 where unscheduled), from ``ForwardingTables.pod_rec``."""
+    return np.int64(np.int32(pod_rec[4 * p]))
 
 
 @jit(inline="always")
-def pod_listens(pod_info, pod_ports, p, proto, port):
-    """Whether some container of pod ``p`` declares ``port`` for ``proto`` (a scan of its few ports)."""
+def pod_listens(pod_rec, more_off, more_ports, p, proto, port):
+    """Whether some container of pod ``p`` declares ``port`` for ``proto``.
+
+    Three compares on the pod's record without a branch between them; only a pod
+    with more than three declared ports, none of them a match, reads on.
+    """
     want = (np.uint32(proto) << np.uint32(16)) | np.uint32(port)
-    for k in range(pod_info[p] >> 32, pod_info[p + 1] >> 32):
-        if pod_ports[k] == want:
+    third = pod_rec[4 * p + 3]
+    if (pod_rec[4 * p + 1] == want) | (pod_rec[4 * p + 2] == want) | (third == want):
+        return True
+    if third == np.uint32(0xFFFFFFFF):
+        return False                                 # three or fewer: all seen
+    for k in range(np.uint64(more_off[p]), np.uint64(more_off[p + 1])):
+        if more_ports[k] == want:
             return True
     return False
 
 
 @pjit
-def _sources(src_ip, dst_ip, dst_port, proto, pod_slots, pod_info, pod_ports, node_slots, hl_slots,
+def _sources(src_ip, dst_ip, dst_port, proto, pod_slots, pod_rec, more_off, more_ports, node_slots, hl_slots,
              verdict, path, src_node, dst_node, src_pod, dst_pod, service,
              dnat_ip, dnat_port, snat_ip, hops, src_kind, chunk):
     """Classify senders, initialise every column, and resolve loopback flows."""
@@ -154,11 +163,11 @@ def _sources(src_ip, dst_ip, dst_port, proto, pod_slots, pod_info, pod_ports, no
                 p = at_probe(pod_slots, src_ip[j], np.int64(src_pod[j]), -1)
                 src_pod[j] = p
                 if p >= 0:
-                    prefetch(pod_info, p)
+                    prefetch(pod_rec, 4 * p)
             for j in range(g, ge):                       # level 2: its node, or node by IP
                 p = src_pod[j]
                 if p >= 0:
-                    src_node[j] = pod_node_of(pod_info, p)
+                    src_node[j] = pod_node_of(pod_rec, p)
                     src_kind[j] = SRC_POD
                 else:
                     node = ht_find(node_slots, np.uint64(src_ip[j]), -1)
@@ -180,7 +189,7 @@ def _sources(src_ip, dst_ip, dst_port, proto, pod_slots, pod_info, pod_ports, no
                     if kind == SRC_POD:
                         p = np.int64(src_pod[j])
                         dst_pod[j] = p
-                        ok = pod_listens(pod_info, pod_ports, p, proto[j], dst_port[j])
+                        ok = pod_listens(pod_rec, more_off, more_ports, p, proto[j], dst_port[j])
                     else:
                         hp = ht_find(hl_slots, pack3(node, proto[j], dst_port[j]), -1)
                         dst_pod[j] = hp
@@ -189,13 +198,13 @@ def _sources(src_ip, dst_ip, dst_port, proto, pod_slots, pod_info, pod_ports, no
 
 
 @pjit
-def _forward(proto, l0, nodes, leaves, node_slots, node_ip, pod_slots, pod_info, pod_ports, hl_slots,
+def _forward(proto, l0, nodes, leaves, node_slots, node_ip, pod_slots, pod_rec, more_off, more_ports, hl_slots,
              verdict, path, src_node, dst_node, dst_pod, dnat_ip, dnat_port, snat_ip, hops, src_kind,
              chunk):
     """Route, bridge and deliver every flow still pending; count hops of stopped ones.
 
     The bridge step reads the neighbour-table / FDB join compiled into pod by IP
-    + ``pod_info`` (see :mod:`fastpath.cluster.compile`): the pod holding the
+    + ``pod_rec`` (see :mod:`fastpath.cluster.compile`): the pod holding the
     address, if it runs on the routed node, is the one behind that node's bridge.
     """
     n = proto.shape[0]
@@ -220,23 +229,21 @@ def _forward(proto, l0, nodes, leaves, node_slots, node_ip, pod_slots, pod_info,
                 if rnode[j - g] >= 0:
                     p = at_probe(pod_slots, dnat_ip[j], pod[j - g], -1)
                     if p >= 0:
-                        prefetch(pod_info, p)
+                        prefetch(pod_rec, 4 * p)
                 pod[j - g] = p
             for j in range(g, ge):                       # level 3: behind the routed node's bridge?
                 p = pod[j - g]
                 if p >= 0:
-                    if pod_node_of(pod_info, p) != rnode[j - g]:
+                    if pod_node_of(pod_rec, p) != rnode[j - g]:
                         pod[j - g] = -1                  # no neighbour entry on that node
-                    else:
-                        prefetch(pod_ports, pod_info[p] >> 32)
             for j in range(g, ge):                       # level 4: listener, verdict, path, hops
-                _finish(j, rnode[j - g], pod[j - g], proto, node_slots, node_ip, pod_info, pod_ports,
+                _finish(j, rnode[j - g], pod[j - g], proto, node_slots, node_ip, pod_rec, more_off, more_ports,
                         hl_slots, verdict, path, src_node, dst_node, dst_pod, dnat_ip, dnat_port, snat_ip,
                         hops, src_kind)
 
 
 @jit(inline="always")
-def _finish(j, dn, dp, proto, node_slots, node_ip, pod_info, pod_ports, hl_slots,
+def _finish(j, dn, dp, proto, node_slots, node_ip, pod_rec, more_off, more_ports, hl_slots,
             verdict, path, src_node, dst_node, dst_pod, dnat_ip, dnat_port, snat_ip, hops, src_kind):
     """Decide one flow once its route, neighbour and FDB lookups are known."""
     kind = src_kind[j]
@@ -269,7 +276,7 @@ def _finish(j, dn, dp, proto, node_slots, node_ip, pod_info, pod_ports, hl_slots
                 hops[j] = src_part + cross
                 return
             dst_pod[j] = dp
-            ok = pod_listens(pod_info, pod_ports, dp, proto[j], port)
+            ok = pod_listens(pod_rec, more_off, more_ports, dp, proto[j], port)
             verdict[j] = DELIVERED if ok else REFUSED
             same_bridge = kind == SRC_POD and dn == sn
             hops[j] = src_part + cross + (1 if same_bridge else 2)
@@ -371,13 +378,13 @@ class DataPlane:
             verdict, src_node, src_pod, service = r.verdict[b], r.src_node[b], r.src_pod[b], r.service[b]
             dnat_ip, dnat_port, snat_ip = r.dnat_ip[b], r.dnat_port[b], r.snat_ip[b]
             _sources(src_ip, d, dport, proto,
-                     t.pod_by_ip.slots, t.pod_info, t.pod_ports, t.node_by_ip.slots, t.host_listen.slots,
+                     t.pod_by_ip.slots, t.pod_rec, t.more_off, t.more_ports, t.node_by_ip.slots, t.host_listen.slots,
                      verdict, r.path[b], src_node, r.dst_node[b], src_pod, r.dst_pod[b], service,
                      dnat_ip, dnat_port, snat_ip, r.hops[b], r.src_kind[b], chunk)
             self.stage.run(src_ip, d, flows.src_port[b], dport, proto, None if flows.ts is None else flows.ts[b],
                            src_pod, src_node, verdict, service, dnat_ip, dnat_port, snat_ip)
             _forward(proto, l0, nodes, leaves, t.node_by_ip.slots, t.node_ip,
-                     t.pod_by_ip.slots, t.pod_info, t.pod_ports, t.host_listen.slots,
+                     t.pod_by_ip.slots, t.pod_rec, t.more_off, t.more_ports, t.host_listen.slots,
                      verdict, r.path[b], src_node, r.dst_node[b], r.dst_pod[b], dnat_ip, dnat_port, snat_ip,
                      r.hops[b], r.src_kind[b], chunk)
         return r
@@ -435,5 +442,5 @@ class DataPlane:
             "nodes": len(t.node_names), "pods": len(t.pod_names),
             "routes": len(t.routes), "route_table_bytes": t.routes.nbytes,
             "neighbours": len(t.neighbours), "fdb_entries": len(t.fdb),
-            "listening_ports": int(t.pod_ports.size), "service_ports": len(self.services.names),
+            "listening_ports": int((t.pod_rec.reshape(-1, 4)[:, 1:] != 0xFFFFFFFF).sum() + t.more_ports.size), "service_ports": len(self.services.names),
         }

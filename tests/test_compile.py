@@ -93,10 +93,14 @@ def check_tables(cluster: Cluster, t: ForwardingTables) -> None:
     got_listen = {int(pack3_np(i, int(e) >> 16, int(e) & 0xFFFF)) for i in range(len(cluster.pods))
                   for e in t.ports_of(i)}
     assert got_listen == want_listen
-    assert t.pod_ports.size == len(want_listen)
+    rec = t.pod_rec.reshape(-1, 4)
+    assert int((rec[:, 1:] != 0xFFFFFFFF).sum()) + t.more_ports.size == len(want_listen)
     for i in range(len(cluster.pods)):
         assert list(t.ports_of(i)) == sorted(t.ports_of(i))
-        assert (int(t.pod_info[i]) & 0xFFFFFFFF) == (int(t.pod_node[i]) & 0xFFFFFFFF)
+        assert int(rec[i, 0]) == (int(t.pod_node[i]) & 0xFFFFFFFF)
+        declared = sorted({(cp.proto << 16) | cp.port for cp in cluster.pods[i].ports})
+        assert list(t.ports_of(i)) == declared
+        assert t.more_off[i + 1] - t.more_off[i] == max(0, len(declared) - 3)
 
     # the join the forwarding kernel reads: (node, IP) -> MAC -> FDB port -> pod is pod by IP on that node
     for i in on_bridge:

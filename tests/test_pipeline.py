@@ -274,6 +274,26 @@ def test_read_only_inputs():
     assert got == [w for _, w in HAND_CASES.values()]
 
 
+def test_pods_with_many_ports():
+    """Ports beyond a pod record's three inline entries, from another node, the same node and loopback."""
+    nodes = [Node("node-a", ip("192.168.1.10"), None, ((ip("10.244.0.0"), 24),), "z1"),
+             Node("node-b", ip("192.168.1.11"), None, ((ip("10.244.1.0"), 24),), "z1")]
+    many = [(f"p{k}", 8000 + 7 * k, TCP) for k in range(6)] + [("u", 8000, UDP), ("s", 9, SCTP)]
+    pods = [_pod("wide", "node-a", "10.244.0.5", *many),
+            _pod("three", "node-a", "10.244.0.6", *many[:3]),
+            _pod("client", "node-b", "10.244.1.9", ("web", 80, TCP))]
+    cluster = Cluster(nodes=nodes, pods=pods, services=[], slices=[])
+    flows = []
+    for dst in ("10.244.0.5", "10.244.0.6"):
+        for src in ("10.244.1.9", "10.244.0.6" if dst == "10.244.0.5" else "10.244.0.5", dst):
+            for _, port, proto in many + [("x", 8001, TCP), ("y", 8007, UDP), ("z", 9, TCP)]:
+                flows.append(flow(src, dst, port, proto))
+    check(cluster, flows)
+    got = kernel_rows(dataplane(cluster), flows)
+    assert sum(r["verdict"] == "delivered" for r in got) == 3 * 8 + 3 * 3   # 3 senders each
+    assert {r["path"] for r in got} == {"routed", "bridge", "loopback"}
+
+
 # --------------------------------------------------------------------------- random clusters
 
 def _random_case(seed: int, n_flows: int):

@@ -17,9 +17,12 @@ so the kernels never branch on Kubernetes concepts:
   ``0a:58:`` + IPv4 address, one entry per pod on that node's bridge.
 * **FDB** (exact): (node, MAC) -> bridge port, one forwarding database per node
   bridge ``cbr0``; ``port_pod`` maps a port to the pod behind that veth.
-* **listening ports**: each pod's declared (protocol, port) pairs, sorted, in
-  one flat array (``pod_ports``, CSR offsets in ``pod_info``); and (node,
-  protocol, port) -> pod (exact) for hostNetwork pods.
+* **pod records** (``pod_rec``): 16 bytes a pod, one cache line's quarter —
+  its node and its first three declared (protocol, port) pairs, sorted; a
+  pod's fourth and later pairs in ``more_ports`` (CSR offsets ``more_off``).
+  Most pods declare three or fewer, so the listening check is three compares
+  on the line that also gave the pod's node. And (node, protocol, port) -> pod
+  (exact) for hostNetwork pods.
 
 The forwarding kernel does not walk the neighbour table and the FDB one after
 the other: both are keyed by what the pod-by-IP table already says. The node's
@@ -27,7 +30,7 @@ neighbour entry for an IP exists exactly when a bridged pod with that IP runs on
 that node, and its FDB port leads back to that pod (CNI MACs are ``0a:58:`` +
 the IP, pod IPs are unique), so "(node, IP) -> MAC -> port -> pod" is the pod by
 IP, kept when its node is the routed node. The kernel reads that join
-(``pod_by_ip`` + ``pod_info``): one probe instead of two. The neighbour tables
+(``pod_by_ip`` + ``pod_rec``): one probe instead of two. The neighbour tables
 and FDBs are still compiled as such; ``fastpath explain`` walks them hop by hop
 and the tests check the join against them for every pod.
 """
@@ -42,6 +45,8 @@ from ..tables.exact import AddressTable, ExactTable, pack2_np, pack3_np
 from ..tables.lpm import RouteTable
 from .model import Cluster, node_addresses
 
+#: An empty listening-port entry in a pod record (no real proto << 16 | port is all ones).
+NO_PORT = np.uint32(0xFFFFFFFF)
 #: Calico's IPAM block size (IPPool ``blockSize``).
 CALICO_BLOCK = 26
 
@@ -58,8 +63,9 @@ class ForwardingTables:
     pod_node: np.ndarray              #: int32[P] (-1 where unscheduled)
     pod_ns: np.ndarray                #: int32[P] index into ns_names
     pod_by_ip: AddressTable           #: IP -> bridged pod
-    pod_info: np.ndarray              #: int64[P + 1]: node (low 32 bits, int32) | first port << 32
-    pod_ports: np.ndarray             #: uint32: proto << 16 | port, each pod's sorted run
+    pod_rec: np.ndarray               #: uint32[4 * P]: node (int32 bits), then 3 entries proto << 16 | port
+    more_off: np.ndarray              #: int64[P + 1]: CSR offsets of each pod's 4th and later entries
+    more_ports: np.ndarray            #: uint32: those entries
     node_by_ip: ExactTable
     routes: RouteTable                #: next hop = node index
     neighbours: ExactTable            #: pack2(node, ip) -> MAC
@@ -71,8 +77,9 @@ class ForwardingTables:
 
     def ports_of(self, pod: int) -> np.ndarray:
         """The (proto << 16 | port) entries pod ``pod`` listens on, sorted."""
-        lo, hi = int(self.pod_info[pod]) >> 32, int(self.pod_info[pod + 1]) >> 32
-        return self.pod_ports[lo:hi]
+        first = self.pod_rec[4 * pod + 1: 4 * pod + 4]
+        more = self.more_ports[int(self.more_off[pod]):int(self.more_off[pod + 1])]
+        return np.concatenate([first[first != NO_PORT], more])
 
     def listens(self, pod: int, proto: int, port: int) -> bool:
         """Whether some container of pod ``pod`` declares ``port`` for ``proto``."""
@@ -175,7 +182,7 @@ def compile_forwarding(cluster: Cluster) -> ForwardingTables:
     lp_pod_a = np.array(lp_pod, dtype=np.int64)
     lp_proto_a = np.array(lp_proto, dtype=np.int64)
     lp_port_a = np.array(lp_port, dtype=np.int64)
-    pod_info, pod_ports = _listeners(pod_node, lp_pod_a, lp_proto_a, lp_port_a)
+    pod_rec, more_off, more_ports = _pod_records(pod_node, lp_pod_a, lp_proto_a, lp_port_a)
     hmask = pod_host[lp_pod_a] & (pod_node[lp_pod_a] >= 0) if lp_pod_a.size else np.zeros(0, dtype=bool)
     # first hostNetwork pod declaring a port on a node wins: build in reverse so it is the last write
     hk = pack3_np(pod_node[lp_pod_a[hmask]], lp_proto_a[hmask], lp_port_a[hmask])[::-1]
@@ -186,22 +193,28 @@ def compile_forwarding(cluster: Cluster) -> ForwardingTables:
         pod_names=[p.key for p in pods],
         ns_names=list(ns_index),
         node_ip=node_ip, pod_ip=pod_ip, pod_node=pod_node, pod_ns=pod_ns,
-        pod_by_ip=pod_by_ip, pod_info=pod_info, pod_ports=pod_ports, node_by_ip=node_by_ip, routes=routes,
+        pod_by_ip=pod_by_ip, pod_rec=pod_rec, more_off=more_off, more_ports=more_ports, node_by_ip=node_by_ip, routes=routes,
         neighbours=neighbours, fdb=fdb, port_pod=port_pod, port_veth=port_veth,
         host_listen=host_listen, route_notes=notes,
     )
 
 
-def _listeners(pod_node: np.ndarray, pod: np.ndarray, proto: np.ndarray, port: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """Every pod's declared (protocol, port) pairs as one sorted run per pod, and ``pod_info``."""
+def _pod_records(pod_node: np.ndarray, pod: np.ndarray, proto: np.ndarray, port: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``pod_rec``, ``more_off``, ``more_ports`` (see :class:`ForwardingTables`)."""
     n = pod_node.shape[0]
     entry = (proto.astype(np.uint64) << np.uint64(16)) | port.astype(np.uint64)
     order = np.lexsort((entry, pod))
-    pod_ports = entry[order].astype(np.uint32)
-    first = np.searchsorted(pod[order], np.arange(n + 1)).astype(np.int64)
-    node = np.append(pod_node, -1).astype(np.int64) & 0xFFFFFFFF
-    return (first << 32) | node, pod_ports
+    pod_s, entry_s = pod[order], entry[order].astype(np.uint32)
+    first = np.searchsorted(pod_s, np.arange(n + 1))
+    rank = np.arange(pod_s.size) - first[pod_s]              # position in its pod's sorted run
+    rec = np.full((n, 4), NO_PORT, dtype=np.uint32)
+    rec[:, 0] = pod_node.astype(np.int64) & 0xFFFFFFFF
+    inline = rank < 3
+    rec[pod_s[inline], 1 + rank[inline]] = entry_s[inline]
+    more_ports = entry_s[~inline]
+    more_off = np.searchsorted(pod_s[~inline], np.arange(n + 1)).astype(np.int64)
+    return rec.reshape(-1), more_off, more_ports
 
 
 def compile_cluster(cluster, *, lb: str = "random", seed: int = 0, **service_options):
