@@ -23,36 +23,34 @@ def twin(keys, values) -> dict[int, int]:
     return out
 
 
-@given(st.lists(st.tuples(st.one_of(ADDR, CROWDED), st.integers(0, 0xFFFFFFFE)), max_size=300),
-       st.lists(st.one_of(ADDR, CROWDED, st.just(0xFFFFFFFF)), max_size=100))
-def test_address_table_matches_a_dict(pairs, probes):
-    keys = np.array([k for k, _ in pairs], dtype=np.uint32)
+def compare(cls, key_type, pairs, probes):
+    """Build ``cls`` from ``pairs`` and check every probe and the whole content against the dict twin."""
+    keys = np.array([k for k, _ in pairs], dtype=key_type)
     values = np.array([v for _, v in pairs], dtype=np.int64)
-    table = AddressTable.build(keys, values)
+    table = cls.build(keys, values)
     want = twin(keys, values)
     assert len(table) == len(want)
-    assert table.slots.nbytes == table.nbytes and table.nbytes == 8 * table.slots.size
-    queries = np.array(list(want) + probes, dtype=np.uint32)
-    got = table.lookup(queries, default=-7)
-    assert got.tolist() == [want.get(int(q), -7) for q in queries]
+    queries = np.array(list(want) + probes, dtype=key_type)
+    assert table.lookup(queries, default=-7).tolist() == [want.get(int(q), -7) for q in queries]
     for q in queries[:20]:
         assert table.get(int(q)) == want.get(int(q), -1)
     used = table.keys != EMPTY
     assert dict(zip(table.keys[used].tolist(), table.values[used].tolist())) == want
+    return table
+
+
+@given(st.lists(st.tuples(st.one_of(ADDR, CROWDED), st.integers(0, 0xFFFFFFFE)), max_size=300),
+       st.lists(st.one_of(ADDR, CROWDED, st.just(0xFFFFFFFF)), max_size=100))
+def test_address_table_matches_a_dict(pairs, probes):
+    table = compare(AddressTable, np.uint32, pairs, probes)
+    assert table.nbytes == 8 * table.slots.size
 
 
 @given(st.lists(st.tuples(st.integers(0, 2**64 - 2), st.integers(-(2**62), 2**62)), max_size=300),
        st.lists(st.integers(0, 2**64 - 1), max_size=100))
 def test_exact_table_matches_a_dict(pairs, probes):
-    keys = np.array([k for k, _ in pairs], dtype=np.uint64)
-    values = np.array([v for _, v in pairs], dtype=np.int64)
-    table = ExactTable.build(keys, values)
-    want = twin(keys, values)
-    assert len(table) == len(want)
-    queries = np.array(list(want) + probes, dtype=np.uint64)
-    assert table.lookup(queries, default=-7).tolist() == [want.get(int(q), -7) for q in queries]
-    used = table.keys != EMPTY
-    assert dict(zip(table.keys[used].tolist(), table.values[used].tolist())) == want
+    table = compare(ExactTable, np.uint64, pairs, probes)
+    assert table.nbytes == 16 * (table.slots.size // 2)
 
 
 def test_half_full_at_most():
