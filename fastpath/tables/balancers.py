@@ -70,7 +70,7 @@ from collections import namedtuple
 import numba
 import numpy as np
 
-from .._jit import jit, pjit, prefetch
+from .._jit import GROUP, UGROUP, chunk_bounds, jit, pjit, prefetch
 from ..codes import DROPPED, PENDING, REJECTED
 from .exact import EMPTY, ht_find, ht_home, ht_probe, ht_slot, pack2, pack3
 
@@ -488,21 +488,30 @@ def _open(lc_dense, lc_keys, lc_vals, fifo_end, fifo_key, meta, node, ep, end, h
 FILTER_BITS = 20
 
 
-def _filter_bits(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Word and two-bit mask of hashed addresses (see :func:`maybe_service_address`)."""
-    word = (h >> np.uint64(64 - FILTER_BITS + 6)).astype(np.int64)
+@jit(inline="always")
+def filter_bits(d):
+    """Word index and two-bit mask of address ``d`` in the address filter.
+
+    A blocked Bloom filter: the address's hash picks one 64-bit word and two bits
+    in it, all from the well-mixed high bits of the product, so one load answers.
+    """
+    h = np.uint64(d) * np.uint64(0x9E3779B97F4A7C15)
     mask = ((np.uint64(1) << ((h >> np.uint64(64 - FILTER_BITS)) & np.uint64(63)))
             | (np.uint64(1) << ((h >> np.uint64(64 - FILTER_BITS - 6)) & np.uint64(63))))
-    return word, mask
+    return h >> np.uint64(64 - FILTER_BITS + 6), mask
+
+
+@jit
+def _fill_filter(addresses, words):
+    for j in range(addresses.shape[0]):
+        w, mask = filter_bits(addresses[j])
+        words[w] |= mask
 
 
 def address_filter(addresses: np.ndarray) -> np.ndarray:
     """The bit set :func:`maybe_service_address` reads, over ``addresses`` (uint32)."""
     words = np.zeros((1 << FILTER_BITS) // 64, dtype=np.uint64)
-    a = np.asarray(addresses, dtype=np.uint64)
-    if a.size:
-        word, mask = _filter_bits(a * np.uint64(0x9E3779B97F4A7C15))
-        np.bitwise_or.at(words, word, mask)
+    _fill_filter(np.ascontiguousarray(addresses, dtype=np.uint64), words)
     return words
 
 
@@ -510,15 +519,12 @@ def address_filter(addresses: np.ndarray) -> np.ndarray:
 def maybe_service_address(addr_filter, d):
     """False only where ``d`` is surely no frontend, node address or ClusterIP (no false negatives).
 
-    A blocked Bloom filter: the address's hash picks one 64-bit word and two bits
-    in it, so one load answers. On the 5,000-node benchmark cluster (10,000
-    services) it lets through 0.14% of pod addresses; one bit an address let
-    through a few percent, and each of those walked the whole frontend lookup.
+    See :func:`filter_bits`. On the 5,000-node benchmark cluster (10,000 services)
+    it lets through 0.14% of pod addresses; one bit an address let through a few
+    percent, and each of those walked the whole frontend lookup.
     """
-    h = np.uint64(d) * np.uint64(0x9E3779B97F4A7C15)        # the well-mixed high bits pick all three
-    mask = ((np.uint64(1) << ((h >> np.uint64(64 - FILTER_BITS)) & np.uint64(63)))
-            | (np.uint64(1) << ((h >> np.uint64(64 - FILTER_BITS - 6)) & np.uint64(63))))
-    return (addr_filter[h >> np.uint64(64 - FILTER_BITS + 6)] & mask) == mask
+    w, mask = filter_bits(d)
+    return (addr_filter[w] & mask) == mask
 
 
 @jit(inline="always")
@@ -618,13 +624,9 @@ def _rewrite(i, k, rn, masq, set_backend, node_ip, src_ip, dnat_ip, dnat_port, s
 # probe and hash, then every flow's eligible set and pick, then every flow's
 # rewrite): the reads of a level are independent, and each level prefetches what
 # the next one reads, so the CPU keeps a group's cache misses in flight together
-# instead of one flow's chain of dependent misses after another. Row indices are unsigned (uint64): for a signed index
-# numba emits a negative-index wrap-around on every access, which costs more than
-# the lookups here.
-
-#: Flows per group in the stateless pass.
-GROUP = 32
-_UGROUP = np.uint64(GROUP)
+# instead of one flow's chain of dependent misses after another. Rows are
+# unsigned (``chunk_bounds``): for a signed index numba emits a negative-index
+# wrap-around on every access, which costs more than the lookups here.
 
 
 @pjit
@@ -644,14 +646,13 @@ def _stage_hash(T, lb, chunk, src_ip, dst_ip, src_port, dst_port, proto, src_nod
     m = maglev.shape[1]
     slots = maglev.ravel()                         # flat view: one index to prefetch and read
     for c in numba.prange((n + chunk - 1) // chunk):
-        lo = np.uint64(c) * np.uint64(chunk)
-        hi = min(np.uint64(n), lo + np.uint64(chunk))
+        lo, hi = chunk_bounds(c, chunk, n)
         key = np.empty(GROUP, dtype=np.uint64)     # frontend key, then the balancer's hash
         at = np.empty(GROUP, dtype=np.int64)       # home slot, then frontend (-1: none), then backend; -2: done
         tab = np.empty(GROUP, dtype=np.int64)      # maglev: the table slot naming the backend, -1: none
         node = np.empty(GROUP, dtype=np.int64)     # receiving node, ~node where it masquerades
-        for g in range(lo, hi, _UGROUP):
-            ge = min(hi, g + _UGROUP)
+        for g in range(lo, hi, UGROUP):
+            ge = min(hi, g + UGROUP)
             live = 0
             for i in range(g, ge):                 # level 1: address filter, prefetch the frontend slot
                 h = np.int64(-2)

@@ -155,6 +155,14 @@ def _at_lookup(slots, query, default, out):
         out[j] = at_find(slots, query[j], default)
 
 
+def _capacity(n: int, load: float) -> int:
+    """Slots for ``n`` keys: a power of two (at least 8), filled to at most ``load``."""
+    cap = 8
+    while cap * load < max(1, n):
+        cap *= 2
+    return cap
+
+
 class _SlotTable:
     """What both tables share: batch and single lookups, size, bytes."""
 
@@ -209,10 +217,7 @@ class AddressTable(_SlotTable):
         if k.size and (k.max() >= 0xFFFFFFFF or v.min() < 0 or v.max() >= 0xFFFFFFFF):
             raise FastpathError("address table: addresses must lie in 0..2^32-2 (255.255.255.255 is the "
                                 "empty mark) and values in 0..2^32-2")
-        cap = 8
-        while cap * load < max(1, k.size):
-            cap *= 2
-        slots = np.full(cap, EMPTY, dtype=np.uint64)
+        slots = np.full(_capacity(k.size, load), EMPTY, dtype=np.uint64)
         n = _at_build(k, v, slots)
         return cls(slots, int(n))
 
@@ -225,7 +230,6 @@ class AddressTable(_SlotTable):
     def values(self) -> np.ndarray:
         """Values by slot (int64; meaningless where free)."""
         return (self.slots & np.uint64(0xFFFFFFFF)).astype(np.int64)
-
 
 
 # --------------------------------------------------------------------------- key packing
@@ -287,9 +291,7 @@ class ExactTable(_SlotTable):
             raise FastpathError(f"exact table: keys {k.shape} and values {v.shape} must be 1-D and the same length")
         if k.size and (k == EMPTY).any():
             raise FastpathError("exact table: key 0xFFFFFFFFFFFFFFFF is reserved for empty slots")
-        cap = 8
-        while cap * load < max(1, k.size):
-            cap *= 2
+        cap = _capacity(k.size, load)
         tk = np.full(cap, EMPTY, dtype=np.uint64)
         tv = np.zeros(cap, dtype=np.int64)
         n = _ht_build(k, v, tk, tv)
