@@ -414,10 +414,49 @@ def test_random_inserts_and_deletes_match_twin(routes, ops, probes):
     assert_same(rt, twin, probes)
 
 
+@settings(max_examples=60)
+@given(st.lists(st.tuples(address_st, st.integers(0, 26), st.integers(0, 20))
+                .map(lambda r: (r[0] & mask(r[1]), r[1], r[2])), min_size=1, max_size=40),
+       st.lists(address_st, max_size=30))
+def test_random_short_prefix_tables_match_twin(routes, probes):
+    """Prefixes no longer than /26: every first-level node can become a ply (the cluster layout)."""
+    rt, twin = both(routes)
+    assert_same(rt, twin, probes)
+
+
+def test_plies_next_to_nodes():
+    """A /24-per-node table with one /32 host route: plies for the /24s, a node where the /32 is."""
+    routes = benchdata.cluster_route_table(nodes=200, seed=4)
+    host = int(routes.prefixes[0]) + 77
+    rows = list(zip(routes.prefixes.tolist(), routes.lengths.tolist(), routes.next_hops.tolist()))
+    rt, twin = both(rows + [(host, 32, 999)])
+    assert 0 < rt.plies < 200
+    assert_same(rt, twin, [host - 64, host - 1, host, host + 1, host + 64])
+    assert rt.lookup(np.array([host], np.uint32))[0] == 999
+
+
+def test_ply_budget_keeps_nodes(monkeypatch):
+    """Past the ply budget the same table keeps its Poptrie nodes, and answers the same."""
+    from fastpath.tables import lpm
+
+    routes = benchdata.cluster_route_table(nodes=300, seed=5)
+    rt = RouteTable.from_arrays(*routes)
+    assert rt.plies > 0
+    monkeypatch.setattr(lpm, "PLY_BUDGET", rt.plies - 1)
+    small = RouteTable.from_arrays(*routes)
+    assert small.plies == 0 and small.nbytes < rt.nbytes
+    dst = benchdata.destinations_in(routes.prefixes, routes.lengths, 5000, seed=6)
+    np.testing.assert_array_equal(small.lookup(dst), rt.lookup(dst))
+    twin = NaiveRouteTable.from_arrays(*(a.tolist() for a in routes))
+    assert_same(small, twin)
+
+
 def test_benchdata_tables_match_twin():
+    layouts = []
     for routes in (benchdata.cluster_route_table(nodes=200, seed=1),
                    benchdata.calico_route_table(blocks=300, hosts=100, seed=2)):
         rt = RouteTable.from_arrays(*routes)
+        layouts.append(rt.plies > 0)
         twin = NaiveRouteTable.from_arrays(*(a.tolist() for a in routes))
         pods = routes.lengths > 0
         dst = benchdata.destinations_in(routes.prefixes[pods], routes.lengths[pods], 3000, seed=3)
@@ -426,6 +465,7 @@ def test_benchdata_tables_match_twin():
         default_hop = routes.next_hops[~pods][0]
         assert not np.any(got == default_hop)          # every destination lands inside a pod range
         assert_same(rt, twin)
+    assert layouts == [True, False]      # the /24 table takes plies; 100 host routes keep Calico's nodes
 
 
 # --------------------------------------------------------------------------- pfx2as reader
@@ -516,6 +556,7 @@ def test_routeviews_table_matches_pytricia(routeviews):
     pytricia = pytest.importorskip("pytricia")
     prefixes, lengths, hops, _ = routeviews
     rt = RouteTable.from_arrays(prefixes, lengths, hops)
+    assert rt.plies == 0                 # an Internet table keeps the compressed nodes
     tree = pytricia.PyTricia(32)
     insert = tree.insert
     for p, n, h in zip(prefixes.tolist(), lengths.tolist(), hops.tolist()):
