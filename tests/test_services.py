@@ -320,6 +320,41 @@ def test_matches_twin_on_random_clusters(lb):
         check_same(c, flows, lb, seed=k, batches=rng.choice([1, 3, 7]), conn=rng.choice([1.0, 30.0]))
 
 
+@pytest.mark.parametrize("lb", ["random", "source-hash", "maglev"])
+def test_matches_twin_in_runs_of_service_and_other_traffic(lb):
+    """Runs of 40 service flows, then 40 to pods, node ports nobody serves, the Internet and
+    unserved ClusterIP ports: after a run of service flows the stateless pass skips the
+    address filter for the next group and probes every flow (FILTER_SKIP)."""
+    from fastpath.tables.balancers import GROUP
+
+    for k in range(3):
+        rng = random.Random(500 + k)
+        c = random_cluster(rng, n_nodes=4, n_services=10)
+        services = [f for f in random_flows(rng, c, 600) if f["dst_port"] < 1000]
+        pods = [p.ip for p in c.pods if p.ip is not None]
+        srcs = pods + [n.internal_ip for n in c.nodes]
+        cips = [a for s in c.services for a in s.cluster_ips]
+        others = []
+        for j in range(600):
+            kind = j % 4
+            d = (rng.choice(pods), rng.choice(c.nodes).internal_ip, ip("8.8.8.8") + j,
+                 rng.choice(cips) if cips else ip("1.1.1.1"))[kind]
+            others.append({"src_ip": rng.choice(srcs), "dst_ip": d, "src_port": rng.randint(1024, 65535),
+                           "dst_port": 22 if kind == 1 else 3000 + j % 7, "proto": 6, "ts": 0})
+        run = GROUP + 8
+        ordered = []
+        for j in range(0, max(len(services), len(others)), run):
+            ordered += services[j:j + run] + others[j:j + run]
+        t = 0
+        for f in ordered:
+            t += 10**8
+            f["ts"] = t
+        got = check_same(c, ordered, lb, seed=k)
+        assert sum(r is not None and r["service"] is not None for r in got) > 2 * run
+        assert sum(r is not None and r["dnat_ip"] != f["dst_ip"] for r, f in zip(got, ordered)) > run
+        assert sum(r is None for r in got) > 2 * run
+
+
 @pytest.mark.parametrize("lb", ["round-robin", "least-connection"])
 def test_matches_twin_with_hashed_counters(lb, monkeypatch):
     """Counters beyond the dense limit live in the hash table: same answers."""
