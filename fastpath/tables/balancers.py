@@ -629,9 +629,12 @@ def _rewrite(i, k, rn, masq, set_backend, node_ip, src_ip, dnat_ip, dnat_port, s
 # probe, then every flow's eligible set and pick, then every flow's
 # rewrite): the reads of a level are independent, and each level prefetches what
 # the next one reads, so the CPU keeps a group's cache misses in flight together
-# instead of one flow's chain of dependent misses after another. Rows are
-# unsigned (``chunk_bounds``): for a signed index numba emits a negative-index
-# wrap-around on every access, which costs more than the lookups here.
+# instead of one flow's chain of dependent misses after another. The last levels
+# (Maglev's table slot, the backend, the rewrite) run one group late, after the
+# next group's lookups, so a Maglev slot prefetched from DRAM has a whole group's
+# work to arrive in (maglev 38 -> 43 M flows/s on one thread; the others unchanged).
+# Rows are unsigned (``chunk_bounds``): for a signed index numba emits a
+# negative-index wrap-around on every access, which costs more than the lookups here.
 
 
 @pjit
@@ -654,11 +657,17 @@ def _stage_hash(T, lb, chunk, src_ip, dst_ip, src_port, dst_port, proto, src_nod
         lo, hi = chunk_bounds(c, chunk, n)
         key = np.empty(GROUP, dtype=np.uint64)     # frontend key
         pick = np.empty(GROUP, dtype=np.uint64)    # the balancer's hash
-        at = np.empty(GROUP, dtype=np.int64)       # home slot, then frontend (-1: none), then backend; -2: done
-        tab = np.empty(GROUP, dtype=np.int64)      # maglev: the table slot naming the backend, -1: none
-        node = np.empty(GROUP, dtype=np.int64)     # receiving node, ~node where it masquerades
+        # two groups in flight: rows [o, o + GROUP) for the group being looked up, the others for
+        # the group before it, whose backends are read a group later (Maglev: its table slots,
+        # prefetched a whole group earlier, come from DRAM)
+        at = np.empty(2 * GROUP, dtype=np.int64)   # home slot, then frontend (-1: none), then backend; -2: done
+        tab = np.empty(2 * GROUP, dtype=np.int64)  # maglev: the table slot naming the backend, -1: none
+        node = np.empty(2 * GROUP, dtype=np.int64)  # receiving node, ~node where it masquerades
         screen = True                              # read the address filter (see FILTER_SKIP)
-        for g in range(lo, hi, UGROUP):
+        o = np.uint64(0)                           # this group's rows in at / tab / node
+        pg = hi                                    # the group before, still to rewrite (hi: none)
+        pge = hi
+        for g in range(lo, hi + UGROUP, UGROUP):   # one step more than groups: it finishes the last
             ge = min(hi, g + UGROUP)
             live = 0
             for i in range(g, ge):                 # level 1: address filter, prefetch the frontend slot, hash
@@ -671,73 +680,80 @@ def _stage_hash(T, lb, chunk, src_ip, dst_ip, src_port, dst_port, proto, src_nod
                     prefetch(fe_slots, 2 * h)
                     pick[i - g] = pick_hash(lb, src_ip[i], d, src_port[i], dst_port[i], proto[i], keys)
                     live += 1
-                at[i - g] = h
+                at[o + i - g] = h
             if live == 0:
-                screen = True
-                continue                           # no flow of the group is kube-proxy's
-            hits = 0
-            for i in range(g, ge):                 # level 2: frontend (prefetch its shortcut)
-                h = at[i - g]
-                if h == -2:
-                    continue
-                v = node_port_or(ht_probe(fe_slots, key[i - g], h, -1), np_slots, nip_slots, dst_ip[i], proto[i],
-                                 dst_port[i])
-                at[i - g] = v
-                if v >= 0:
-                    hits += 1
-                    prefetch(sp_span, v & 0xFFFFFFFF)
-            screen = hits * FILTER_SKIP < ge - g
-            for i in range(g, ge):                 # level 3: eligible set, pick (prefetch the backend)
-                v = at[i - g]
-                if v == -2:
-                    continue
-                at[i - g] = -2
-                rn = np.int64(src_node[i])
-                span = sp_span[v & 0xFFFFFFFF] if v >= 0 and rn >= 0 else np.int64(-1)
-                if span >= 0:                      # in-cluster client, the service port's one set
-                    service[i] = v & 0xFFFFFFFF
-                    first = span >> 32
-                    size = span & 0xFFFFFFFF
-                    tb = np.int64(sp_table[v & 0xFFFFFFFF]) if lb == LB_MAGLEV else np.int64(-1)
-                    masq = False
-                else:
-                    s, rn, external = _target(i, v, True, cip_slots, sp_flags, sp_set, sp_zone_row, zone_sets,
-                                              zone_width, node_zone, loc_slots, lbn_off, lbn_node, keys, src_ip,
-                                              dst_ip, src_port, dst_port, proto, src_node, verdict, service, deferred)
-                    if s < 0:
+                screen = True                      # no flow of the group is kube-proxy's
+            else:
+                hits = 0
+                for i in range(g, ge):             # level 2: frontend (prefetch its shortcut)
+                    h = at[o + i - g]
+                    if h == -2:
                         continue
-                    first = np.int64(set_off[s])
-                    size = np.int64(set_off[s + 1]) - first
-                    tb = np.int64(set_table[s]) if lb == LB_MAGLEV else np.int64(-1)
-                    masq = masquerades(sp_flags[v & 0xFFFFFFFF], (v >> 32) & 0xF, external)
-                node[i - g] = ~rn if masq else rn
-                if lb == LB_MAGLEV:                # the table slot now, the backend it names next level
-                    at[i - g] = first
-                    t = np.int64(-1)
-                    if tb >= 0:
-                        t = tb * m + modn(pick[i - g], m)
-                        prefetch(slots, t)
-                    tab[i - g] = t
-                    continue
-                k = first + _hash_pick(lb, tb, size, pick[i - g], maglev)
-                at[i - g] = k
-                prefetch(set_backend, k)
-            if lb == LB_MAGLEV:
-                for j in range(ge - g):            # level 3b (maglev): the backend its table slot names
-                    k = at[j]
+                    v = node_port_or(ht_probe(fe_slots, key[i - g], h, -1), np_slots, nip_slots, dst_ip[i],
+                                     proto[i], dst_port[i])
+                    at[o + i - g] = v
+                    if v >= 0:
+                        hits += 1
+                        prefetch(sp_span, v & 0xFFFFFFFF)
+                screen = hits * FILTER_SKIP < ge - g
+                for i in range(g, ge):             # level 3: eligible set, pick (prefetch the backend)
+                    r = o + i - g
+                    v = at[r]
+                    if v == -2:
+                        continue
+                    at[r] = -2
+                    rn = np.int64(src_node[i])
+                    span = sp_span[v & 0xFFFFFFFF] if v >= 0 and rn >= 0 else np.int64(-1)
+                    if span >= 0:                  # in-cluster client, the service port's one set
+                        service[i] = v & 0xFFFFFFFF
+                        first = span >> 32
+                        size = span & 0xFFFFFFFF
+                        tb = np.int64(sp_table[v & 0xFFFFFFFF]) if lb == LB_MAGLEV else np.int64(-1)
+                        masq = False
+                    else:
+                        s, rn, external = _target(i, v, True, cip_slots, sp_flags, sp_set, sp_zone_row, zone_sets,
+                                                  zone_width, node_zone, loc_slots, lbn_off, lbn_node, keys, src_ip,
+                                                  dst_ip, src_port, dst_port, proto, src_node, verdict, service,
+                                                  deferred)
+                        if s < 0:
+                            continue
+                        first = np.int64(set_off[s])
+                        size = np.int64(set_off[s + 1]) - first
+                        tb = np.int64(set_table[s]) if lb == LB_MAGLEV else np.int64(-1)
+                        masq = masquerades(sp_flags[v & 0xFFFFFFFF], (v >> 32) & 0xF, external)
+                    node[r] = ~rn if masq else rn
+                    if lb == LB_MAGLEV:            # the table slot now, the backend it names a group later
+                        at[r] = first
+                        t = np.int64(-1)
+                        if tb >= 0:
+                            t = tb * m + modn(pick[i - g], m)
+                            prefetch(slots, t)
+                        tab[r] = t
+                        continue
+                    k = first + _hash_pick(lb, tb, size, pick[i - g], maglev)
+                    at[r] = k
+                    prefetch(set_backend, k)
+            if pg < hi:                            # the group before: backends, rewrite
+                po = np.uint64(GROUP) - o
+                if lb == LB_MAGLEV:
+                    for r in range(po, po + (pge - pg)):   # level 3b (maglev): the backend its slot names
+                        k = at[r]
+                        if k >= 0 and tab[r] >= 0:
+                            at[r] = k + slots[tab[r]]
+                for i in range(pg, pge):           # level 4: rewrite
+                    r = po + i - pg
+                    k = at[r]
                     if k < 0:
                         continue
-                    if tab[j] >= 0:
-                        k += slots[tab[j]]
-                        at[j] = k
-                    prefetch(set_backend, k)
-            for i in range(g, ge):                 # level 4: rewrite
-                k = at[i - g]
-                if k < 0:
-                    continue
-                rn = node[i - g]
-                _rewrite(i, k, ~rn if rn < 0 else rn, rn < 0, set_backend, node_ip, src_ip, dnat_ip, dnat_port, snat_ip)
-
+                    rn = node[r]
+                    _rewrite(i, k, ~rn if rn < 0 else rn, rn < 0, set_backend, node_ip, src_ip, dnat_ip, dnat_port,
+                             snat_ip)
+            if live > 0:
+                pg = g
+                pge = ge
+                o = np.uint64(GROUP) - o
+            else:
+                pg = hi
 
 @pjit
 def _stage(T, S, lb, has_ts, conn_ns, rows, src_ip, dst_ip, src_port, dst_port, proto, ts,
