@@ -50,15 +50,18 @@ Each row is a new connection (conntrack pinning of later packets is not
 modelled here): a row repeating a 5-tuple gets the same backend from the hash
 balancers, the next one in turn from round-robin.
 
-Two kernels share the per-flow helpers. The stateless pass, :func:`_stage_hash`,
+Three kernels share the per-flow helpers. The parallel pass, :func:`_stage_hash`,
 runs random, source-hash and maglev over the batch in parallel chunks (per-flow
 work independent, nothing written but the flow's own outputs), walking each
 chunk in groups of flows one table level at a time so that the cache misses of a
 group overlap (Maglev tables do not fit in cache: 10,000 x 16381 slots); an
 in-cluster client of a service port whose eligible set depends on nothing else
-takes a shortcut, one read for the set (``sp_span``). Flows that need state —
-every flow under round-robin or least-connection, and flows to affinity service
-ports — go through :func:`_stage`, one thread in trace order. Per-(node,
+takes a shortcut, one read for the set (``sp_span``). Under round-robin the same
+pass finds every flow's frontend and eligible set, and :func:`_pick_in_order`
+then advances the counters, one thread in trace order. Flows that need more
+state — every flow under least-connection (connections end in time order), and
+flows to affinity service ports — go through :func:`_stage`, one thread in trace
+order; their service ports never share a counter with the others. Per-(node,
 column) counters sit in a dense array when small enough, else in a hash table
 (:class:`BalancerState`). The helpers the kernels call with arrays are inlined
 at the numba level: a call taking arrays costs more than the lookup it does.
@@ -77,8 +80,6 @@ from .exact import EMPTY, ht_find, ht_home, ht_probe, ht_slot, pack2, pack3
 #: Balancer names, indexed by their code.
 BALANCERS = ("random", "round-robin", "source-hash", "maglev", "least-connection")
 LB_RANDOM, LB_ROUND_ROBIN, LB_SOURCE_HASH, LB_MAGLEV, LB_LEAST_CONN = range(5)
-#: Balancers that keep state across flows (sequential kernel).
-STATEFUL = (LB_ROUND_ROBIN, LB_LEAST_CONN)
 
 #: Frontend kinds, indexed by code (bits 32-35 of a frontend value).
 FRONTEND_KINDS = ("ClusterIP", "externalIP", "LoadBalancer", "NodePort")
@@ -639,13 +640,17 @@ def _rewrite(i, k, rn, masq, set_backend, node_ip, src_ip, dnat_ip, dnat_port, s
 
 @pjit
 def _stage_hash(T, lb, chunk, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service,
-                dnat_ip, dnat_port, snat_ip, deferred):
-    """The stateless pass (random, source-hash, maglev): every row, in parallel chunks of ``chunk``.
+                dnat_ip, dnat_port, snat_ip, deferred, pend):
+    """The parallel pass: every row, in parallel chunks of ``chunk``.
 
-    Flows to ClientIP-affinity service ports are only flagged in ``deferred``
-    (when it has rows) for :func:`_stage`. An in-cluster client of a service
-    port whose eligible set depends on nothing else takes the shortcut
-    ``sp_span`` (one read for the set); every other flow goes through :func:`_target`.
+    Random, source-hash and maglev are decided here. Under round-robin the pass
+    stops before the pick: it leaves each row's eligible backends in ``pend``
+    (``first << 33 | count << 1 | masquerade``, -1 for none) for the counters of
+    :func:`_pick_in_order`. Flows to ClientIP-affinity service ports are only
+    flagged in ``deferred`` (when it has rows) for :func:`_stage`. An in-cluster
+    client of a service port whose eligible set depends on nothing else takes
+    the shortcut ``sp_span`` (one read for the set); every other flow goes
+    through :func:`_target`.
     """
     (fe_slots, np_slots, nip_slots, cip_slots, sp_flags, sp_set, sp_zone_row, zone_sets, zone_width, node_zone,
      node_ip, loc_slots, lbn_off, lbn_node, set_off, _set_ep, _set_ip, _set_port, set_table, maglev,
@@ -722,6 +727,9 @@ def _stage_hash(T, lb, chunk, src_ip, dst_ip, src_port, dst_port, proto, src_nod
                         tb = np.int64(set_table[s]) if lb == LB_MAGLEV else np.int64(-1)
                         masq = masquerades(sp_flags[v & 0xFFFFFFFF], (v >> 32) & 0xF, external)
                     node[r] = ~rn if masq else rn
+                    if lb == LB_ROUND_ROBIN:       # the counters pick, in trace order
+                        pend[i] = (first << 33) | (size << 1) | (1 if masq else 0)
+                        continue
                     if lb == LB_MAGLEV:            # the table slot now, the backend it names a group later
                         at[r] = first
                         t = np.int64(-1)
@@ -754,6 +762,45 @@ def _stage_hash(T, lb, chunk, src_ip, dst_ip, src_port, dst_port, proto, src_nod
                 o = np.uint64(GROUP) - o
             else:
                 pg = hi
+
+@pjit
+def _pick_in_order(T, S, pend, lo, hi, src_ip, src_node, service, dnat_ip, dnat_port, snat_ip):
+    """Round-robin's pick for rows ``[lo, hi)`` that :func:`_stage_hash` left in ``pend``, in trace order.
+
+    The counter of (receiving node, service port) advances once per row, in row
+    order; in groups of :data:`GROUP` rows the counters and then the backends are
+    prefetched first, so their cache misses overlap.
+    """
+    node_ip = T.node_ip
+    set_backend = T.set_backend
+    rr_dense, rr_keys, rr_vals, meta = S.rr_dense, S.rr_keys, S.rr_vals, S.meta
+    counters = rr_dense.ravel()
+    width = np.uint64(rr_dense.shape[1])
+    dense = rr_dense.shape[0] > 0
+    for _ in numba.prange(1):                      # one thread (see _stage)
+        at = np.empty(GROUP, dtype=np.int64)
+        for g in range(np.uint64(lo), np.uint64(hi), UGROUP):
+            ge = min(np.uint64(hi), g + UGROUP)
+            if dense:
+                for i in range(g, ge):
+                    if pend[i] >= 0:
+                        prefetch(counters, np.uint64(src_node[i]) * width + np.uint64(service[i]))
+            for i in range(g, ge):
+                p = pend[i]
+                at[i - g] = -1
+                if p < 0:
+                    continue
+                size = (p >> 1) & 0xFFFFFFFF
+                turn = _add(rr_dense, rr_keys, rr_vals, meta, _RR_USED, np.int64(src_node[i]), np.int64(service[i]), 1)
+                k = (p >> 33) + turn % size
+                at[i - g] = k
+                prefetch(set_backend, k)
+            for i in range(g, ge):
+                k = at[i - g]
+                if k >= 0:
+                    _rewrite(i, k, np.int64(src_node[i]), (pend[i] & 1) != 0, set_backend, node_ip, src_ip, dnat_ip,
+                             dnat_port, snat_ip)
+
 
 @pjit
 def _stage(T, S, lb, has_ts, conn_ns, rows, src_ip, dst_ip, src_port, dst_port, proto, ts,

@@ -51,9 +51,9 @@ from ..errors import FastpathError
 from .balancers import (BALANCERS, F_AFFINITY, F_ETP_LOCAL, F_HAS_ANY, F_HAS_READY, F_ITP_LOCAL,
                         FE_CLUSTER_IP, FE_EXTERNAL_IP, FE_LOAD_BALANCER, FE_NODE_PORT, FRONTEND_KINDS,
                         LB_LEAST_CONN, LB_MAGLEV, LB_RANDOM, LB_ROUND_ROBIN, LB_SOURCE_HASH, SALT_MAGLEV,
-                        SALT_NODE, SALT_RANDOM, SALT_SOURCE, SEQ_CHUNK, STATEFUL, BalancerState, MapArrays,
-                        PAR_CHUNK, _stage, _stage_hash, address_filter, client_hash, flow_eligible_set, flow_hash,
-                        seed_keys, uses_local)
+                        SALT_NODE, SALT_RANDOM, SALT_SOURCE, SEQ_CHUNK, BalancerState, MapArrays, PAR_CHUNK,
+                        _pick_in_order, _stage, _stage_hash, address_filter, client_hash, flow_eligible_set,
+                        flow_hash, seed_keys, uses_local)
 from .exact import EMPTY, ExactTable, pack2_np, pack3_np
 from .maglev import DEFAULT_M, backend_names, build_tables, check_size
 
@@ -671,11 +671,20 @@ class ServiceStage:
         if n == 0:
             return
         T = self.smap.arrays
-        if self.lb in STATEFUL:
-            rows = np.arange(n, dtype=np.int64)
+        if self.lb == LB_LEAST_CONN:
+            rows = np.arange(n, dtype=np.int64)            # connections end in time order: all in one pass
         else:
             deferred = np.zeros(n if self.smap.has_affinity else 0, dtype=np.uint8)
-            _stage_hash(T, self.lb, PAR_CHUNK, src_ip, dst_ip, src_port, dst_port, proto, *outs, deferred)
+            rr = self.lb == LB_ROUND_ROBIN
+            pend = np.full(n if rr else 0, -1, dtype=np.int64)
+            _stage_hash(T, self.lb, PAR_CHUNK, src_ip, dst_ip, src_port, dst_port, proto, *outs, deferred, pend)
+            if rr:                                         # the counters, in trace order
+                src_node_out, _, service_out, dnat_ip_out, dnat_port_out, snat_ip_out = outs
+                for start in range(0, n, SEQ_CHUNK):
+                    stop = min(n, start + SEQ_CHUNK)
+                    self.state.reserve(stop - start, self.lb, False, has_ts)
+                    _pick_in_order(T, self.state.arrays, pend, start, stop, src_ip, src_node_out, service_out,
+                                   dnat_ip_out, dnat_port_out, snat_ip_out)
             if not self.smap.has_affinity:
                 return
             rows = np.flatnonzero(deferred).astype(np.int64)
