@@ -355,6 +355,26 @@ def test_matches_twin_in_runs_of_service_and_other_traffic(lb):
         assert sum(r is None for r in got) > 2 * run
 
 
+@pytest.mark.parametrize("dense", [True, False])
+@pytest.mark.parametrize("lb", ["round-robin", "least-connection"])
+def test_counted_balancers_without_affinity_match_twin(lb, dense, monkeypatch):
+    """Without ClientIP affinity every row of round-robin and least-connection goes through the
+    parallel pass and then the in-order pick (_pick_in_order); counters dense or hashed."""
+    import dataclasses
+
+    import fastpath.tables.balancers as balancers
+
+    if not dense:
+        monkeypatch.setattr(balancers, "DENSE_LIMIT", 0)
+    for k in range(4):
+        rng = random.Random(900 + k)
+        c = random_cluster(rng, n_nodes=rng.randint(1, 5), n_services=12)
+        c = dataclasses.replace(c, services=[dataclasses.replace(s, session_affinity=False) for s in c.services])
+        assert not compile_services(c, lb=lb).has_affinity
+        flows = random_flows(rng, c, 300, with_ts=k != 2)
+        check_same(c, flows, lb, seed=k, batches=rng.choice([1, 4]), conn=rng.choice([1.0, 30.0]))
+
+
 @pytest.mark.parametrize("lb", ["round-robin", "least-connection"])
 def test_matches_twin_with_hashed_counters(lb, monkeypatch):
     """Counters beyond the dense limit live in the hash table: same answers."""

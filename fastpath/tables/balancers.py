@@ -727,7 +727,7 @@ def _stage_hash(T, lb, chunk, src_ip, dst_ip, src_port, dst_port, proto, src_nod
                         tb = np.int64(set_table[s]) if lb == LB_MAGLEV else np.int64(-1)
                         masq = masquerades(sp_flags[v & 0xFFFFFFFF], (v >> 32) & 0xF, external)
                     node[r] = ~rn if masq else rn
-                    if lb == LB_ROUND_ROBIN:       # the counters pick, in trace order
+                    if lb == LB_ROUND_ROBIN or lb == LB_LEAST_CONN:   # the counters pick, in trace order
                         pend[i] = (first << 33) | (size << 1) | (1 if masq else 0)
                         continue
                     if lb == LB_MAGLEV:            # the table slot now, the backend it names a group later
@@ -764,38 +764,61 @@ def _stage_hash(T, lb, chunk, src_ip, dst_ip, src_port, dst_port, proto, src_nod
                 pg = hi
 
 @pjit
-def _pick_in_order(T, S, pend, lo, hi, src_ip, src_node, service, dnat_ip, dnat_port, snat_ip):
-    """Round-robin's pick for rows ``[lo, hi)`` that :func:`_stage_hash` left in ``pend``, in trace order.
+def _pick_in_order(T, S, lb, has_ts, conn_ns, pend, lo, hi, src_ip, ts, src_node, service, dnat_ip, dnat_port,
+                   snat_ip):
+    """The counters' pick for rows ``[lo, hi)`` that :func:`_stage_hash` left in ``pend``, in trace order.
 
-    The counter of (receiving node, service port) advances once per row, in row
-    order; in groups of :data:`GROUP` rows the counters and then the backends are
-    prefetched first, so their cache misses overlap.
+    Round-robin advances the counter of (receiving node, service port) once a
+    row; least-connection closes the connections that ended by the row's ``ts``,
+    takes the first backend with the fewest open ones and opens one there. In
+    groups of :data:`GROUP` rows the counters are prefetched first and the chosen
+    backends before the rewrite, so their cache misses overlap.
     """
-    node_ip = T.node_ip
-    set_backend = T.set_backend
-    rr_dense, rr_keys, rr_vals, meta = S.rr_dense, S.rr_keys, S.rr_vals, S.meta
-    counters = rr_dense.ravel()
-    width = np.uint64(rr_dense.shape[1])
-    dense = rr_dense.shape[0] > 0
+    node_ip, set_backend, set_ep, set_table, maglev, keys = T.node_ip, T.set_backend, T.set_ep, T.set_table, \
+        T.maglev, T.keys
+    rr_dense, rr_keys, rr_vals, lc_dense, lc_keys, lc_vals = S.rr_dense, S.rr_keys, S.rr_vals, S.lc_dense, \
+        S.lc_keys, S.lc_vals
+    fifo_end, fifo_key, meta = S.fifo_end, S.fifo_key, S.meta
+    rr_flat = rr_dense.ravel()
+    lc_flat = lc_dense.ravel()
+    rr_width = np.uint64(rr_dense.shape[1])
+    lc_width = np.uint64(lc_dense.shape[1])
+    dense = (rr_dense.shape[0] if lb == LB_ROUND_ROBIN else lc_dense.shape[0]) > 0
     for _ in numba.prange(1):                      # one thread (see _stage)
         at = np.empty(GROUP, dtype=np.int64)
         for g in range(np.uint64(lo), np.uint64(hi), UGROUP):
             ge = min(np.uint64(hi), g + UGROUP)
             if dense:
-                for i in range(g, ge):
-                    if pend[i] >= 0:
-                        prefetch(counters, np.uint64(src_node[i]) * width + np.uint64(service[i]))
-            for i in range(g, ge):
+                for i in range(g, ge):             # level 1: prefetch the counters
+                    p = pend[i]
+                    if p < 0:
+                        continue
+                    rn = np.uint64(src_node[i])
+                    if lb == LB_ROUND_ROBIN:
+                        prefetch(rr_flat, rn * rr_width + np.uint64(service[i]))
+                    else:
+                        first = p >> 33
+                        prefetch(lc_flat, rn * lc_width + np.uint64(set_ep[first]))
+                        prefetch(lc_flat, rn * lc_width + np.uint64(set_ep[first + ((p >> 1) & 0xFFFFFFFF) - 1]))
+            for i in range(g, ge):                 # level 2: the pick, in order (prefetch the backend)
                 p = pend[i]
                 at[i - g] = -1
                 if p < 0:
                     continue
-                size = (p >> 1) & 0xFFFFFFFF
-                turn = _add(rr_dense, rr_keys, rr_vals, meta, _RR_USED, np.int64(src_node[i]), np.int64(service[i]), 1)
-                k = (p >> 33) + turn % size
+                first = p >> 33
+                rn = np.int64(src_node[i])
+                t = ts[i] if has_ts else np.int64(0)
+                if lb == LB_LEAST_CONN and has_ts:
+                    _retire(lc_dense, lc_keys, lc_vals, fifo_end, fifo_key, meta, t)
+                pos = _balance(lb, 0, first, (p >> 1) & 0xFFFFFFFF, rn, np.int64(service[i]), 0, 0, 0, 0, 0, keys,
+                               set_table, maglev, set_ep, rr_dense, rr_keys, rr_vals, lc_dense, lc_keys, lc_vals, meta)
+                if lb == LB_LEAST_CONN:
+                    _open(lc_dense, lc_keys, lc_vals, fifo_end, fifo_key, meta, rn, np.int64(set_ep[first + pos]),
+                          t + conn_ns, has_ts)
+                k = first + pos
                 at[i - g] = k
                 prefetch(set_backend, k)
-            for i in range(g, ge):
+            for i in range(g, ge):                 # level 3: rewrite
                 k = at[i - g]
                 if k >= 0:
                     _rewrite(i, k, np.int64(src_node[i]), (pend[i] & 1) != 0, set_backend, node_ip, src_ip, dnat_ip,
@@ -807,8 +830,9 @@ def _stage(T, S, lb, has_ts, conn_ns, rows, src_ip, dst_ip, src_port, dst_port, 
            src_node, verdict, service, dnat_ip, dnat_port, snat_ip):
     """The stateful pass: the rows listed in ``rows``, in that order, reading and writing the balancer state ``S``.
 
-    Every row under round-robin or least-connection; under the stateless
-    balancers the ClientIP-affinity rows :func:`_stage_hash` deferred.
+    Every row under least-connection when some service port has ClientIP
+    affinity (affinity rows and the others open and close connections in one
+    time order); otherwise the affinity rows :func:`_stage_hash` deferred.
     """
     (fe_slots, np_slots, nip_slots, cip_slots, sp_flags, sp_set, sp_zone_row, zone_sets, zone_width, node_zone,
      node_ip, loc_slots, lbn_off, lbn_node, set_off, set_ep, _set_ip, _set_port, set_table, maglev,

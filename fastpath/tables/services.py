@@ -671,21 +671,23 @@ class ServiceStage:
         if n == 0:
             return
         T = self.smap.arrays
-        if self.lb == LB_LEAST_CONN:
-            rows = np.arange(n, dtype=np.int64)            # connections end in time order: all in one pass
+        affinity = self.smap.has_affinity
+        if self.lb == LB_LEAST_CONN and affinity:
+            # affinity rows and the others open and close connections in one time order: one pass
+            rows = np.arange(n, dtype=np.int64)
         else:
-            deferred = np.zeros(n if self.smap.has_affinity else 0, dtype=np.uint8)
-            rr = self.lb == LB_ROUND_ROBIN
-            pend = np.full(n if rr else 0, -1, dtype=np.int64)
+            deferred = np.zeros(n if affinity else 0, dtype=np.uint8)
+            counted = self.lb in (LB_ROUND_ROBIN, LB_LEAST_CONN)
+            pend = np.full(n if counted else 0, -1, dtype=np.int64)
             _stage_hash(T, self.lb, PAR_CHUNK, src_ip, dst_ip, src_port, dst_port, proto, *outs, deferred, pend)
-            if rr:                                         # the counters, in trace order
+            if counted:                                    # the counters, in trace order
                 src_node_out, _, service_out, dnat_ip_out, dnat_port_out, snat_ip_out = outs
                 for start in range(0, n, SEQ_CHUNK):
                     stop = min(n, start + SEQ_CHUNK)
                     self.state.reserve(stop - start, self.lb, False, has_ts)
-                    _pick_in_order(T, self.state.arrays, pend, start, stop, src_ip, src_node_out, service_out,
-                                   dnat_ip_out, dnat_port_out, snat_ip_out)
-            if not self.smap.has_affinity:
+                    _pick_in_order(T, self.state.arrays, self.lb, has_ts, self.conn_ns, pend, start, stop, src_ip,
+                                   ts, src_node_out, service_out, dnat_ip_out, dnat_port_out, snat_ip_out)
+            if not affinity:
                 return
             rows = np.flatnonzero(deferred).astype(np.int64)
         cols = (src_ip, dst_ip, src_port, dst_port, proto, ts, *outs)
