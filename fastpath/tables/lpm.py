@@ -508,7 +508,9 @@ class RouteTable:
                 raise FastpathError(f"route table: {leaves.size} leaves and {nn} nodes exceed the "
                                     f"first level's {_INDEX + 1} index range")
             _link_first_level(l0, nodes, leaves, nl, plies)
-            self._compiled = (l0, nodes[: 3 * nn].copy(), leaves)
+            # every first-level node a ply: no lookup reads a node any more
+            kept = 0 if plies and plain == entries else 3 * nn
+            self._compiled = (l0, nodes[:kept].copy(), leaves)
         return self._compiled
 
     @property
