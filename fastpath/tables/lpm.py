@@ -86,11 +86,8 @@ PLY_BUDGET = 1 << 14
 #: random mispredict a branch each time (a Calico table with 10% host-route nodes ran
 #: half as fast with plies as without).
 PLY_MIXED_SHARE = 1 / 32
-#: Key bits below the address in the node key space, so that the bits under the
-#: direct level split into whole strides (20: 12 = 6 + 6, pad 0; 18: 14 + 4 = 3 x 6).
-_PAD = (-(32 - _DIRECT_BITS)) % _STRIDE
-#: Shift of the first node level's stride in the (padded) key.
-_SHIFT1 = 32 - _DIRECT_BITS + _PAD - _STRIDE
+#: Shift of the first node level's stride in the address.
+_SHIFT1 = 32 - _DIRECT_BITS - _STRIDE
 
 
 # --------------------------------------------------------------------------- ranges
@@ -158,10 +155,8 @@ def _advance(starts, i, a):
 def _build_poptrie(starts, vals, l0, nodes, leaves, queue):
     """Compile disjoint ranges into (l0, nodes, leaves). Returns (node count, leaf count).
 
-    Nodes work in a key space of the address shifted left by ``_PAD`` bits so that
-    every level below the direct table has a 6-bit stride (no shift with the 20-bit
-    direct level; 4 bits with an 18-bit one); padded keys with low bits set are
-    never looked up, and the build gives them the value of their address.
+    The first level's node entries hold node indices here; :func:`_link_first_level`
+    turns them into word offsets or plies.
     """
     n = starts.shape[0]
     nleaf = 0
@@ -185,15 +180,14 @@ def _build_poptrie(starts, vals, l0, nodes, leaves, queue):
             l0[j] = np.uint32(_DIRECT) | np.uint32(prev_leaf)
         else:
             l0[j] = np.uint32(nnode)
-            queue[nnode, 0] = np.int64(a << np.uint64(_PAD))  # key of the node's first child
-            queue[nnode, 1] = _SHIFT1                         # key bits below this node's stride
+            queue[nnode, 0] = np.int64(a)                     # address of the node's first child
+            queue[nnode, 1] = _SHIFT1                         # address bits below this node's stride
             nnode += 1
     # inner nodes, breadth first: siblings are allocated together
     q = 0
     while q < nnode:
-        klo = np.uint64(queue[q, 0])
+        a0 = np.uint64(queue[q, 0])
         shift = queue[q, 1]
-        a0 = klo >> np.uint64(_PAD)
         i = 0
         # binary search for the range holding a0 (nodes are not visited in address order)
         lo = 0
@@ -212,16 +206,12 @@ def _build_poptrie(starts, vals, l0, nodes, leaves, queue):
         have_leaf = False
         last_val = np.uint32(0)
         for c in range(64):
-            ck = klo + (np.uint64(c) << np.uint64(shift))
-            a = ck >> np.uint64(_PAD)
-            if shift >= _PAD:
-                b = a + (np.uint64(1) << np.uint64(shift - _PAD))
-            else:
-                b = a + np.uint64(1)
+            a = a0 + (np.uint64(c) << np.uint64(shift))
+            b = a + (np.uint64(1) << np.uint64(shift))
             i = _advance(starts, i, a)
             if shift > 0 and not (i + 1 == n or starts[i + 1] >= b):
                 vec |= np.uint64(1) << np.uint64(c)
-                queue[nnode, 0] = np.int64(ck)
+                queue[nnode, 0] = np.int64(a)
                 queue[nnode, 1] = shift - 6
                 nnode += 1
             else:
