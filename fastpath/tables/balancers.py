@@ -56,12 +56,14 @@ work independent, nothing written but the flow's own outputs), walking each
 chunk in groups of flows one table level at a time so that the cache misses of a
 group overlap (Maglev tables do not fit in cache: 10,000 x 16381 slots); an
 in-cluster client of a service port whose eligible set depends on nothing else
-takes a shortcut, one read for the set (``sp_span``). Under round-robin the same
-pass finds every flow's frontend and eligible set, and :func:`_pick_in_order`
-then advances the counters, one thread in trace order. Flows that need more
-state — every flow under least-connection (connections end in time order), and
-flows to affinity service ports — go through :func:`_stage`, one thread in trace
-order; their service ports never share a counter with the others. Per-(node,
+takes a shortcut, one read for the set (``sp_span``). Under round-robin and
+least-connection the same pass finds every flow's frontend and eligible set, and
+:func:`_pick_in_order` then advances the counters, one thread in trace order.
+Flows to affinity service ports go through :func:`_stage`, one thread in trace
+order; their service ports never share a round-robin counter with the others.
+Least-connection connections end in time order across all service ports, so
+where some service port has affinity every flow under it goes through
+:func:`_stage`. Per-(node,
 column) counters sit in a dense array when small enough, else in a hash table
 (:class:`BalancerState`). The helpers the kernels call with arrays are inlined
 at the numba level: a call taking arrays costs more than the lookup it does.
@@ -75,7 +77,7 @@ import numpy as np
 
 from .._jit import GROUP, UGROUP, chunk_bounds, jit, pjit, prefetch
 from ..codes import DROPPED, PENDING, REJECTED
-from .exact import EMPTY, ht_find, ht_home, ht_probe, ht_slot, pack2, pack3
+from .exact import EMPTY, ht_find, ht_home, ht_place, ht_probe, pack2, pack3
 
 #: Balancer names, indexed by their code.
 BALANCERS = ("random", "round-robin", "source-hash", "maglev", "least-connection")
@@ -220,23 +222,11 @@ def modn(h, n):
 # --------------------------------------------------------------------------- state tables
 
 @jit
-def _slot(keys, key):
-    """Slot holding ``key``, or the empty slot where it would go."""
-    mask = keys.shape[0] - 1
-    i = ht_slot(key, mask)
-    while True:
-        k = keys[i]
-        if k == key or k == np.uint64(0xFFFFFFFFFFFFFFFF):
-            return i
-        i = (i + 1) & mask
-
-
-@jit
 def _rehash(old_keys, old_vals, new_keys, new_vals):
     for i in range(old_keys.shape[0]):
         k = old_keys[i]
         if k != np.uint64(0xFFFFFFFFFFFFFFFF):
-            j = _slot(new_keys, k)
+            j = ht_place(new_keys, k)
             new_keys[j] = k
             for c in range(old_vals.shape[1]):
                 new_vals[j, c] = old_vals[i, c]
@@ -325,7 +315,7 @@ class BalancerState:
     def affinity(self, sp: int, client: int) -> tuple[int, int] | None:
         """(endpoint, last use ns) remembered for ``client`` on service port ``sp``."""
         a = self.arrays
-        i = _slot(a.aff_keys, pack2(sp, client))
+        i = ht_place(a.aff_keys, pack2(sp, client))
         if a.aff_keys[i] == EMPTY:
             return None
         return int(a.aff_vals[i, 0]), int(a.aff_vals[i, 1])
@@ -337,7 +327,7 @@ def _count(dense, keys, vals, row, col):
     if dense.shape[0] > 0:
         return dense[row, col]
     key = pack2(row, col)
-    slot = _slot(keys, key)
+    slot = ht_place(keys, key)
     return vals[slot, 0] if keys[slot] == key else np.int64(0)
 
 
@@ -349,7 +339,7 @@ def _add(dense, keys, vals, meta, used, row, col, delta):
         dense[row, col] = old + delta
         return old
     key = pack2(row, col)
-    slot = _slot(keys, key)
+    slot = ht_place(keys, key)
     if keys[slot] != key:
         keys[slot] = key
         vals[slot, 0] = 0
@@ -643,8 +633,8 @@ def _stage_hash(T, lb, chunk, src_ip, dst_ip, src_port, dst_port, proto, src_nod
                 dnat_ip, dnat_port, snat_ip, deferred, pend):
     """The parallel pass: every row, in parallel chunks of ``chunk``.
 
-    Random, source-hash and maglev are decided here. Under round-robin the pass
-    stops before the pick: it leaves each row's eligible backends in ``pend``
+    Random, source-hash and maglev are decided here. Under round-robin and
+    least-connection the pass stops before the pick: it leaves each row's eligible backends in ``pend``
     (``first << 33 | count << 1 | masquerade``, -1 for none) for the counters of
     :func:`_pick_in_order`. Flows to ClientIP-affinity service ports are only
     flagged in ``deferred`` (when it has rows) for :func:`_stage`. An in-cluster
@@ -726,10 +716,10 @@ def _stage_hash(T, lb, chunk, src_ip, dst_ip, src_port, dst_port, proto, src_nod
                         size = np.int64(set_off[s + 1]) - first
                         tb = np.int64(set_table[s]) if lb == LB_MAGLEV else np.int64(-1)
                         masq = masquerades(sp_flags[v & 0xFFFFFFFF], (v >> 32) & 0xF, external)
-                    node[r] = ~rn if masq else rn
                     if lb == LB_ROUND_ROBIN or lb == LB_LEAST_CONN:   # the counters pick, in trace order
                         pend[i] = (first << 33) | (size << 1) | (1 if masq else 0)
                         continue
+                    node[r] = ~rn if masq else rn
                     if lb == LB_MAGLEV:            # the table slot now, the backend it names a group later
                         at[r] = first
                         t = np.int64(-1)
@@ -868,7 +858,7 @@ def _stage(T, S, lb, has_ts, conn_ns, rows, src_ip, dst_ip, src_port, dst_port, 
             slot = np.int64(0)
             akey = pack2(sp, s_ip)
             if affinity:
-                slot = _slot(aff_keys, akey)
+                slot = ht_place(aff_keys, akey)
                 if aff_keys[slot] == akey and (not has_ts or t - aff_vals[slot, 1] <= affinity_ns[sp]):
                     ep = aff_vals[slot, 0]
                     for j in range(n):

@@ -71,24 +71,28 @@ def ht_find(slots, key, default):
 
 
 @jit
+def ht_place(keys, key):
+    """Slot of ``key`` in a key array (``keys.shape[0]`` a power of two), or the empty slot where it would go."""
+    mask = keys.shape[0] - 1
+    i = ht_slot(key, mask)
+    while True:
+        k = keys[i]
+        if k == key or k == np.uint64(0xFFFFFFFFFFFFFFFF):
+            return i
+        i = (i + 1) & mask
+
+
+@jit
 def _ht_build(in_keys, in_values, keys, values):
     """Insert all pairs; a repeated key keeps the last value. Returns the distinct count."""
-    mask = keys.shape[0] - 1
     count = 0
     for j in range(in_keys.shape[0]):
         key = in_keys[j]
-        i = ht_slot(key, mask)
-        while True:
-            k = keys[i]
-            if k == key:
-                values[i] = in_values[j]
-                break
-            if k == np.uint64(0xFFFFFFFFFFFFFFFF):
-                keys[i] = key
-                values[i] = in_values[j]
-                count += 1
-                break
-            i = (i + 1) & mask
+        i = ht_place(keys, key)
+        if keys[i] != key:
+            keys[i] = key
+            count += 1
+        values[i] = in_values[j]
     return count
 
 
