@@ -53,7 +53,7 @@ from .balancers import (BALANCERS, F_AFFINITY, F_ETP_LOCAL, F_HAS_ANY, F_HAS_REA
                         LB_LEAST_CONN, LB_MAGLEV, LB_RANDOM, LB_ROUND_ROBIN, LB_SOURCE_HASH, SALT_MAGLEV,
                         SALT_NODE, SALT_RANDOM, SALT_SOURCE, SEQ_CHUNK, BalancerState, MapArrays, PAR_CHUNK,
                         _pick_in_order, _stage, _stage_hash, address_filter, client_hash, flow_eligible_set,
-                        flow_hash, seed_keys, uses_local)
+                        flow_hash, modn, seed_keys, uses_local)
 from .exact import EMPTY, ExactTable, pack2_np, pack3_np
 from .maglev import DEFAULT_M, backend_names, build_tables, check_size
 
@@ -771,7 +771,7 @@ def explain_service(dp, flows, results, row: int = 0) -> list[str]:
         pool = (f"the {cand} node(s) with local endpoints ({_policy_name(kind)} Local: the load balancer's "
                 f"health check)" if local and cand else f"all {len(smap.node_names)} nodes")
         h = int(flow_hash(a.keys[SALT_NODE], src, dst, sport, dport, proto))
-        lines.append(f"external client: received by node {node}, drawn by flow hash {h:#018x} among {pool}")
+        lines.append(f"external client: received by node {node}, drawn by flow hash {h:#010x} among {pool}")
     if not flags & F_HAS_ANY:
         lines.append(f"{name} has no Ready or Serving+Terminating endpoint: rejected (ICMP port unreachable)")
         return lines
@@ -812,18 +812,18 @@ def explain_service(dp, flows, results, row: int = 0) -> list[str]:
                      f"backend while it returns within the timeout")
     if lb == LB_RANDOM:
         h = int(flow_hash(a.keys[SALT_RANDOM], src, dst, sport, dport, proto))
-        lines.append(f"random: 5-tuple hash {h:#018x} -> position {(h >> 32) % n} of {n}")
+        lines.append(f"random: 5-tuple hash {h:#010x} -> position {modn(h, n)} of {n}")
     elif lb == LB_SOURCE_HASH:
         h = int(client_hash(a.keys[SALT_SOURCE], src))
-        lines.append(f"source-hash: client hash {h:#018x} -> position {(h >> 32) % n} of {n}")
+        lines.append(f"source-hash: client hash {h:#010x} -> position {modn(h, n)} of {n}")
     elif lb == LB_MAGLEV:
-        h = int(flow_hash(a.keys[SALT_MAGLEV], src, dst, sport, dport, proto)) >> 32
+        h = int(flow_hash(a.keys[SALT_MAGLEV], src, dst, sport, dport, proto))
         t = int(a.set_table[s])
         if t < 0:
             lines.append("maglev: a single backend")
         else:
-            idx = h % smap.maglev_size
-            lines.append(f"maglev: 5-tuple hash mod {smap.maglev_size} = slot {idx} -> position "
+            idx = int(modn(h, smap.maglev_size))
+            lines.append(f"maglev: 5-tuple hash {h:#010x} mod {smap.maglev_size} = slot {idx} -> position "
                          f"{int(a.maglev[t, idx])} of {n} (table shared by {int((a.set_table == t).sum())} set(s))")
     elif lb == LB_ROUND_ROBIN and stage is not None:
         c = stage.state.rr_counter(rn, sp)

@@ -20,6 +20,7 @@ from fastpath.cluster.model import (Cluster, ContainerPort, Endpoint, EndpointSl
                                     Service, ServicePort)
 
 M64 = (1 << 64) - 1
+M32 = (1 << 32) - 1
 BALANCERS = ("random", "round-robin", "source-hash", "maglev", "least-connection")
 SALTS = {"random": 1, "source": 2, "maglev": 3, "node": 4, "offset": 5, "skip": 6, "dns": 7}
 
@@ -40,18 +41,29 @@ def key_of(seed: int, use: str) -> int:
     return fmix64((seed * 0x9E3779B97F4A7C15 + SALTS[use]) & M64)
 
 
+def fmix32(x: int) -> int:
+    x &= M32
+    x ^= x >> 16
+    x = (x * 0x85EBCA6B) & M32
+    x ^= x >> 13
+    x = (x * 0xC2B2AE35) & M32
+    x ^= x >> 16
+    return x
+
+
 def hash_flow(k: int, f: dict) -> int:
-    a = (f["src_ip"] << 32) | f["dst_ip"]
-    b = (f["src_port"] << 24) | (f["dst_port"] << 8) | f["proto"]
-    return fmix64(fmix64(k ^ a) ^ b)
+    lo, hi = k & M32, k >> 32
+    h = fmix32(lo ^ f["proto"] ^ f["src_ip"])
+    h = fmix32(h ^ f["dst_ip"] ^ hi)
+    return fmix32(h ^ (f["src_port"] << 16) ^ f["dst_port"])
 
 
 def hash_client(k: int, ip: int) -> int:
-    return fmix64(k ^ ip)
+    return fmix32((k & M32) ^ ip)
 
 
 def modn(h: int, n: int) -> int:
-    return (h >> 32) % n
+    return h % n
 
 
 def maglev_populate(names: list[int], m: int, seed: int) -> list[int]:
@@ -269,7 +281,7 @@ class NaiveServices:
             table = self._tables.get(names)
             if table is None:
                 table = self._tables[names] = maglev_populate(list(names), self.m, self.seed)
-            return table[(hash_flow(key_of(self.seed, "maglev"), flow) >> 32) % self.m]
+            return table[modn(hash_flow(key_of(self.seed, "maglev"), flow), self.m)]
         if self.lb == "round-robin":
             c = self.rr.get((node, sp), 0)
             self.rr[(node, sp)] = c + 1
