@@ -33,6 +33,27 @@ def pjit(fn: Callable | None = None, **overrides: Any):
 
 
 @intrinsic
+def select_unpredictable(typingctx, cond, a, b):
+    """``a if cond else b`` as a select the compiler must keep (LLVM ``!unpredictable``).
+
+    LLVM turns a plain select whose operand is a load into a branch around that
+    load; where the condition is random per lookup, the branch mispredicts and
+    costs more than the load it skips. ``a`` and ``b`` must have the same type.
+    """
+    if a != b:
+        return None
+    sig = a(cond, a, b)
+
+    def codegen(context, builder, signature, args):
+        c = context.cast(builder, args[0], signature.args[0], types.boolean)
+        inst = builder.select(c, args[1], args[2])
+        inst.set_metadata("unpredictable", builder.module.add_metadata([]))
+        return inst
+
+    return sig, codegen
+
+
+@intrinsic
 def popcount64(typingctx, x):
     """Population count of a uint64 (one ``popcnt`` instruction)."""
     if not isinstance(x, types.Integer):

@@ -185,7 +185,7 @@ def _sources(src_ip, dst_ip, dst_port, proto, pod_slots, pod_rec, more_off, more
 
 
 @pjit
-def _forward(proto, l0, nodes, leaves, node_slots, node_ip, pod_slots, pod_rec, more_off, more_ports, hl_slots,
+def _forward(proto, l0, nodes, leaves, hosts, node_slots, node_ip, pod_slots, pod_rec, more_off, more_ports, hl_slots,
              verdict, path, src_node, dst_node, dst_pod, dnat_ip, dnat_port, snat_ip, hops, src_kind,
              chunk):
     """Route, bridge and deliver every flow still pending; count hops of stopped ones.
@@ -204,7 +204,7 @@ def _forward(proto, l0, nodes, leaves, node_slots, node_ip, pod_slots, pod_rec, 
             for j in range(g, ge):                       # level 1: route (LPM) -> node; prefetch the
                 dn = -2                                  # address's pod slot (-2: decided before)
                 if verdict[j] == PENDING:
-                    nh = lpm_get(l0, nodes, leaves, dnat_ip[j])
+                    nh = lpm_get(l0, nodes, leaves, hosts, dnat_ip[j])
                     dn = -1 if nh == np.uint32(0xFFFFFFFF) else np.int64(nh)
                     if dn >= 0:
                         h = at_home(pod_slots, dnat_ip[j])
@@ -355,7 +355,7 @@ class DataPlane:
         dst = flows.dst_ip
         if flows.name_code is not None:
             dst = self._resolve_names(flows, r.verdict)
-        l0, nodes, leaves = t.routes.arrays
+        l0, nodes, leaves, hosts = t.routes.arrays
         chunk = np.int64(CHUNK)
         # cache blocking: the three passes run block by block, so the columns a pass
         # writes are still in cache when the next pass reads them
@@ -370,7 +370,7 @@ class DataPlane:
                      dnat_ip, dnat_port, snat_ip, r.hops[b], r.src_kind[b], chunk)
             self.stage.run(src_ip, d, flows.src_port[b], dport, proto, None if flows.ts is None else flows.ts[b],
                            src_pod, src_node, verdict, service, dnat_ip, dnat_port, snat_ip)
-            _forward(proto, l0, nodes, leaves, t.node_by_ip.slots, t.node_ip,
+            _forward(proto, l0, nodes, leaves, hosts, t.node_by_ip.slots, t.node_ip,
                      t.pod_by_ip.slots, t.pod_rec, t.more_off, t.more_ports, t.host_listen.slots,
                      verdict, r.path[b], src_node, r.dst_node[b], r.dst_pod[b], dnat_ip, dnat_port, snat_ip,
                      r.hops[b], r.src_kind[b], chunk)

@@ -347,9 +347,9 @@ def test_lpm_get_inside_a_user_kernel():
     from fastpath.tables.lpm import lpm_get
 
     @jit
-    def hops_of(l0, nodes, leaves, dst, out):
+    def hops_of(l0, nodes, leaves, hosts, dst, out):
         for j in range(dst.shape[0]):
-            out[j] = lpm_get(l0, nodes, leaves, dst[j])
+            out[j] = lpm_get(l0, nodes, leaves, hosts, dst[j])
 
     routes = benchdata.calico_route_table(blocks=500, hosts=100, seed=9)
     rt = RouteTable.from_arrays(*routes)
@@ -425,30 +425,33 @@ def test_random_short_prefix_tables_match_twin(routes, probes):
 
 
 def test_plies_next_to_nodes():
-    """A /24-per-node table with one /32 host route: plies for the /24s, a node where the /32 is."""
+    """A /24-per-node table with one /28: plies for the /24s, a node where the /28 is."""
     routes = benchdata.cluster_route_table(nodes=200, seed=4)
-    host = int(routes.prefixes[0]) + 77
+    sub = int(routes.prefixes[0]) + 64
     rows = list(zip(routes.prefixes.tolist(), routes.lengths.tolist(), routes.next_hops.tolist()))
-    rt, twin = both(rows + [(host, 32, 999)])
-    assert 0 < rt.plies < 200
-    assert_same(rt, twin, [host - 64, host - 1, host, host + 1, host + 64])
-    assert rt.lookup(np.array([host], np.uint32))[0] == 999
+    rt, twin = both(rows + [(sub, 28, 999)])
+    assert rt.layout == "plies" and 0 < rt.plies < 200
+    assert_same(rt, twin, [sub - 64, sub - 1, sub, sub + 15, sub + 16, sub + 64])
+    assert rt.lookup(np.array([sub + 3], np.uint32))[0] == 999
 
 
 def test_ply_budget_keeps_nodes(monkeypatch):
-    """Past the ply budget the same table keeps its Poptrie nodes, and answers the same."""
+    """Past the ply budget the same table keeps its Poptrie nodes (with plies, then without), and answers the same."""
     from fastpath.tables import lpm
 
     routes = benchdata.cluster_route_table(nodes=300, seed=5)
     rt = RouteTable.from_arrays(*routes)
-    assert rt.plies > 0
-    monkeypatch.setattr(lpm, "PLY_BUDGET", rt.plies - 1)
-    small = RouteTable.from_arrays(*routes)
-    assert small.plies == 0 and small.nbytes < rt.nbytes
+    assert rt.layout == "flat" and rt.plies > 0
     dst = benchdata.destinations_in(routes.prefixes, routes.lengths, 5000, seed=6)
-    np.testing.assert_array_equal(small.lookup(dst), rt.lookup(dst))
     twin = NaiveRouteTable.from_arrays(*(a.tolist() for a in routes))
-    assert_same(small, twin)
+    layouts = []
+    for budget in (rt.plies - 1, 10):           # the flat layout's shared plies no longer fit; then no plies
+        monkeypatch.setattr(lpm, "PLY_BUDGET", budget)
+        small = RouteTable.from_arrays(*routes)
+        layouts.append(small.layout)
+        np.testing.assert_array_equal(small.lookup(dst), rt.lookup(dst))
+        assert_same(small, twin)
+    assert layouts == ["plies", "poptrie"]
 
 
 def test_benchdata_tables_match_twin():
@@ -456,7 +459,7 @@ def test_benchdata_tables_match_twin():
     for routes in (benchdata.cluster_route_table(nodes=200, seed=1),
                    benchdata.calico_route_table(blocks=300, hosts=100, seed=2)):
         rt = RouteTable.from_arrays(*routes)
-        layouts.append(rt.plies > 0)
+        layouts.append(rt.layout)
         twin = NaiveRouteTable.from_arrays(*(a.tolist() for a in routes))
         pods = routes.lengths > 0
         dst = benchdata.destinations_in(routes.prefixes[pods], routes.lengths[pods], 3000, seed=3)
@@ -465,7 +468,93 @@ def test_benchdata_tables_match_twin():
         default_hop = routes.next_hops[~pods][0]
         assert not np.any(got == default_hop)          # every destination lands inside a pod range
         assert_same(rt, twin)
-    assert layouts == [True, False]      # the /24 table takes plies; 100 host routes keep Calico's nodes
+    assert layouts == ["flat", "flat"]   # both all plies; Calico's 100 /32s in the host table
+
+
+def host_table_case(blocks: int, hosts: int, seed: int):
+    routes = benchdata.calico_route_table(blocks=blocks, hosts=hosts, seed=seed)
+    return list(zip(routes.prefixes.tolist(), routes.lengths.tolist(), routes.next_hops.tolist()))
+
+
+@settings(max_examples=60)
+@given(st.lists(st.tuples(address_st, st.integers(0, 26), st.integers(0, 20))
+                .map(lambda r: (r[0] & mask(r[1]), r[1], r[2])), max_size=30),
+       st.lists(st.tuples(address_st, st.integers(0, 20)), min_size=1, max_size=40),
+       st.lists(address_st, max_size=20))
+def test_random_host_route_tables_match_twin(routes, hosts, probes):
+    """/26-or-shorter prefixes plus /32s: the flat layout with its host table, probed at every host and beside it."""
+    rt, twin = both(routes + [(a, 32, h) for a, h in hosts])
+    assert rt.layout == "flat" and rt.host_routes == len({a for a, _ in hosts})
+    near = [a + k for a, _ in hosts for k in (-1, 0, 1) if 0 <= a + k <= ALL_ONES]
+    assert_same(rt, twin, probes + near)
+
+
+def test_host_routes_at_the_ends_of_the_address_space():
+    rt, twin = both([(0, 32, 1), (ALL_ONES, 32, 2), (0, 0, 3), (ip("10.0.0.0"), 26, 4)])
+    assert rt.layout == "flat"
+    assert rt.lookup(np.array([0, 1, ALL_ONES - 1, ALL_ONES], np.uint32)).tolist() == [1, 3, 3, 2]
+    assert_same(rt, twin)
+
+
+def test_a_full_20_of_host_routes_and_neighbours():
+    """All 4096 addresses of one /20 as /32s, and hosts in the next /20s: the big group is placed first."""
+    base = ip("10.9.0.0")
+    others = [base + 4096 + 7, base + 2 * 4096 + 9, base + 3 * 4096 + 1]
+    rows = host_table_case(200, 0, seed=3) + [(base + k, 32, k % 7) for k in range(4096)] + [(a, 32, 8) for a in others]
+    rt, twin = both(rows)
+    assert rt.layout == "flat" and rt.host_routes == 4096 + 3
+    assert_same(rt, twin, [base - 1, base, base + 4095, base + 4096] + others)
+
+
+def test_host_table_limits_fall_back_to_nodes(monkeypatch):
+    """Too many hosts for the budget, or too dense for the displacements: the trie keeps them, same answers."""
+    from fastpath.tables import lpm
+
+    rows = host_table_case(300, 120, seed=4)
+    flat, twin = both(rows)
+    assert flat.layout == "flat" and flat.host_routes == 120
+    monkeypatch.setattr(lpm, "HOST_BUDGET", 100)
+    rt, _ = both(rows)
+    assert rt.layout != "flat" and rt.host_routes == 0
+    assert_same(rt, twin)
+    monkeypatch.undo()
+    # two whole neighbouring /20s of hosts: 16384 slots hold them (a 4096-slot block each); 8192 may not be used
+    dense = [(ip("10.1.0.0") + k, 32, 1) for k in range(4096)] + [(ip("10.1.16.0") + k, 32, 2) for k in range(4096)]
+    rt, twin = both(dense + [(0, 0, 9)])
+    assert rt.layout == "flat" and rt.host_routes == 8192
+    assert_same(rt, twin, [ip("10.1.0.0") + 5, ip("10.1.16.0") + 4095])
+    monkeypatch.setattr(lpm, "_HOST_SLOTS_MAX", 8192)
+    rt, twin = both(dense + [(0, 0, 9)])
+    assert rt.layout != "flat"
+    assert_same(rt, twin, [ip("10.1.0.0") + 5, ip("10.1.16.0") + 4095])
+
+
+def test_host_placement_reports_a_group_without_room():
+    """Two full /20s cannot share 4096 slots under any displacement: placement says so."""
+    from fastpath.tables import lpm
+
+    addr = np.concatenate([ip("10.1.0.0") + np.arange(4096), ip("10.3.0.0") + np.arange(4096)]).astype(np.uint32)
+    hop = np.zeros(addr.size, np.uint32)
+    l0 = np.zeros(1 << 20, np.uint32)
+    slots = np.empty(4096, np.uint64)
+    assert not lpm._place_hosts(addr, hop, np.array([0, 4096, 8192], np.int64), l0, slots)
+    assert lpm._place_hosts(addr[:4096], hop[:4096], np.array([0, 4096], np.int64), l0, slots)
+
+
+def test_host_route_updates_in_a_flat_table():
+    """Deleting a /32 falls back to its block; a new /32 lands in the host table."""
+    rows = host_table_case(300, 40, seed=5)
+    rt, twin = both(rows)
+    a, n, h = next(r for r in rows if r[1] == 32)
+    rt.delete((a, 32))
+    twin.delete((a, 32))
+    assert rt.layout == "flat" and rt.host_routes == 39
+    assert_same(rt, twin, [a])
+    block = next(r for r in rows if r[1] == 26)
+    rt.insert((block[0] + 9, 32), 4242)
+    twin.insert((block[0] + 9, 32), 4242)
+    assert rt.host_routes == 40 and rt.lookup(np.array([block[0] + 9], np.uint32))[0] == 4242
+    assert_same(rt, twin, [block[0] + 8, block[0] + 10])
 
 
 # --------------------------------------------------------------------------- pfx2as reader

@@ -650,6 +650,9 @@ def _rewrite(i, k, rn, masq, set_backend, node_ip, src_ip, dnat_ip, dnat_port, s
 # (Maglev's table slot, the backend, the rewrite) run one group late, after the
 # next group's lookups, so a Maglev slot prefetched from DRAM has a whole group's
 # work to arrive in (maglev 38 -> 43 M flows/s on one thread; the others unchanged).
+# On service traffic the per-row arithmetic of a group runs as vector loops over the
+# group's columns: the frontend keys and home slots, then the balancer's hashes
+# (32-bit, see the module docstring); the lookups stay scalar.
 # Rows are unsigned (``chunk_bounds``): for a signed index numba emits a
 # negative-index wrap-around on every access, which costs more than the lookups here.
 
