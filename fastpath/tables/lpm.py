@@ -33,12 +33,14 @@ first-level nodes have no inner child (every prefix below the direct level is
 /26 or shorter: a node's /24 pod CIDR, Calico blocks without host routes), each
 such node is written out as a plain ply of its 64 leaves, so a lookup is the
 first-level entry and one ply entry. That doubled the 5,000-node /24 table's
-rate (338 to ~680 M lookups/s on the AMD EPYC guest) for 0.7 MiB more. A table
-gets plies only when it needs at most :data:`PLY_BUDGET` of them (RouteViews
-would need hundreds of thousands) and at most :data:`PLY_MIXED_SHARE` of its
-first-level nodes must stay nodes: lookups that switch at random between a ply
-and a node mispredict a branch each time, and a Calico table whose host routes
-kept a tenth of its nodes ran at half speed with plies.
+rate (338 to ~680 M lookups/s on the AMD EPYC guest) for 0.7 MiB more; the flat
+layout below now takes such tables further. Plies beside nodes are for tables
+with a few longer prefixes: a table gets them only when it needs at most
+:data:`PLY_BUDGET` of them (RouteViews would need hundreds of thousands) and at
+most :data:`PLY_MIXED_SHARE` of its first-level nodes must stay nodes: lookups
+that switch at random between a ply and a node mispredict a branch each time,
+and a Calico table whose host routes kept a tenth of its nodes ran at half
+speed with plies.
 
 Flat tables and host routes
 ---------------------------
@@ -51,11 +53,15 @@ perfect hash read next to the ply (not after it): a /32 is the longest match
 there is, so a host-table hit is the answer and a miss leaves the ply's. A /20's
 hosts share a displacement ``d`` kept in the spare top bits of its first-level
 entry, and sit at ``(address ^ d) mod slots``; the build picks each /20's ``d``
-so that no two hosts meet. On the benchmark Calico table (20k blocks, 2k /32s)
-this runs at ~420 M lookups/s against ~220 with Poptrie nodes; without the host
-table the plies alone run ~800. A table with prefixes of /27-/31, more than
-:data:`HOST_BUDGET` host routes, or hosts too dense for the displacements keeps
-the layouts above.
+so that no two hosts meet. The pick between the host and the ply is a select
+(:func:`fastpath._jit.select_unpredictable`): as a branch it mispredicts on the
+one lookup in ten that is a host, and LLVM makes it one unless told not to. On
+the benchmark tables this runs the Calico table (20k blocks, 2k /32s) at ~460 M
+lookups/s against ~220 with Poptrie nodes, and the /24 table at ~860 against
+~660 with flagged plies. A table with prefixes of /27-/31, more than
+:data:`HOST_BUDGET` host routes, more plies than :data:`PLY_BUDGET`, or hosts
+too dense for the displacements keeps the layouts above; :attr:`RouteTable.layout`
+says which a table got.
 
 The lookup (:func:`lpm_get`) is written out for two node levels at most, with
 first-level entries holding word offsets: no loop, no level counter, no
