@@ -716,14 +716,9 @@ def _stage_hash_body(T, lb, chunk, src_ip, dst_ip, src_port, dst_port, proto, sr
             if live == 0:
                 screen = True                      # no flow of the group is kube-proxy's
             else:
-                if lb == LB_SOURCE_HASH:           # the balancer's hash of every row: one vector loop
-                    k0 = keys[SALT_SOURCE]
-                    for i in range(g, ge):
-                        pick[i - g] = client_hash(k0, src_ip[i])
-                elif lb == LB_RANDOM or lb == LB_MAGLEV:
-                    k0 = keys[SALT_MAGLEV if lb == LB_MAGLEV else SALT_RANDOM]
-                    for i in range(g, ge):
-                        pick[i - g] = flow_hash(k0, src_ip[i], dst_ip[i], src_port[i], dst_port[i], proto[i])
+                if lb != LB_ROUND_ROBIN and lb != LB_LEAST_CONN:   # the balancer's hash of every row: one
+                    for i in range(g, ge):                          # vector loop (``lb`` is a constant here)
+                        pick[i - g] = pick_hash(lb, src_ip[i], dst_ip[i], src_port[i], dst_port[i], proto[i], keys)
                 hits = 0
                 for i in range(g, ge):             # level 2: frontend (prefetch its shortcut)
                     h = at[o + i - g]
