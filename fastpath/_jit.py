@@ -146,3 +146,13 @@ def prefetch(typingctx, arr, idx):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def read_only(a: np.ndarray) -> np.ndarray:
+    """A read-only view of ``a``: a kernel's input columns are then always read-only, as
+    Arrow's zero-copy buffers are, so the kernel compiles one specialization, not two."""
+    if not a.flags.writeable:
+        return a
+    v = a.view()
+    v.flags.writeable = False
+    return v

@@ -22,3 +22,112 @@ def run() -> None:
                              "proto": np.full(2, 6, np.uint8), "ts": np.arange(2, dtype=np.int64)}, "warm-up")
     for lb in ("random", "round-robin", "source-hash", "maglev", "least-connection"):
         compile_cluster(cluster, lb=lb).resolve_flows(flows)
+
+
+# --------------------------------------------------------------------------- first run
+
+#: About how long a replay's first run compiles its kernels on a 2-core machine (numba, LLVM),
+#: quoted in the first-run message; later runs load them from numba's cache in about a second.
+COLD_COMPILE_S = 30
+#: Marker files in numba's cache folder, one per (fastpath, numba, CPU, sources) key.
+_MARKER_PREFIX = "fastpath-kernels-"
+
+
+def _marker() -> "tuple[object, object] | None":
+    """(marker path, a kernel's cache index path) for this machine and these sources; None if unknown."""
+    import hashlib
+    from pathlib import Path
+
+    try:
+        import llvmlite.binding as ll
+        import numba
+
+        from . import __version__
+        from .pipeline import _sources
+
+        cache = _sources._cache
+        folder = Path(cache._cache_path)
+        index = Path(cache._cache_file._index_path)
+        h = hashlib.sha1(f"{__version__}|{numba.__version__}|{ll.get_host_cpu_name()}|"
+                         f"{ll.get_host_cpu_features().flatten()}".encode())
+        root = Path(__file__).resolve().parent
+        for src in sorted(root.rglob("*.py")):       # numba re-compiles a kernel whose source changed
+            st = src.stat()
+            h.update(f"{src.relative_to(root)}:{st.st_mtime_ns}:{st.st_size}".encode())
+        return folder / f"{_MARKER_PREFIX}{h.hexdigest()[:16]}", index
+    except Exception:  # noqa: BLE001 -- no marker: never in the way of a run
+        return None
+
+
+def is_cold() -> bool:
+    """Whether numba's cache lacks this machine's kernels (no marker, or a key kernel's index missing).
+
+    Cheap: a hash of version strings and source file stamps, and two ``stat`` calls.
+    """
+    m = _marker()
+    if m is None:
+        return False
+    marker, index = m
+    return not (marker.exists() and index.exists())
+
+
+def mark_warm() -> None:
+    """Record that the kernels are compiled and cached (after a run that compiled them)."""
+    m = _marker()
+    if m is None:
+        return
+    marker, _ = m
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("kernels compiled and cached by numba for this machine\n")
+    except OSError:
+        pass
+
+
+class FirstRun:
+    """Say so on stderr while a cold cache compiles kernels: a spinner on a terminal, else one line.
+
+    ``start()`` before the first kernel call, ``stop(ok)`` once the kernels ran;
+    a successful stop on a cold cache writes the marker. ``show=False``: silent.
+    """
+
+    def __init__(self, show: bool | None = None) -> None:
+        self.show = show
+        self.cold = False
+        self._status = None
+
+    def start(self) -> "FirstRun":
+        self.cold = is_cold()
+        if not self.cold or self.show is False:
+            return self
+        text = f"compiling kernels for this machine, once (~{COLD_COMPILE_S} s)"
+        try:
+            from rich.console import Console
+
+            console = Console(stderr=True)
+            if console.is_terminal:
+                self._status = console.status(text, spinner="dots")
+                self._status.start()
+                return self
+        except Exception:  # noqa: BLE001
+            pass
+        import sys
+
+        print(f"fastpath: {text}", file=sys.stderr, flush=True)
+        return self
+
+    def during(self, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)``; the notice stops if it raises."""
+        try:
+            return fn(*args, **kwargs)
+        except BaseException:
+            self.stop(ok=False)
+            raise
+
+    def stop(self, ok: bool = True) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+        if ok and self.cold:
+            mark_warm()
+            self.cold = False

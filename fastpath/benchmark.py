@@ -43,8 +43,46 @@ def pod_to_pod_flows(dp, n: int, seed: int = 0) -> dict:
             "dst_port": ports[dst], "proto": protos[dst]}
 
 
-def run(quick: bool = False, threads: int | None = None) -> list[tuple[str, str, float]]:
-    """Measure and print a table; returns ``(workload, threads, rate)`` rows."""
+#: Said under the table: why an all-cores row can be slower than the 1-thread row.
+THREADS_NOTE = ("An all-cores row slower than its 1-thread row means the cores were busy with other work "
+                "(threads wait for each other at the end of every batch), not that threads hurt.")
+#: Rows of pytricia at most (one Python call per address).
+PEER_ROWS = 200_000
+
+
+def _peers(name: str, routes, rt, dst: np.ndarray, quick: bool) -> list[tuple[str, str, float, str]]:
+    """The same lookups by numpy.searchsorted over the flat ranges and by pytricia (when installed)."""
+    rows = []
+    starts, hops = rt.to_ranges()
+    starts32 = starts.astype(np.uint32)
+    rows.append((f"  peer: numpy.searchsorted, {name}", "1",
+                 _best_rate(lambda: hops[np.searchsorted(starts32, dst, side="right") - 1], dst.size, 3),
+                 "M lookups/s"))
+    try:
+        import pytricia
+    except ImportError:
+        rows.append((f"  peer: pytricia, {name} (not installed: pip install pytricia)", "", float("nan"), ""))
+        return rows
+    if quick and len(routes.prefixes) > 100_000:
+        rows.append((f"  peer: pytricia, {name} (skipped in --quick: building it takes seconds)", "",
+                     float("nan"), ""))
+        return rows
+    tree = pytricia.PyTricia(32)
+    for pfx, ln, nh in zip(routes.prefixes.tolist(), routes.lengths.tolist(), routes.next_hops.tolist()):
+        tree.insert(pfx, ln, nh)
+    keys = dst[:PEER_ROWS].tolist()
+    get = tree.get
+    rows.append((f"  peer: pytricia, {name}", "1", _best_rate(lambda: [get(k) for k in keys], len(keys), 2),
+                 "M lookups/s"))
+    return rows
+
+
+def run(quick: bool = False, threads: int | None = None) -> list[tuple[str, str, float, str]]:
+    """Measure and print a table; returns ``(workload, threads, rate, unit)`` rows.
+
+    Rates are in millions a second of the row's unit (lookups or flows); rows
+    without a rate (build times, notes) have NaN and an empty unit.
+    """
     from rich.console import Console
     from rich.table import Table
 
@@ -54,7 +92,9 @@ def run(quick: bool = False, threads: int | None = None) -> list[tuple[str, str,
     from .pipeline import DataPlane  # noqa: F401  (compile_cluster builds one)
     from .traces import normalize_batch
 
-    console = Console()
+    from .outputs import console as make_console
+
+    console = make_console()
     all_threads = set_threads(threads)
     rows: list[tuple[str, str, float]] = []
     n = 1_000_000 if quick else 10_000_000
@@ -76,10 +116,14 @@ def run(quick: bool = False, threads: int | None = None) -> list[tuple[str, str,
             dst = benchdata.destinations_in(routes.prefixes[pods], routes.lengths[pods], n)
         out = np.empty_like(dst)
         set_threads(1)
-        rows.append((f"LPM {name}", "1", _best_rate(lambda: rt.lookup(dst, out), n)))
+        rows.append((f"LPM {name}", "1", _best_rate(lambda: rt.lookup(dst, out), n), "M lookups/s"))
         set_threads(all_threads)
-        rows.append((f"LPM {name}", str(all_threads), _best_rate(lambda: rt.lookup_parallel(dst, out), n)))
-        rows.append((f"LPM {name}: build {build * 1e3:.0f} ms, {rt.nbytes / 2**20:.1f} MiB", "", float("nan")))
+        rows.append((f"LPM {name}", str(all_threads), _best_rate(lambda: rt.lookup_parallel(dst, out), n),
+                     "M lookups/s"))
+        set_threads(1)
+        rows += _peers(name, routes, rt, dst, quick)
+        set_threads(all_threads)
+        rows.append((f"LPM {name}: build {build * 1e3:.0f} ms, {rt.nbytes / 2**20:.1f} MiB", "", float("nan"), ""))
 
     nodes = 200 if quick else 5000
     t0 = time.perf_counter()
@@ -88,18 +132,23 @@ def run(quick: bool = False, threads: int | None = None) -> list[tuple[str, str,
     compile_s = time.perf_counter() - t0
     flows = normalize_batch(pod_to_pod_flows(dp, n), "bench")
     set_threads(1)
-    rows.append((f"pipeline pod-to-pod, {nodes} nodes", "1", _best_rate(lambda: dp.resolve_flows(flows), n, 3)))
+    rows.append((f"pipeline pod-to-pod, {nodes} nodes", "1", _best_rate(lambda: dp.resolve_flows(flows), n, 3),
+                 "M flows/s"))
     set_threads(all_threads)
     rows.append((f"pipeline pod-to-pod, {nodes} nodes", str(all_threads),
-                 _best_rate(lambda: dp.resolve_flows(flows), n, 3)))
+                 _best_rate(lambda: dp.resolve_flows(flows), n, 3), "M flows/s"))
     rows.append((f"synth + load + compile {nodes} nodes, {len(cluster.pods)} pods: {compile_s:.2f} s", "",
-                 float("nan")))
+                 float("nan"), ""))
 
     table = Table(title=f"fastpath bench ({'quick' if quick else 'full'}; {get_threads()} threads max)")
     table.add_column("workload")
     table.add_column("threads", justify="right")
-    table.add_column("M lookups or flows / s", justify="right")
-    for name, th, rate in rows:
-        table.add_row(name, th, "" if rate != rate else f"{rate / 1e6:,.1f}")
+    table.add_column("rate", justify="right")
+    table.add_column("unit")
+    for name, th, rate, unit in rows:
+        table.add_row(name, th, "" if rate != rate else f"{rate / 1e6:,.2f}", unit)
     console.print(table)
+    console.print(THREADS_NOTE)
+    console.print("Peers: the same destinations through numpy.searchsorted (binary search over the flat ranges) "
+                  f"and pytricia (one call per address, first {PEER_ROWS:,}); bench/ has the full suites.")
     return rows

@@ -26,8 +26,10 @@ CoreDNS rotates the order, so fastpath picks one per flow:
 ``(mix64(k_dns ^ (src_ip << 16 | src_port)) >> 32) mod n`` when the client's
 address and port are given, else by the CRC-32 of the queried name.
 
-Each distinct (name, source namespace) of a batch is resolved once in Python;
-flows then take their answer by numpy indexing.
+A trace's name dictionary is answered whole, for every client namespace, in one
+vectorized pass (Arrow's string kernels build each name's candidates and look
+them up; names outside printable ASCII go through :meth:`DnsTable.answer`), the
+first time a batch uses it; flows then take their answer by numpy indexing.
 """
 from __future__ import annotations
 
@@ -45,6 +47,9 @@ from .tables.balancers import SALT_DNS, mix64_np, seed_key
 
 #: ``options ndots:5`` of a pod's resolv.conf.
 NDOTS = 5
+#: A name dictionary with at most this many (name, client namespace) pairs is answered whole
+#: the first time a batch uses it (one vectorized pass); a larger one pair by pair as batches meet them.
+EAGER_PAIRS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -174,13 +179,17 @@ class DnsTable:
         pair = c * width + (s + 1)
         memo = self._pair_memo(name_dict, width)
         count, start, name_key = memo["count"], memo["start"], memo["name_key"]
-        uniq = np.unique(pair)
-        unknown = uniq[count[uniq] < 0]
+        if not memo["all"] and count.size <= EAGER_PAIRS:
+            memo["all"] = True               # the whole dictionary, from every namespace, in one pass
+            unknown = np.flatnonzero(count < 0)
+        else:
+            uniq = np.unique(pair)
+            unknown = uniq[count[uniq] < 0]
         if unknown.size:                 # each (name, namespace) pair is worked out once per dictionary
-            unknown = self._pod_records(memo, unknown, width)
+            unknown = self._answer_pairs(memo, unknown, width, ns_names)
             new: list[int] = []
             used = memo["used"]
-            for key in unknown.tolist():
+            for key in unknown.tolist():     # names the vectorized pass leaves to Python (non-ASCII, control)
                 code, nsi = divmod(key, width)
                 name = name_dict[code]
                 name = name if isinstance(name, str) else str(name)
@@ -206,39 +215,149 @@ class DnsTable:
             pos[multi] = (h >> np.uint64(32)) % k[multi].astype(np.uint64)
         out_ip[rows[ok]] = answers[start[pair[ok]] + pos[ok]]
 
-    def _pod_records(self, memo: dict, keys: np.ndarray, width: int) -> np.ndarray:
-        """Answer the pod records (``a-b-c-d.<ns>.pod.<domain>``) among ``keys`` at once; return the rest.
+    def _records(self) -> dict:
+        """The service records as Arrow keys and a flat answer array (built once)."""
+        rec = self._answers.get("__records__")
+        if rec is None:
+            names = list(self.records)
+            counts = np.array([len(self.records[n]) for n in names], dtype=np.int64)
+            starts = np.zeros(len(names), dtype=np.int64)
+            if len(names) > 1:
+                starts[1:] = np.cumsum(counts)[:-1]
+            flat = [ip for n in names for ip in self.records[n]]
+            rec = self._answers["__records__"] = {
+                "keys": pa.array(names, type=pa.large_string()), "count": counts, "start": starts,
+                "answers": np.array(flat, dtype=np.uint32)}
+        return rec
 
-        Vectorized with Arrow's regex kernels. Equivalent to :meth:`answer` for
-        these names from any client: the search-list candidates before the
-        absolute name can never match (a service name has no dots).
+    def _lookup_many(self, fqdns: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`lookup` over an array of names: (record index or -1, pod-record address, has pod record)."""
+        rec = self._records()
+        idx = pc.index_in(fqdns, value_set=rec["keys"]).fill_null(-1).to_numpy(zero_copy_only=False)
+        idx = np.asarray(idx, dtype=np.int64)
+        n = len(fqdns)
+        value = np.zeros(n, dtype=np.uint64)
+        good = np.zeros(n, dtype=bool)
+        maybe = _np_bool(pc.ends_with(fqdns, f".pod.{self.domain}")) & (idx < 0)   # the regex only where it can hit
+        if not maybe.any():
+            return idx, value.astype(np.uint32), good
+        where = np.flatnonzero(maybe)
+        pattern = (r"^(?P<a>[0-9]{1,3})-(?P<b>[0-9]{1,3})-(?P<c>[0-9]{1,3})-(?P<d>[0-9]{1,3})\.[^.]+"
+                   r"\.pod\." + re.escape(self.domain) + r"$")
+        parts = pc.extract_regex(fqdns.take(pa.array(where)), pattern)
+        ok = np.asarray(parts.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        v = np.zeros(where.size, dtype=np.uint64)
+        if ok.any():
+            for f in "abcd":
+                text = parts.field(f)
+                digits = pc.utf8_length(text).to_numpy(zero_copy_only=False)
+                lead0 = pc.starts_with(text, "0").to_numpy(zero_copy_only=False)
+                num = pc.cast(pc.if_else(parts.is_valid(), text, "0"), pa.int64()).to_numpy(zero_copy_only=False)
+                ok &= ~((digits > 1) & lead0) & (num <= 255)           # no leading zeros, an octet
+                v = (v << np.uint64(8)) | num.astype(np.uint64)
+        good[where] = ok
+        value[where] = v
+        return idx, value.astype(np.uint32), good
+
+    def _answer_pairs(self, memo: dict, keys: np.ndarray, width: int, ns_names: list[str]) -> np.ndarray:
+        """Answer (name code, namespace slot) ``keys`` in one vectorized pass; return those left to Python.
+
+        The same answers as :meth:`answer`: the candidates of :meth:`candidates`
+        (built with Arrow's string kernels), each looked up in the records and as
+        a pod record, the first with an answer winning. The name as is and its
+        ``svc.<domain>`` and ``<domain>`` forms are looked up once per name, the
+        ``<ns>.svc.<domain>`` form once per pair. Names with characters outside
+        printable ASCII (where Python's and Arrow's case folding or whitespace
+        could differ) are returned for :meth:`answer`.
         """
         if "arrow" not in memo:
-            memo["arrow"] = pa.array(memo["dict"], type=pa.string())
-        names = pc.utf8_lower(memo["arrow"].take(pa.array(keys // width)))
-        pattern = (r"^(?P<a>\d{1,3})-(?P<b>\d{1,3})-(?P<c>\d{1,3})-(?P<d>\d{1,3})\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
-                   r"\.pod\." + re.escape(self.domain) + r"\.?$")
-        hit = pc.match_substring_regex(names, pattern).fill_null(False).to_numpy(zero_copy_only=False)
-        if not hit.any():
-            return keys
-        parts = pc.extract_regex(names.filter(pa.array(hit)), pattern)
-        octets = [parts.field(f).to_numpy(zero_copy_only=False) for f in "abcd"]
-        value = np.zeros(int(hit.sum()), dtype=np.uint64)
-        good = np.ones(value.shape[0], dtype=bool)
-        for o in octets:
-            digits = o.astype(str)
-            good &= ~((np.char.str_len(digits) > 1) & (np.char.startswith(digits, "0")))   # no leading zeros
-            v = o.astype(np.int64)
-            good &= v <= 255
-            value = (value << np.uint64(8)) | v.astype(np.uint64)
-        k = keys[hit][good]
-        memo["count"][k] = 1
-        memo["start"][k] = memo["used"] + np.arange(k.size)
-        _append(memo, value[good].astype(np.uint32))
-        memo["name_key"][k] = [zlib.crc32(str(n).encode()) for n in names.filter(pa.array(hit)).filter(pa.array(good)).to_pylist()]
-        rest = np.ones(keys.shape[0], dtype=bool)
-        rest[np.flatnonzero(hit)[good]] = False
-        return keys[rest]
+            memo["arrow"] = pa.array([n if isinstance(n, str) else str(n) for n in memo["dict"]],
+                                     type=pa.large_string())
+        if "ns_arrow" not in memo or memo["ns_key"] != ns_names:
+            memo["ns_arrow"] = pa.array([""] + [str(n).lower() for n in ns_names], type=pa.large_string())
+            memo["ns_key"] = list(ns_names)
+        codes, nsi = np.divmod(keys, width)
+        names_u, inv = np.unique(codes, return_inverse=True)        # per name, then per pair
+        raw = memo["arrow"].take(pa.array(names_u))
+        plain_u = _np_bool(pc.match_substring_regex(raw, r"^[\x20-\x7e]*$"))
+        plain = plain_u[inv]
+        rest = keys[~plain]
+        if not plain.any():
+            return rest
+        name = pc.ascii_lower(pc.utf8_trim(raw, " "))
+        empty = _np_bool(pc.equal(name, "")) | _np_bool(pc.equal(name, "."))
+        absolute = _np_bool(pc.ends_with(name, "."))
+        base = pc.if_else(pa.array(absolute), pc.utf8_slice_codeunits(name, 0, -1), name)
+        broken = _np_bool(pc.starts_with(base, ".")) | _np_bool(pc.match_substring(base, ".."))
+        as_is_broken = broken | _np_bool(pc.ends_with(base, "."))
+        dots = np.asarray(pc.count_substring(name, ".").to_numpy(zero_copy_only=False))
+        d, dot = pa.scalar(self.domain, pa.large_string()), pa.scalar(".", pa.large_string())
+        svc_d = pa.scalar(f"svc.{self.domain}", pa.large_string())
+        per_name = [(base, ~as_is_broken & ~empty),                                   # A: the name as is
+                    (pc.binary_join_element_wise(base, svc_d, dot), ~broken & ~empty),  # C
+                    (pc.binary_join_element_wise(base, d, dot), ~broken & ~empty)]      # D
+        n = keys.size
+        pod_client = (nsi > 0) & ~absolute[inv]
+        search = pod_client & plain
+        hits, recs, pods = {}, {}, {}
+        for kind, (cand, ok) in zip((0, 2, 3), per_name):
+            idx, value, pod = self._lookup_many(cand)
+            hit = ok & ((idx >= 0) | pod)
+            hits[kind], recs[kind], pods[kind] = hit[inv], idx[inv], value[inv]
+        hits[2] &= search
+        hits[3] &= search
+        hits[0] &= plain
+        b_rows = np.flatnonzero(search & (~broken & ~empty)[inv])                    # B: <ns>.svc.<domain>, per pair
+        hits[1] = np.zeros(n, dtype=bool)
+        recs[1] = np.full(n, -1, dtype=np.int64)
+        pods[1] = np.zeros(n, dtype=np.uint32)
+        if b_rows.size:
+            cand = pc.binary_join_element_wise(base.take(pa.array(inv[b_rows])),
+                                               memo["ns_arrow"].take(pa.array(nsi[b_rows])), svc_d, dot)
+            idx, value, pod = self._lookup_many(cand)
+            hits[1][b_rows] = (idx >= 0) | pod
+            recs[1][b_rows] = idx
+            pods[1][b_rows] = value
+        a_first = ~pod_client | (dots[inv] >= NDOTS)
+        order_a = [0, 1, 2, 3]
+        order_b = [1, 2, 3, 0]
+        win = np.full(n, -1, dtype=np.int64)
+        for i in range(4):
+            ka, kb = order_a[i], order_b[i]
+            take_a = (win < 0) & a_first & hits[ka]
+            take_b = (win < 0) & ~a_first & hits[kb]
+            win[take_a] = ka
+            win[take_b] = kb
+        keys = keys[plain]
+        win = win[plain]
+        rec = self._records()
+        count, start, name_key = memo["count"], memo["start"], memo["name_key"]
+        if "rec_base" not in memo:             # the records' answers, once per memo, at a fixed offset
+            memo["rec_base"] = memo["used"]
+            _append(memo, rec["answers"])
+        rec_base = memo["rec_base"]
+        got_idx = np.full(keys.size, -1, dtype=np.int64)
+        got_pod = np.zeros(keys.size, dtype=np.uint32)
+        for k in range(4):
+            sel = win == k
+            got_idx[sel] = recs[k][plain][sel]
+            got_pod[sel] = pods[k][plain][sel]
+        is_rec = got_idx >= 0
+        is_pod = (win >= 0) & ~is_rec
+        count[keys] = 0
+        start[keys] = 0
+        count[keys[is_rec]] = rec["count"][got_idx[is_rec]]
+        start[keys[is_rec]] = rec_base + rec["start"][got_idx[is_rec]]
+        pod_keys = keys[is_pod]
+        count[pod_keys] = 1
+        start[pod_keys] = memo["used"] + np.arange(pod_keys.size)
+        _append(memo, got_pod[is_pod])
+        multi = keys[count[keys] > 1]      # a name's CRC picks among several answers when no client is given
+        names = memo["dict"]
+        for key in multi.tolist():
+            nm = names[key // width]
+            name_key[key] = zlib.crc32((nm if isinstance(nm, str) else str(nm)).lower().encode())
+        return rest
 
     def _pair_memo(self, name_dict: list[str], width: int) -> dict:
         """Answers by (name code, namespace) for one name dictionary, filled as pairs are met.
@@ -251,9 +370,14 @@ class DnsTable:
             size = len(name_dict) * width
             memo = {"dict": name_dict, "width": width, "count": np.full(size, -1, dtype=np.int64),
                     "start": np.zeros(size, dtype=np.int64), "name_key": np.zeros(size, dtype=np.uint64),
-                    "answers": np.zeros(1024, dtype=np.uint32), "used": 0}
+                    "answers": np.zeros(1024, dtype=np.uint32), "used": 0, "all": False}
             self._answers["__pairs__"] = memo
         return memo
+
+
+def _np_bool(a) -> np.ndarray:
+    """An Arrow boolean array as numpy (null: False)."""
+    return np.asarray(a.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def _append(memo: dict, values: np.ndarray) -> None:

@@ -4,14 +4,17 @@
 resolves each batch with a compiled :class:`~fastpath.pipeline.DataPlane`, writes
 the result columns in input order (Arrow IPC, or Parquet by the output's
 extension) under a temporary name in the output's folder, and renames it at
-the end: a failed or interrupted replay leaves no file behind. The
+the end: a failed or interrupted replay leaves no file behind. Reading,
+resolving and writing overlap on three threads (:mod:`fastpath._stream`):
+batch k+1 is read while batch k is resolved and batch k-1 summed up and
+written; the resolving stays on one thread, in trace order. On a cold numba
+cache a line on stderr says the kernels are being compiled (once). The
 :class:`Summary` counts flows by verdict and path, ranks services with their
 backend imbalance, and says how fast it went.
 """
 from __future__ import annotations
 
 import importlib.util
-import itertools
 import os
 import tempfile
 import time
@@ -24,9 +27,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ._jit import get_threads, set_threads
+from ._stream import NO_BYTES, read_only, stream, tally_batch
 from .cluster.model import Cluster
-from .codes import PATHS, VERDICTS
+from .codes import PATHS, REASONS, VERDICTS
 from .errors import FastpathError
+from .files import RESULT_BYTES_PER_ROW, check_free_space, check_outputs, write_error
+from .outputs import flow_arrays, flow_fields_of_schema, output_format, results_metadata
 from .traces import DEFAULT_BATCH_SIZE, open_trace
 
 #: Output endings written as Parquet; any other ending is written as Arrow IPC (Feather v2).
@@ -39,6 +45,8 @@ SAMPLE_CLUSTER, SAMPLE_TRACE = "sample-cluster.json", "sample-trace.arrow"
 _PAIR_MERGE_EVERY = 32
 #: Largest (service ports + 1) x (pods + 1) counted in a dense array (16 Mi entries, 128 MB of address space).
 _DENSE_PAIRS = 1 << 24
+#: An empty pair-count array: counting sparsely.
+_NO_KEYS = np.zeros(0, np.int64)
 
 
 def sample_paths() -> tuple[Path, Path]:
@@ -110,6 +118,17 @@ class Summary:
     seed: int
     batch_size: int
     threads: int
+    #: flows by ``reason`` (codes.REASONS, docs/dataplane.md): every one that was not delivered or egress
+    by_reason: dict[str, int] = field(default_factory=dict)
+    #: NetworkPolicy figures (fastpath.stages.policy.PolicyTally.result); None without policies
+    policy: dict | None = None
+    #: connection tracking (fastpath.stages.conntrack; None when off: no ``ts``, or --no-conntrack):
+    #: new connections dropped by a full table, FDB floods, neighbour-table overflows, and per node
+    #: name {conntrack_peak, conntrack_max, conntrack_drops, fdb_floods, neigh_peak, neigh_overflows}
+    conntrack_drops: int | None = None
+    fdb_floods: int | None = None
+    neigh_overflows: int | None = None
+    nodes: dict | None = None
     table: pa.Table | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,11 +138,18 @@ class Summary:
         return d
 
     def render(self, console: Any = None) -> Any:
-        """Print the summary as rich tables (to ``console``, default stdout); returns the renderable."""
-        from rich.console import Console, Group
+        """Print the summary as rich tables (to ``console``, default stdout); returns the renderable.
+
+        The default console (:func:`fastpath.outputs.console`) is full width when stdout is
+        not a terminal, so piped names are never cut, and honours ``NO_COLOR``.
+        """
+        from rich.columns import Columns
+        from rich.console import Group
         from rich.table import Table
 
-        console = console or Console()
+        from .outputs import console as make_console
+
+        console = console or make_console()
         head = Table.grid(padding=(0, 2))
         head.add_column(style="bold")
         head.add_column()
@@ -131,33 +157,44 @@ class Summary:
         head.add_row("trace", self.trace)
         head.add_row("results", self.output or "(not written)")
         head.add_row("flows", f"{self.flows:,}")
+        head.add_row("balancer", f"{self.lb}, seed {self.seed}")
         head.add_row("throughput", f"{self.flows_per_s / 1e6:,.2f} M flows/s "
                                    f"({self.threads} threads, batches of {self.batch_size:,})")
         head.add_row("wall time", f"{self.wall_s:.2f} s (compile {self.compile_s:.2f} s)")
         head.add_row("cross-node", f"{self.cross_node_share:.1%} of forwarded flows routed to another node")
 
-        counts = Table(title="flows by verdict and path", title_justify="left")
-        for col in ("verdict", "flows", "share", "path", "flows ", "share "):
-            counts.add_column(col, justify="left" if col.strip() in ("verdict", "path") else "right")
         total = max(self.flows, 1)
-        rows_v, rows_p = list(self.by_verdict.items()), list(self.by_path.items())
-        for i in range(max(len(rows_v), len(rows_p))):
-            cells = []
-            for rows in (rows_v, rows_p):
-                if i < len(rows):
-                    name, n = rows[i]
-                    cells += [name, f"{n:,}", f"{n / total:.1%}"]
-                else:
-                    cells += ["", "", ""]
-            counts.add_row(*cells)
+        tables = []
+        reasons = {k: v for k, v in self.by_reason.items() if v}
+        for what, rows in (("verdict", self.by_verdict), ("path", self.by_path), ("reason", reasons)):
+            if not rows:
+                continue                                # no reason table when every flow got through
+            t = Table(title=f"flows by {what}", title_justify="left")
+            t.add_column(what, overflow="fold")
+            t.add_column("flows", justify="right")
+            t.add_column("share", justify="right")
+            for name, n in rows.items():
+                t.add_row(name, f"{n:,}", f"{n / total:.1%}")
+            tables.append(t)
+        counts = Columns(tables, padding=(0, 4))
 
-        top = Table(title=f"top {len(self.top_services)} services by flows", title_justify="left")
+        top = Table(title=f"top {len(self.top_services)} services by flows", title_justify="left",
+                    caption="backends: the port's Ready endpoints, plus any other endpoint that got flows "
+                            "(as fastpath.study counts them); imbalance: busiest backend / mean over them",
+                    caption_justify="left")
         for col, just in (("service", "left"), ("flows", "right"), ("share", "right"),
-                          ("backends", "right"), ("imbalance (max/mean)", "right")):
-            top.add_column(col, justify=just)
+                          ("backends (Ready + used)", "right"), ("imbalance (max/mean)", "right")):
+            top.add_column(col, justify=just, overflow="fold")
         for s in self.top_services:
             top.add_row(s.service, f"{s.flows:,}", f"{s.flows / total:.1%}", str(s.backends), f"{s.imbalance:.2f}")
         group = Group(head, counts, top)
+        if self.policy is not None:
+            from .stages.policy import render_policy_summary
+            group = Group(group, render_policy_summary(self.policy))
+        if self.nodes is not None:
+            from .stages.conntrack import render_nodes
+            group = Group(group, render_nodes(self.nodes, self.conntrack_drops, self.fdb_floods,
+                                              self.neigh_overflows or 0))
         console.print(group)
         return group
 
@@ -172,9 +209,10 @@ class _Tally:
 
     def __init__(self, n_services: int, n_pods: int) -> None:
         self.verdict = np.zeros(len(VERDICTS), np.int64)
+        self.reason = np.zeros(len(REASONS), np.int64)
         self.path = np.zeros(len(PATHS), np.int64)
         self.service = np.zeros(n_services + 1, np.int64)        # slot 0: no service
-        self.service_bytes = np.zeros(n_services + 1, np.float64)
+        self.service_bytes = np.zeros(n_services + 1, np.uint64)
         self.has_bytes = False
         self.pod_slots = n_pods + 1                                # slot 0: no pod
         self._pairs: list[tuple[np.ndarray, np.ndarray]] = []
@@ -184,21 +222,18 @@ class _Tally:
         self._dense = np.zeros(pairs, np.int64) if pairs <= _DENSE_PAIRS else None
 
     def add(self, r, flows) -> None:
-        for code in range(len(VERDICTS)):  # a few SIMD passes over uint8 beat bincount's cast to intp
-            self.verdict[code] += np.count_nonzero(r.verdict == code)
-        for code in range(len(PATHS)):
-            self.path[code] += np.count_nonzero(r.path == code)
-        slot = r.service.astype(np.int64) + 1
-        size = self.service.shape[0]
-        self.service += np.bincount(slot, minlength=size)
+        # one pass of the tally kernel (nogil: it runs on the writer thread beside the resolving)
         if flows.bytes is not None:
             self.has_bytes = True
-            self.service_bytes += np.bincount(slot, weights=flows.bytes, minlength=size)
-        keys = slot * self.pod_slots + (r.dst_pod + 1)
-        if self._dense is not None:
-            np.add.at(self._dense, keys, 1)
+        nbytes = read_only(flows.bytes) if flows.bytes is not None else NO_BYTES
+        dense = self._dense is not None
+        keys = _NO_KEYS if dense else np.empty(len(r), np.int64)
+        k = tally_batch(r.verdict, r.path, r.service, r.dst_pod, nbytes, self.verdict, self.path, self.service,
+                        self.service_bytes, self._dense if dense else _NO_KEYS, self.pod_slots, keys)
+        self.reason += np.bincount(r.reason, minlength=len(REASONS))[:len(REASONS)]
+        if dense:
             return
-        self._pairs.append(np.unique(keys, return_counts=True))
+        self._pairs.append(np.unique(keys[:k], return_counts=True))
         if len(self._pairs) >= _PAIR_MERGE_EVERY:
             self._pairs = [self._merged()]
 
@@ -213,7 +248,9 @@ class _Tally:
         uniq, inv = np.unique(keys, return_inverse=True)
         return uniq, np.bincount(inv, weights=counts).astype(np.int64)
 
-    def top_services(self, names: list[str], top: int) -> list[ServiceLoad]:
+    def top_services(self, names: list[str], top: int, ready: tuple | None = None) -> list[ServiceLoad]:
+        """The ``top`` busiest service ports. ``ready`` (see :func:`_ready_backends`): count a port's
+        Ready endpoints as backends even when idle (an idle one counts as a zero in the imbalance)."""
         keys, counts = self._merged()
         slot_of, pod_slot = np.divmod(keys, self.pod_slots)
         backend = pod_slot > 0
@@ -224,7 +261,14 @@ class _Tally:
             if self.service[s] == 0:
                 break
             per_backend = counts[slot_of == s]
-            imbalance = float(per_backend.max() / per_backend.mean()) if per_backend.size else 0.0
+            if ready is not None:                       # Ready endpoints that got nothing count as zeros
+                off, pods = ready
+                got = pod_slot[backend][slot_of == s] - 1
+                idle = np.setdiff1d(pods[off[s - 1]:off[s]], got).size
+                per_backend = np.concatenate([per_backend, np.zeros(idle, per_backend.dtype)])
+            # a service whose flows all stopped at the frontend has no backend load: no imbalance
+            mean = per_backend.mean() if per_backend.size else 0.0
+            imbalance = float(per_backend.max() / mean) if mean > 0 else 0.0
             out.append(ServiceLoad(names[s - 1], int(self.service[s]), int(per_backend.size), round(imbalance, 4),
                                    int(self.service_bytes[s]) if self.has_bytes else None))
         return out
@@ -274,6 +318,20 @@ class _ResultsWriter:
         self.tmp.unlink(missing_ok=True)
 
 
+def _ready_backends(dp) -> tuple[np.ndarray, np.ndarray]:
+    """Per service port, the pods of its Ready endpoints (CSR: offsets, pod indices).
+
+    The summary's "backends" is what :meth:`fastpath.study.BackendLoad.counted`
+    counts: Ready endpoints, plus any other endpoint that got flows.
+    """
+    smap = dp.services
+    pods = dp.tables.pod_by_ip.lookup(smap.ep_ip).astype(np.int64)
+    keep = smap.ep_ready.astype(bool) & (pods >= 0)
+    sp = np.repeat(np.arange(len(smap.names)), np.diff(smap.ep_off))
+    off = np.concatenate([[0], np.cumsum(np.bincount(sp[keep], minlength=len(smap.names)))]).astype(np.int64)
+    return off, pods[keep]
+
+
 def _progress(show: bool | None, total: int):
     """A rich progress bar on stderr when asked for and stderr is a terminal, else None."""
     if show is False:
@@ -283,7 +341,9 @@ def _progress(show: bool | None, total: int):
                                TimeRemainingColumn)
     from rich.text import Text
 
-    console = Console(stderr=True)
+    from .outputs import console as make_console
+
+    console = make_console(stderr=True)       # honours NO_COLOR
     if not console.is_terminal:
         return None
 
@@ -300,7 +360,8 @@ def _progress(show: bool | None, total: int):
 
 def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "random", seed: int = 0,
            batch_size: int = DEFAULT_BATCH_SIZE, threads: int | None = None, progress: bool | None = None,
-           return_table: bool = False, top: int = TOP_SERVICES, **service_opts: Any) -> Summary:
+           return_table: bool = False, top: int = TOP_SERVICES, pipelined: bool = True, on_batch=None,
+           **service_opts: Any) -> Summary:
     """Resolve every flow of a trace; write the results; return a :class:`Summary`.
 
     Parameters
@@ -313,13 +374,24 @@ def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "r
     trace
         A trace file or directory (see :func:`fastpath.traces.open_trace`).
     out
-        Results file: Parquet for ``.parquet``/``.pq``, else Arrow IPC. One row
-        per flow in input order, the columns of interfaces.md. Written whole or
-        not at all. ``None``: nothing written.
+        Results file, its format by extension: Arrow IPC for ``.arrow``/``.feather``,
+        Parquet for ``.parquet``/``.pq``; any other ending is a :class:`FastpathError`.
+        One row per flow in input order, the columns of ``docs/results.md``, and
+        schema metadata saying what made it (``fastpath.outputs.read_results_metadata``).
+        Written whole or not at all. ``None``: nothing written.
+    with_flows
+        (keyword, in ``service_opts``) Also write the input's flow columns (``src_ip``,
+        ``dst_ip``, ports, ``proto``, ``ts``, ``dst_name``, ``bytes``, ``packets`` as the
+        trace has them) after the result columns.
     lb, seed, **service_opts
         Passed to :func:`fastpath.cluster.compile.compile_cluster`.
     batch_size
         Flows per batch (default 65536: the batch's columns stay in cache).
+    on_batch
+        Called as ``on_batch(flows, results)`` for every batch, in trace order, with
+        the normalized :class:`~fastpath.traces.Flows` and the integer
+        :class:`~fastpath.pipeline.Results` (valid only during the call); what
+        :mod:`fastpath.report` tallies its figures with.
     threads
         Kernel threads (default: all cores); restored afterwards.
     progress
@@ -328,6 +400,10 @@ def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "r
         Also keep every result batch, as ``Summary.table`` (memory grows with the trace).
     top
         How many services the summary ranks.
+    pipelined
+        Read batch k+1 and write batch k-1 on two more threads while batch k is
+        resolved (see :mod:`fastpath._stream`); ``False``: one step after the
+        other on this thread. The results are the same either way.
 
     Raises
     ------
@@ -340,64 +416,114 @@ def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "r
     t0 = time.perf_counter()
     reader = open_trace(trace, batch_size)
     out_path = Path(out) if out is not None else None
-    if out_path is not None and out_path.exists() and any(
-            out_path.resolve() == f.resolve() for f in reader.files):
-        raise FastpathError(f"{out_path}: results would overwrite the trace being replayed")
+    if out_path is not None:
+        output_format(out_path, "results file")       # the format follows the extension; others are an error
+    with_flows = bool(service_opts.pop("with_flows", False))
+    from .stages.conntrack import ReplayConntrack, pop_replay_options
+    ct_opts = pop_replay_options(service_opts)   # conntrack, conntrack_max, interval, timeline
+    if out_path is not None:  # before any work: never an input, never a folder, a folder that exists
+        cluster_path = cluster if isinstance(cluster, (str, os.PathLike)) else (getattr(cluster, "source", "") or getattr(cluster, "source_name", "")
+                                                                               or None)
+        check_outputs([("results file", out_path)],
+                      [("trace", trace), *(("trace", f) for f in reader.files), ("cluster", cluster_path)])
+        check_free_space(out_path, reader.num_rows * RESULT_BYTES_PER_ROW[output_format(out_path)], "results file")
+    from ._warmup import FirstRun
+    first_run = FirstRun(progress).start()   # a cold numba cache: say what the wait is for (stderr)
     if hasattr(cluster, "resolve_flows"):
         dp = cluster
         dp.reset()
-        cluster_name = f"<{type(dp).__name__}>"
+        cluster_name = getattr(dp, "source_name", None) or f"<{type(dp).__name__}>"   # set by fastpath.cache
+        # fastpath.cache's plane: its load/compile (or cache fetch) just before counts as compile time, once
+        t0 -= float(vars(dp).pop("prepare_s", 0.0) or 0.0)
         lb, seed = getattr(dp, "lb", lb), getattr(dp, "seed", seed)
     else:
-        cluster_name = "<Cluster>" if isinstance(cluster, Cluster) else str(cluster)
-        dp = compile_cluster(cluster, lb=lb, seed=seed, **service_opts)
+        cluster_name = (cluster.source or "<Cluster>") if isinstance(cluster, Cluster) else str(cluster)
+        dp = first_run.during(compile_cluster, cluster, lb=lb, seed=seed, **service_opts)
+    ct = ReplayConntrack.start(dp, reader, ct_opts)   # None: no ts, or --no-conntrack
+    resolve = dp.resolve_flows if ct is None else ct.wrap(dp.resolve_flows)
     compile_s = time.perf_counter() - t0
 
     from .pipeline import RESULT_SCHEMA, Results
 
+    # the results carry where they came from; --with-flows puts the input's columns beside them
+    flow_cols = flow_fields_of_schema(reader.schema) if with_flows else []
+    out_schema = pa.schema(list(RESULT_SCHEMA) + flow_cols, metadata=results_metadata(
+        cluster=cluster_name, trace=str(trace), lb=lb, seed=seed, with_flows=with_flows,
+        options={"batch_size": reader.batch_size, **{k: v for k, v in service_opts.items()}}))
+
     before = get_threads()
     used = set_threads(threads)
     tally = _Tally(len(dp.services.names), len(dp.tables.pod_names))
+    from .stages.policy import policy_tally
+    ptally = policy_tally(dp)                # None without NetworkPolicies
     kept: list[pa.RecordBatch] = []
     writer = bar = None
     done = 0
     t1 = time.perf_counter()
     try:
-        writer = _ResultsWriter(out_path, RESULT_SCHEMA) if out_path is not None else None
+        writer = _ResultsWriter(out_path, out_schema) if out_path is not None else None
         bar = _progress(progress, reader.num_rows)
-        reuse = None if return_table else Results.empty(min(reader.batch_size, reader.num_rows))
-        batches = iter(reader)
-        first = next(batches, None)
-        if first is not None and first.n:
+        warm_s = [0.0]
+
+        def warm(first) -> None:
             # JIT-compile (or load from cache) the kernels for these column types on a few rows,
             # then forget the balancer state they left: compiling is not counted as streaming.
-            tc = time.perf_counter()
-            dp.resolve_flows(first.slice(0, 16))
-            dp.reset()
-            compile_s += time.perf_counter() - tc
-        t1 = time.perf_counter()
-        if bar is not None:
-            bar.start()
-            task = bar.add_task("replay", total=reader.num_rows)
-        for flows in itertools.chain([first] if first is not None else [], batches):
-            r = dp.resolve_flows(flows, out=reuse if reuse is not None and flows.n == len(reuse) else None)
+            if first.n:
+                tc = time.perf_counter()
+                few = first.slice(0, 16)
+                r_few = dp.resolve_flows(few)
+                _Tally(len(dp.services.names), 1).add(r_few, few)   # compiles the tally kernel (keys past its size: skipped)
+                if ct is not None:
+                    ct.warm(few, r_few)
+                dp.reset()
+                warm_s[0] = time.perf_counter() - tc
+            first_run.stop()                     # kernels compiled: the notice goes, the progress bar starts
+
+        def finish(r, flows) -> None:
+            # on the writer thread when pipelined: sum up, encode, write
             tally.add(r, flows)
+            if ptally is not None:
+                ptally.add(r)
+            if on_batch is not None:
+                on_batch(flows, r)
             if writer is not None or return_table:
                 batch = dp.to_arrow(r)
+                if flow_cols:
+                    batch = pa.RecordBatch.from_arrays(batch.columns + flow_arrays(flows, flow_cols),
+                                                       schema=out_schema)
                 if writer is not None:
                     writer.write(batch)
                 if return_table:
                     kept.append(batch)
-            done += flows.n
-            if bar is not None:
-                bar.update(task, completed=done)
+
+        def resolved(n: int) -> None:
+            if not bar.task_ids:                 # started after the first batch: after any compile notice
+                bar.start()
+                bar.add_task("replay", total=reader.num_rows)
+            bar.update(bar.task_ids[0], completed=n)
+
+        t1 = time.perf_counter()
+        done = stream(reader, lambda flows, out: resolve(flows, out=out), finish,
+                      buffers=None if return_table else Results.empty, size=min(reader.batch_size, reader.num_rows),
+                      pipelined=pipelined, first=warm, resolved=resolved if bar is not None else None)
+        compile_s += warm_s[0]
+        t1 += warm_s[0]
+        if ct is not None:
+            ct.finish()                          # the last interval; the timeline file
         if writer is not None:
             writer.commit()
-    except BaseException:
+    except OSError as e:  # a full disk, a vanished folder: name the user's path, not the temporary file
+        if writer is not None:
+            writer.abort()
+        if out_path is None:
+            raise
+        raise write_error(out_path, "results file", e) from None
+    except BaseException:  # bad input, a signal (Interrupted), KeyboardInterrupt: no partial file
         if writer is not None:
             writer.abort()
         raise
     finally:
+        first_run.stop(ok=False)
         if bar is not None:
             bar.stop()
         set_threads(before)
@@ -405,14 +531,17 @@ def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "r
 
     by_verdict = {name: int(n) for name, n in zip(VERDICTS, tally.verdict)}
     by_path = {name: int(n) for name, n in zip(PATHS, tally.path)}
+    by_reason = {name: int(n) for name, n in zip(REASONS[1:], tally.reason[1:])}
     forwarded = by_path["routed"] + by_path["bridge"]
     return Summary(
         cluster=cluster_name, trace=str(trace), output=str(out_path) if out_path is not None else None,
-        flows=done, by_verdict=by_verdict, by_path=by_path,
-        top_services=tally.top_services(list(dp.services.names), top),
+        flows=done, by_verdict=by_verdict, by_path=by_path, by_reason=by_reason,
+        top_services=tally.top_services(list(dp.services.names), top, _ready_backends(dp)),
         cross_node_share=round(by_path["routed"] / forwarded, 6) if forwarded else 0.0,
         wall_s=round(t2 - t0, 6), compile_s=round(compile_s, 6),
         flows_per_s=round(done / (t2 - t1), 1) if t2 > t1 else 0.0,
         lb=lb, seed=seed, batch_size=reader.batch_size, threads=used,
-        table=pa.Table.from_batches(kept, schema=RESULT_SCHEMA) if return_table else None,
+        policy=ptally.result() if ptally is not None else None,
+        **(ct.summary_fields() if ct is not None else {}),
+        table=pa.Table.from_batches(kept, schema=out_schema) if return_table else None,
     )

@@ -15,6 +15,8 @@ flows change backend when an endpoint goes away (why Maglev exists).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import ipaddress
 from dataclasses import dataclass
 from typing import Iterable
@@ -44,26 +46,55 @@ class BackendLoad:
     flows: np.ndarray         #: int64 flows sent there
     bytes: np.ndarray | None  #: float64 bytes sent there (when weights were given)
     unmatched: int            #: flows with a service whose destination is none of its endpoints
+    ready: np.ndarray | None = None   #: bool, the endpoint is Ready (None: treat all as Ready)
+    pod: list[str | None] | None = None  #: pod (``namespace/name``) behind each row, None where not a pod
+
+    def __repr__(self) -> str:
+        ports = int(np.unique(self.sp).size) if self.sp.size else 0
+        extra = f", {float(self.bytes.sum()):,.0f} bytes" if self.bytes is not None else ""
+        return (f"BackendLoad({ports:,} service ports, {self.sp.shape[0]:,} backends, "
+                f"{int(self.flows.sum()):,} flows{extra}, {self.unmatched:,} unmatched)")
+
+    def counted(self) -> np.ndarray:
+        """Rows that count as a service's backends: Ready endpoints, and any other that got flows.
+
+        The one meaning of "backends" in fastpath: the replay summary's ``backends``
+        column and :meth:`imbalance` both count these rows.
+        """
+        ready = np.ones(self.sp.shape[0], bool) if self.ready is None else self.ready
+        return ready | (self.flows > 0)
 
     def to_arrow(self) -> pa.Table:
-        """The rows as a table: service, backend (``IP:port``), flows[, bytes]."""
+        """The rows as a table: service, backend (``IP:port``), pod, ready, flows[, bytes]."""
         from .addr import ips_to_strings
 
         backend = pc.binary_join_element_wise(ips_to_strings(self.ip), pa.array(self.port.astype(str)), ":")
         cols = {"service": pa.DictionaryArray.from_arrays(pa.array(self.sp, pa.int32()), pa.array(self.names)),
-                "backend": backend, "flows": pa.array(self.flows)}
+                "backend": backend}
+        if self.pod is not None:
+            cols["pod"] = pa.array(self.pod, pa.string())
+        if self.ready is not None:
+            cols["ready"] = pa.array(self.ready)
+        cols["flows"] = pa.array(self.flows)
         if self.bytes is not None:
             cols["bytes"] = pa.array(self.bytes)
         return pa.table(cols)
 
     def imbalance(self, by: str = "flows") -> pa.Table:
-        """Per service port with load: backends, total, max/mean and coefficient of variation."""
+        """Per service port with load: backends, total, max/mean and coefficient of variation.
+
+        ``backends`` counts the port's Ready endpoints plus any other endpoint that
+        got flows (:meth:`counted`, the replay summary's meaning); max/mean and CV
+        are over those, so an idle Ready backend counts as a zero.
+        """
         load = self.flows.astype(np.float64) if by == "flows" else self.bytes
         if load is None:
             raise FastpathError(f"imbalance by {by!r}: the load was computed without weights")
         rows = {"service": [], "backends": [], "total": [], "max_over_mean": [], "cv": []}
-        bounds = np.flatnonzero(np.diff(self.sp)) + 1
-        for seg in np.split(np.arange(self.sp.shape[0]), bounds):
+        keep = np.flatnonzero(self.counted())
+        sp = self.sp[keep]
+        bounds = np.flatnonzero(np.diff(sp)) + 1
+        for seg in np.split(keep, bounds):
             if seg.size == 0 or load[seg].sum() == 0:
                 continue
             mom, cv = imbalance(load[seg])
@@ -123,8 +154,9 @@ def _results_columns(results, smap: ServiceMap) -> tuple[np.ndarray, np.ndarray,
             sp = np.asarray(idx.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int32)
         else:
             sp = np.asarray(svc.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int32)
-        ip = np.asarray(results.column("dnat_ip").to_numpy(zero_copy_only=False), dtype=np.uint32)
-        port = np.asarray(results.column("dnat_port").to_numpy(zero_copy_only=False), dtype=np.uint16)
+        # null dnat (an unresolved flow: no answer) is no backend; it has no service either
+        ip = np.asarray(results.column("dnat_ip").fill_null(0).to_numpy(zero_copy_only=False), dtype=np.uint32)
+        port = np.asarray(results.column("dnat_port").fill_null(0).to_numpy(zero_copy_only=False), dtype=np.uint16)
         return sp, ip, port
 
     def get(name):
@@ -174,8 +206,9 @@ def backend_load(results, smap: ServiceMap, weights: np.ndarray | None = None) -
         total_bytes = np.bincount(ep[hit], weights=w[hit], minlength=n_ep)
     ep_sp = np.repeat(np.arange(len(smap.names), dtype=np.int32), np.diff(smap.ep_off))
     unmatched = int(np.count_nonzero((sp >= 0) & ~hit & _dnat_changed(sp, ip, port, smap)))
+    pod = [smap.pod_names[int(i)] if i >= 0 else None for i in smap.ep_pod.tolist()]
     return BackendLoad(list(smap.names), ep_sp, smap.ep_ip.copy(), smap.ep_port.copy(), flows, total_bytes,
-                       unmatched)
+                       unmatched, smap.ep_ready.astype(bool), pod)
 
 
 def _dnat_changed(sp, ip, port, smap: ServiceMap) -> np.ndarray:
@@ -195,17 +228,37 @@ def _address(value) -> int:
         raise FastpathError(f"churn: remove={value!r} is not an IPv4 endpoint address") from None
 
 
+def _addresses(cluster: Cluster, remove: Iterable) -> set[int]:
+    """Endpoint addresses to remove: IPs (text or integer) or pods named ``namespace/name``."""
+    pods: dict | None = None
+    out = set()
+    for r in remove:
+        if isinstance(r, str) and "/" in r:
+            pods = pods if pods is not None else {p.key: p for p in cluster.pods}
+            pod = pods.get(r)
+            if pod is None or pod.ip is None:
+                raise FastpathError(f"churn: remove={r!r}: " + ("no such pod" if pod is None else "the pod has no IP"))
+            out.add(pod.ip)
+        else:
+            out.add(_address(r))
+    return out
+
+
 def without_endpoints(cluster: Cluster, remove: Iterable) -> Cluster:
-    """``cluster`` with every endpoint whose address is in ``remove`` taken out of its slices."""
+    """``cluster`` with every endpoint whose address is in ``remove`` taken out of its slices.
+
+    ``remove`` holds addresses (text or integer) or pods (``namespace/name``).
+    """
     from .cluster.endpoints import endpoints_for
 
-    gone = {_address(r) for r in remove}
+    gone = _addresses(cluster, remove)
     slices = []
     for sl in endpoints_for(cluster):
         eps = tuple(e for e in sl.endpoints if not (e.addresses and e.addresses[0] in gone))
         slices.append(sl if len(eps) == len(sl.endpoints) else
                       EndpointSlice(sl.namespace, sl.name, sl.service, sl.ports, eps))
-    return Cluster(cluster.nodes, cluster.pods, cluster.services, slices, list(cluster.warnings), cluster.domain)
+    # replace() keeps every other field (namespaces, missing nodes, masquerade, policies, ...)
+    return dataclasses.replace(cluster, slices=slices, warnings=list(cluster.warnings))
 
 
 def _flow_columns(flows) -> dict:
@@ -214,7 +267,11 @@ def _flow_columns(flows) -> dict:
     out = {}
     for name, dt in zip(names, dtypes):
         if isinstance(flows, (pa.Table, pa.RecordBatch)):
-            v = flows.column(name).to_numpy(zero_copy_only=False) if name in flows.column_names else None
+            col = flows.column(name) if name in flows.column_names else None
+            if col is not None and pa.types.is_timestamp(col.type):
+                col = col.cast(pa.int64())
+            # a null dst_ip (a row given by dst_name) is no address: 0, which no frontend has
+            v = col.fill_null(0).to_numpy(zero_copy_only=False) if col is not None else None
         elif isinstance(flows, dict):
             v = flows.get(name)
         else:
@@ -242,8 +299,8 @@ def client_nodes(cluster: Cluster, src_ip: np.ndarray) -> np.ndarray:
     return table.lookup(np.asarray(src_ip, dtype=np.uint64)).astype(np.int32)
 
 
-def _backends(smap: ServiceMap, cols: dict, src_node: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(backend key ip << 16 | port, chosen) per flow after one fresh stage."""
+def _backends(smap: ServiceMap, cols: dict, src_node: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(backend key ip << 16 | port, chosen, service-port id) per flow after one fresh stage."""
     n = cols["src_ip"].shape[0]
     verdict = np.full(n, PENDING, np.uint8)
     service = np.full(n, -1, np.int32)
@@ -252,7 +309,7 @@ def _backends(smap: ServiceMap, cols: dict, src_node: np.ndarray) -> tuple[np.nd
                            cols["ts"], np.full(n, -1, np.int32), src_node.copy(), verdict, service, dip, dport,
                            cols["src_ip"].copy())
     chosen = (service >= 0) & (verdict == PENDING)
-    return (dip.astype(np.uint64) << np.uint64(16)) | dport.astype(np.uint64), chosen
+    return (dip.astype(np.uint64) << np.uint64(16)) | dport.astype(np.uint64), chosen, service
 
 
 def churn(cluster: Cluster, flows, remove, lb: str | Iterable[str] = BALANCERS, *, seed: int = 0,
@@ -290,11 +347,65 @@ def churn(cluster: Cluster, flows, remove, lb: str | Iterable[str] = BALANCERS, 
     out: dict[str, float] = {}
     for name in lbs:
         kw = dict(lb=name, seed=seed, maglev_size=maglev_size, conn_duration=conn_duration)
-        b0, ok0 = _backends(compile_services(cluster, **kw), cols, src_node)
-        b1, ok1 = _backends(compile_services(after_cluster, **kw), cols, src_node)
+        b0, ok0, _ = _backends(compile_services(cluster, **kw), cols, src_node)
+        b1, ok1, _ = _backends(compile_services(after_cluster, **kw), cols, src_node)
         both = ok0 & ok1
         out[name] = float((b0[both] != b1[both]).mean()) if both.any() else float("nan")
     return out
+
+
+def churn_by_service(cluster: Cluster, flows, remove, lb: str | Iterable[str] = BALANCERS, *, seed: int = 0,
+                     maglev_size: int = 16381, conn_duration: float = 30.0) -> pa.Table:
+    """:func:`churn` per service port: which services moved flows, and which pods left them.
+
+    Same arguments as :func:`churn` (``remove`` may name pods, ``namespace/name``).
+
+    Returns
+    -------
+    pyarrow.Table
+        One row per balancer and service port that had flows with a backend both
+        before and after: ``lb``, ``service``, ``flows`` (those flows), ``moved``,
+        ``share`` (moved / flows), ``backends_before``, ``backends_after`` (Ready
+        endpoints) and ``removed`` (the pods taken out of that service, by name).
+    """
+    if isinstance(remove, (str, int, np.integer)):
+        remove = [remove]
+    remove = list(remove)
+    lbs = [lb] if isinstance(lb, str) else list(lb)
+    cols = _flow_columns(flows)
+    src_node = client_nodes(cluster, cols["src_ip"])
+    gone = _addresses(cluster, remove)
+    after_cluster = without_endpoints(cluster, remove)
+    rows: dict[str, list] = {k: [] for k in ("lb", "service", "flows", "moved", "share", "backends_before",
+                                             "backends_after", "removed")}
+    for name in lbs:
+        kw = dict(lb=name, seed=seed, maglev_size=maglev_size, conn_duration=conn_duration)
+        before, after = compile_services(cluster, **kw), compile_services(after_cluster, **kw)
+        b0, ok0, sp = _backends(before, cols, src_node)
+        b1, ok1, _ = _backends(after, cols, src_node)
+        both = ok0 & ok1
+        n_sp = len(before.names)
+        total = np.bincount(sp[both], minlength=n_sp)
+        moved = np.bincount(sp[both & (b0 != b1)], minlength=n_sp)
+        for s in np.flatnonzero(total):
+            lo, hi = int(before.ep_off[s]), int(before.ep_off[s + 1])
+            left = [before.pod_names[int(before.ep_pod[e])] if before.ep_pod[e] >= 0 else before.backend_text(e)
+                    for e in range(lo, hi) if int(before.ep_ip[e]) in gone]
+            a_lo, a_hi = int(after.ep_off[s]), int(after.ep_off[s + 1])
+            rows["lb"].append(name)
+            rows["service"].append(before.names[s])
+            rows["flows"].append(int(total[s]))
+            rows["moved"].append(int(moved[s]))
+            rows["share"].append(float(moved[s] / total[s]))
+            rows["backends_before"].append(int(before.ep_ready[lo:hi].sum()))
+            rows["backends_after"].append(int(after.ep_ready[a_lo:a_hi].sum()))
+            rows["removed"].append(", ".join(left))
+    return pa.table({"lb": pa.array(rows["lb"], pa.string()), "service": pa.array(rows["service"], pa.string()),
+                     "flows": pa.array(rows["flows"], pa.int64()), "moved": pa.array(rows["moved"], pa.int64()),
+                     "share": pa.array(rows["share"], pa.float64()),
+                     "backends_before": pa.array(rows["backends_before"], pa.int64()),
+                     "backends_after": pa.array(rows["backends_after"], pa.int64()),
+                     "removed": pa.array(rows["removed"], pa.string())})
 
 
 # --------------------------------------------------------------------------- plots

@@ -34,3 +34,16 @@ def routeviews_v4_path() -> Path:
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return DATA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_dir(tmp_path_factory):
+    """Every test's compiled-table cache (``fastpath.cache``) lives in a temporary folder, never
+    ``~/.cache/fastpath``; CLI subprocesses inherit it."""
+    old = os.environ.get("FASTPATH_CACHE_DIR")
+    os.environ["FASTPATH_CACHE_DIR"] = str(tmp_path_factory.mktemp("fastpath-cache"))
+    yield
+    if old is None:
+        os.environ.pop("FASTPATH_CACHE_DIR", None)
+    else:
+        os.environ["FASTPATH_CACHE_DIR"] = old

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from fastpath.addr import (
     cidr_contains,
+    cidrs_from_strings,
     cni_mac,
     format_cidr,
     int_to_ip,
@@ -226,3 +227,39 @@ def test_cni_mac_vectorized_matches_scalar():
         "0a:58:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(int(v)).packed)
         for v in values[:50]]
     np.testing.assert_array_equal(got, [cni_mac(int(v)) for v in values])
+
+
+# --------------------------------------------------------------------------- CIDR columns
+
+def _one(parse, text):
+    try:
+        return parse(text)
+    except FastpathError as e:
+        return str(e)
+
+
+CIDR_EDGES = ["10.0.0.0/8", " 10.0.0.0/8 ", "10.0.0.1/8", "10.0.0.0", "010.0.0.0/8", "10.0.0.0/33",
+              "10.0.0.0/08", "1.2.3.4/", "a", "", "1.2.3.4/0008", "0.0.0.0/0", "255.255.255.255/32",
+              "1.2.3.4//3", "1.2.3/24", "1.2.3.4.5/32", "1.2.3.4/3x", "256.0.0.0/8", "1.2.3.4/-1", None]
+
+
+@pytest.mark.parametrize("text", CIDR_EDGES)
+def test_cidrs_from_strings_answers_and_errors_as_parse_cidr(text):
+    want = _one(parse_cidr, text)
+    got = _one(lambda t: tuple(int(a[0]) for a in cidrs_from_strings([t])), text)
+    assert got == want
+
+
+@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 32), st.booleans()), max_size=40))
+def test_cidrs_from_strings_matches_ipaddress_on_random_prefixes(rows):
+    texts = [f"{ipaddress.IPv4Address(v & prefix_mask(n))}" + (f"/{n}" if (n != 32 or slash) else "")
+             for v, n, slash in rows]
+    net, length = cidrs_from_strings(texts)
+    want = [ipaddress.IPv4Network(t) for t in texts]
+    assert net.tolist() == [int(w.network_address) for w in want]
+    assert length.tolist() == [w.prefixlen for w in want]
+
+
+def test_cidrs_from_strings_names_the_first_bad_row():
+    with pytest.raises(FastpathError, match="'10.0.0.1/8': host bits set"):
+        cidrs_from_strings(["10.0.0.0/8", "10.0.0.1/8", "x"])

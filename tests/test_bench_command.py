@@ -8,3 +8,5 @@ def test_bench_quick_prints_every_workload(capsys, monkeypatch, tmp_path):
     out = capsys.readouterr().out
     for workload in ("LPM cluster /24 per node", "LPM Calico", "pipeline pod-to-pod", "synth + load + compile"):
         assert workload in out, workload
+    for peer in ("peer: numpy.searchsorted", "peer: pytricia", "M lookups/s", "M flows/s", "busy"):
+        assert peer in out, peer                     # peer rows, units, and why 2 threads can be slower

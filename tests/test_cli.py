@@ -31,7 +31,7 @@ NODES, PODS_PER_NODE, SERVICES, FLOWS = 6, 8, 10, 3000
 #: Columns every synthetic trace carries.
 TRACE_COLUMNS = {"src_ip", "dst_ip", "src_port", "dst_port", "proto", "ts", "dst_name", "bytes", "packets"}
 #: Columns of a results file (interfaces.md "Results out"), in order.
-RESULT_COLUMNS = ["verdict", "path", "src_node", "dst_node", "src_pod", "dst_pod", "service",
+RESULT_COLUMNS = ["verdict", "reason", "path", "src_node", "dst_node", "src_pod", "dst_pod", "service",
                   "dnat_ip", "dnat_port", "snat_ip", "hops"]
 
 
@@ -182,7 +182,7 @@ def test_replay_bundled_sample(capsys, tmp_path):
     out, sj = tmp_path / "results.arrow", tmp_path / "summary.json"
     rc, stdout, err = cli(capsys, "replay", "-o", out, "--summary-json", sj)
     assert rc == 0, err
-    assert "flows by verdict and path" in stdout      # the summary table
+    assert "flows by verdict" in stdout and "flows by path" in stdout     # the summary tables
     cluster, trace = sample_paths()
     with pa.memory_map(str(trace)) as src:
         trace_rows = pa.ipc.open_file(src).read_all().num_rows
@@ -330,7 +330,8 @@ def resolve_one(dp, src_ip: int, dst: str | int, dport: int, proto: int, sport: 
 
 def result_text(row: dict) -> str:
     text = f"{row['verdict']}, path {row['path']}, hops {row['hops']}"
-    return text + (f", service {row['service']}" if row["service"] else "")
+    text += f", service {row['service']}" if row["service"] else ""
+    return text + (f", reason {row['reason']}" if row.get("reason") else "")
 
 
 def stages(output: str) -> list[str]:
@@ -407,7 +408,7 @@ def test_explain_unknown_name_is_unresolved(capsys, sample):
                        "--dport", 80)
     assert rc == 0, err
     assert stages(out) == ["source", "dns", "result"]
-    assert result_line(out) == "unresolved, path none, hops 0"
+    assert result_line(out) == "unresolved, path none, hops 0, reason no-dns-answer"
 
 
 @pytest.mark.parametrize("flag, value", [("--src", "shop/no-such-pod"), ("--src", "10.244.0.300"),

@@ -19,7 +19,8 @@ from fastpath.cluster.compile import ForwardingTables, compile_forwarding, fdb_k
 from fastpath.cluster.load import load_cluster
 from fastpath.cluster.model import Cluster, Node
 from fastpath.tables.exact import EMPTY, ExactTable, pack2_np, pack3_np
-from naive.pipeline import NaiveNetwork, ip, random_cluster
+from fastpath.cluster.hostside import NH_NO_MASQUERADE, NH_NODE_NOT_IN_INPUT
+from naive.pipeline import HOST_PROCESS, NaiveNetwork, ip, random_cluster
 from naive.pipeline import make_pod as _pod
 
 TCP, UDP, SCTP = 6, 17, 132
@@ -35,19 +36,24 @@ def contents(table: ExactTable) -> dict[int, int]:
 
 
 def bridged(cluster: Cluster) -> list[int]:
-    """Pods on a node's bridge: an IP, a node, not hostNetwork."""
-    return [i for i, p in enumerate(cluster.pods) if p.ip is not None and p.node is not None and not p.host_network]
+    """Pods on a node's bridge: an IP, a node of the input, not hostNetwork, not a node's address."""
+    names = {n.name for n in cluster.nodes}
+    node_ips = {a for n in cluster.nodes for a in (n.internal_ip, n.external_ip) if a is not None}
+    return [i for i, p in enumerate(cluster.pods)
+            if p.ip is not None and p.node in names and not p.host_network and p.ip not in node_ips]
 
 
 def check_tables(cluster: Cluster, t: ForwardingTables) -> None:
     node_index = {n.name: i for i, n in enumerate(cluster.nodes)}
+    pod_index = {p.key: i for i, p in enumerate(cluster.pods)}
     on_bridge = bridged(cluster)
+    nw = NaiveNetwork(cluster)
 
     assert t.node_names == [n.name for n in cluster.nodes]
     assert t.pod_names == [f"{p.namespace}/{p.name}" for p in cluster.pods]
     assert t.node_ip.tolist() == [n.internal_ip or 0 for n in cluster.nodes]
     assert t.pod_ip.tolist() == [p.ip or 0 for p in cluster.pods]
-    assert t.pod_node.tolist() == [node_index[p.node] if p.node else -1 for p in cluster.pods]
+    assert t.pod_node.tolist() == [node_index.get(p.node, -1) if p.node else -1 for p in cluster.pods]
     assert [t.ns_names[k] for k in t.pod_ns] == [p.namespace for p in cluster.pods]
 
     # node by IP: every InternalIP and ExternalIP
@@ -83,13 +89,12 @@ def check_tables(cluster: Cluster, t: ForwardingTables) -> None:
     for node, pairs in veths.items():
         assert [v for _, v in sorted(pairs)] == list(range(1, len(pairs) + 1)), node
 
-    # listening ports: every declared (pod, proto, port); hostNetwork ones per node, first pod wins
-    want_listen, want_host = set(), {}
-    for i, p in enumerate(cluster.pods):
-        for cp in p.ports:
-            want_listen.add(int(pack3_np(i, cp.proto, cp.port)))
-            if p.host_network and p.node is not None:
-                want_host.setdefault(int(pack3_np(node_index[p.node], cp.proto, cp.port)), i)
+    # listening ports: every declared (pod, proto, port), and every one an EndpointSlice lists a
+    # serving endpoint under; hostNetwork ones (and slices' node addresses) per node, first pod wins
+    want_listen = {int(pack3_np(i, cp.proto, cp.port)) for i, p in enumerate(cluster.pods) for cp in p.ports}
+    want_listen |= {int(pack3_np(pod_index[k], pr, po)) for k, pr, po in nw.served}
+    want_host = {int(pack3_np(node_index[n], pr, po)): -2 if who == HOST_PROCESS else pod_index[who]
+                 for (n, pr, po), who in nw.host_listeners.items()}
     got_listen = {int(pack3_np(i, int(e) >> 16, int(e) & 0xFFFF)) for i in range(len(cluster.pods))
                   for e in t.ports_of(i)}
     assert got_listen == want_listen
@@ -98,9 +103,10 @@ def check_tables(cluster: Cluster, t: ForwardingTables) -> None:
     for i in range(len(cluster.pods)):
         assert list(t.ports_of(i)) == sorted(t.ports_of(i))
         assert int(rec[i, 0]) == (int(t.pod_node[i]) & 0xFFFFFFFF)
-        declared = sorted({(cp.proto << 16) | cp.port for cp in cluster.pods[i].ports})
-        assert list(t.ports_of(i)) == declared
-        assert t.more_off[i + 1] - t.more_off[i] == max(0, len(declared) - 3)
+        listens = sorted({(cp.proto << 16) | cp.port for cp in cluster.pods[i].ports}
+                         | {(pr << 16) | po for k, pr, po in nw.served if k == cluster.pods[i].key})
+        assert list(t.ports_of(i)) == listens
+        assert t.more_off[i + 1] - t.more_off[i] == max(0, len(listens) - 3)
 
     # the join the forwarding kernel reads: (node, IP) -> MAC -> FDB port -> pod is pod by IP on that node
     for i in on_bridge:
@@ -117,8 +123,10 @@ def check_tables(cluster: Cluster, t: ForwardingTables) -> None:
     # route table: pod CIDRs and Calico routes, next hop = node index
     net, length, hop = t.routes.prefixes()
     got_routes = set(zip(net.tolist(), length.tolist(), hop.tolist()))
-    want_routes = {(int(r.network_address), r.prefixlen, node_index[n]) for r, n in NaiveNetwork(cluster).routes}
-    assert got_routes == want_routes
+    want_routes = {(int(r.network_address), r.prefixlen, node_index[n]) for r, n in nw.routes}
+    want_routes |= {(a, 32, NH_NODE_NOT_IN_INPUT) for a in nw.orphans}         # pods on nodes not in the input
+    assert {r for r in got_routes if r[2] != NH_NO_MASQUERADE} == want_routes
+    assert not any(r[2] == NH_NO_MASQUERADE for r in got_routes) or nw.no_masquerade
 
 
 # --------------------------------------------------------------------------- by hand

@@ -22,7 +22,7 @@ from fastpath.explain import Explanation, explain
 from fastpath.replay import sample_paths
 
 #: Stages in the order a flow meets them (each may repeat, e.g. several ``service`` lines).
-STAGE_ORDER = ["source", "dns", "loopback", "drop", "service", "route", "forward", "neighbour", "fdb",
+STAGE_ORDER = ["source", "dns", "loopback", "drop", "portmap", "service", "route", "forward", "neighbour", "fdb",
                "listen", "snat"]
 #: Rows of the sample trace the flows are drawn from.
 WINDOW = 40_000
@@ -110,6 +110,8 @@ def test_render_ends_with_the_result(plane, drawn):
         want = f"{row['verdict']}, path {row['path']}, hops {row['hops']}"
         if row["service"]:
             want += f", service {row['service']}"
+        if row["reason"]:
+            want += f", reason {row['reason']}"
         assert lines[-1].split(None, 1) == ["result", want], text
         assert len(lines) == len(explain_flow(plane, f).steps) + 2
 

@@ -85,10 +85,16 @@ def check(cluster: Cluster, flows: list[dict], lb: str = "random", seed: int = 0
 
 def row(verdict: str, path: str, src_node=None, dst_node=None, src_pod=None, dst_pod=None, *,
         flow: dict, hops: int, snat_ip: int | None = None, service: str | None = None,
-        dnat: tuple[int, int] | None = None) -> dict:
-    """An expected result row (without ``dnat``, the input destination; without ``snat_ip``, the source)."""
+        dnat: tuple[int, int] | None = None, reason: str | None = None) -> dict:
+    """An expected result row (without ``dnat``, the input destination; without ``snat_ip``, the source).
+
+    ``reason`` must be given for ``dropped`` and ``rejected``; ``refused`` is ``no-listener``.
+    """
     dnat_ip, dnat_port = (flow["dst_ip"], flow["dst_port"]) if dnat is None else dnat
-    return {"verdict": verdict, "path": path, "src_node": src_node, "dst_node": dst_node,
+    if reason is None:
+        assert verdict not in ("dropped", "rejected"), "say why the flow is dropped or rejected"
+        reason = {"refused": "no-listener", "unresolved": "no-dns-answer"}.get(verdict)
+    return {"verdict": verdict, "reason": reason, "path": path, "src_node": src_node, "dst_node": dst_node,
             "src_pod": src_pod, "dst_pod": dst_pod, "service": service,
             "dnat_ip": dnat_ip, "dnat_port": dnat_port,
             "snat_ip": flow["src_ip"] if snat_ip is None else snat_ip, "hops": hops}
@@ -131,14 +137,14 @@ CLIENT = "198.51.100.7"
 
 def _expect(f: dict, verdict: str, path: str, src_node=None, dst_node=None, src_pod=None, dst_pod=None,
             hops: int = 0, snat: str | None = None, service: str | None = None,
-            dnat: str | None = None) -> tuple[dict, dict]:
+            dnat: str | None = None, reason: str | None = None) -> tuple[dict, dict]:
     """A flow and its expected row; ``dnat`` as ``"ip:port"``."""
     to = None
     if dnat is not None:
         addr, port = dnat.split(":")
         to = (ip(addr), int(port))
     return f, row(verdict, path, src_node, dst_node, src_pod, dst_pod, flow=f, hops=hops,
-                  snat_ip=None if snat is None else ip(snat), service=service, dnat=to)
+                  snat_ip=None if snat is None else ip(snat), service=service, dnat=to, reason=reason)
 
 
 HAND_CASES = {
@@ -153,7 +159,7 @@ HAND_CASES = {
         "delivered", "loopback", A, A, None, KA),
     "host to own IP, nothing listens": _expect(flow(HOST_A, HOST_A, 9999), "refused", "loopback", A, A),
     "host to its ExternalIP": _expect(flow(HOST_A, EXT_A, 10250), "delivered", "loopback", A, A, None, KA),
-    "outside to localhost: martian": _expect(flow(CLIENT, "127.0.0.1", 80), "dropped", "none"),
+    "outside to localhost: martian": _expect(flow(CLIENT, "127.0.0.1", 80), "dropped", "none", reason="martian"),
     # §5 pod to pod
     "same node, second CIDR, sctp": _expect(flow("10.244.0.5", "10.245.0.7", 9000, SCTP),
         "delivered", "bridge", A, A, A1, A2, 3),
@@ -161,10 +167,12 @@ HAND_CASES = {
         "refused", "bridge", A, A, A1, A2, 3),
     "other node": _expect(flow("10.244.0.5", "10.244.1.7", 8080), "delivered", "routed", A, B, A1, B1, 6),
     "pod CIDR address without a pod": _expect(flow("10.244.0.5", "10.244.1.200", 8080),
-        "dropped", "none", A, B, A1, None, 4),
-    "IP of a pod with no node": _expect(flow("10.244.0.5", "10.244.0.99", 8080), "dropped", "none", A, A, A1, None, 2),
+        "dropped", "none", A, B, A1, None, 4, reason="no-such-pod"),
+    "IP of a pod with no node": _expect(flow("10.244.0.5", "10.244.0.99", 8080), "dropped", "none", A, A, A1, None, 2,
+                                       reason="no-such-pod"),
     "Calico block route": _expect(flow("10.244.0.5", "172.16.0.5", 8080), "delivered", "routed", A, B, A1, C1, 6),
-    "Calico block, no pod": _expect(flow("10.244.0.5", "172.16.0.60", 8080), "dropped", "none", A, B, A1, None, 4),
+    "Calico block, no pod": _expect(flow("10.244.0.5", "172.16.0.60", 8080), "dropped", "none", A, B, A1, None, 4,
+                                     reason="no-such-pod"),
     "shared block, host route": _expect(flow("10.244.0.5", "172.16.1.5", 80), "delivered", "bridge", A, A, A1, C2, 3),
     "shared block, no host route: egress": _expect(flow("10.244.0.5", "172.16.1.7", 80),
         "egress", "external", A, None, A1, None, 3, HOST_A),
@@ -183,8 +191,9 @@ HAND_CASES = {
     "outside to pod": _expect(flow(CLIENT, "10.244.1.7", 8080), "delivered", "external", B, B, None, B1, 3),
     "outside to node IP, listener": _expect(flow(CLIENT, HOST_B, 9100), "delivered", "external", B, B, None, EB, 1),
     "outside to ExternalIP, refused": _expect(flow(CLIENT, EXT_A, 22), "refused", "external", A, A, None, None, 1),
-    "outside to pod CIDR, no pod": _expect(flow(CLIENT, "10.244.1.200", 80), "dropped", "none", B, B, None, None, 1),
-    "outside to the internet": _expect(flow(CLIENT, "1.1.1.1", 443), "dropped", "none"),
+    "outside to pod CIDR, no pod": _expect(flow(CLIENT, "10.244.1.200", 80), "dropped", "none", B, B, None, None, 1,
+                                           reason="no-such-pod"),
+    "outside to the internet": _expect(flow(CLIENT, "1.1.1.1", 443), "dropped", "none", reason="no-route"),
     "unscheduled pod's IP sends: outside": _expect(flow("10.244.0.99", "10.244.1.7", 8080),
         "delivered", "external", B, B, None, B1, 3),
     # §7 egress
@@ -354,16 +363,18 @@ def test_small_list_sample(data_dir):
                 "kube-system/kube-proxy-8wd5t", 1),
         _expect(flow("10.244.1.7", "93.184.216.34", 443), "egress", "external", b, None, web_b, None, 3,
                 "192.168.1.11"),
-        _expect(flow("10.244.1.7", "10.244.2.77", 80), "dropped", "none", b, c, web_b, None, 4),
+        _expect(flow("10.244.1.7", "10.244.2.77", 80), "dropped", "none", b, c, web_b, None, 4, reason="no-such-pod"),
         # services with one eligible endpoint, so the choice is known
         _expect(flow("10.244.0.5", "10.96.0.10", 53, UDP), "delivered", "bridge", a, a, web_a,
                 "kube-system/coredns-7c65d6cfc9-4hzbq", 3, service="kube-system/kube-dns:dns", dnat="10.244.0.2:53"),
         # the terminating cart pod is not Ready while a Ready one exists
         _expect(flow("10.244.0.5", "10.96.33.7", 80), "delivered", "routed", a, b, web_a,
                 "shop/cart-5c6d7f9b8-pq2rs", 6, service="shop/cart:80", dnat="10.244.1.8:9000"),
-        _expect(flow("10.244.0.5", "10.96.33.7", 81), "rejected", "none", a, None, web_a, None, 2),
-        # the API server's endpoint is node-a's host, where no hostNetwork pod declares 6443
-        _expect(flow("10.244.0.5", "10.96.0.1", 443), "refused", "bridge", a, a, web_a, None, 2,
+        _expect(flow("10.244.0.5", "10.96.33.7", 81), "rejected", "none", a, None, web_a, None, 2,
+                reason="port-not-served"),
+        # the API server's endpoint is node-a's host: no pod declares 6443, but the EndpointSlice
+        # lists it serving there, so something in node-a's host namespace listens (spec §2 item 8)
+        _expect(flow("10.244.0.5", "10.96.0.1", 443), "delivered", "bridge", a, a, web_a, None, 2,
                 service="default/kubernetes:https", dnat="192.168.1.10:6443"),
         _expect(flow("10.244.1.7", "10.96.50.1", 8125, UDP), "delivered", "routed", b, a, web_b,
                 "payments/api-6b8c9d7f4-j9k2l", 6, service="payments/api:statsd", dnat="10.244.0.9:8125"),
@@ -373,7 +384,7 @@ def test_small_list_sample(data_dir):
         _expect(flow("198.51.100.7", "192.168.1.10", 30443), "delivered", "external", a, a, None,
                 "payments/api-6b8c9d7f4-j9k2l", 3, service="payments/api:https", dnat="10.244.0.9:8443"),
         _expect(flow("198.51.100.7", "192.168.1.11", 30443), "dropped", "none", b, None, None, None, 1,
-                service="payments/api:https"),
+                service="payments/api:https", reason="no-local-endpoint"),
     ])
 
 
@@ -385,7 +396,8 @@ def test_calico_sample(data_dir):
     _sample(data_dir, "calico-list.json", [
         _expect(flow("192.168.33.9", "192.168.33.3", 8080), "delivered", "routed", w2, w1, worker, api1, 6),
         _expect(flow("192.168.33.9", "192.168.71.131", 8080), "delivered", "bridge", w2, w2, worker, api3, 3),
-        _expect(flow("192.168.33.9", "192.168.71.140", 8080), "dropped", "none", w2, w2, worker, None, 2),
+        _expect(flow("192.168.33.9", "192.168.71.140", 8080), "dropped", "none", w2, w2, worker, None, 2,
+                reason="no-such-pod"),
         _expect(flow("192.168.33.9", "192.168.33.10", 8080), "egress", "external", w2, None, worker, None, 3,
                 "10.0.1.22"),
         _expect(flow("10.0.1.21", "192.168.33.4", 8080), "delivered", "bridge", w1, w1, None, api2, 2),

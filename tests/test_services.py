@@ -9,8 +9,9 @@ import pytest
 
 from fastpath.cluster.model import (Cluster, ContainerPort, Endpoint, EndpointSlice, EndpointSlicePort, Node, Pod,
                                     Service, ServicePort)
-from fastpath.codes import DROPPED, PENDING, REJECTED, VERDICTS
+from fastpath.codes import DROPPED, PENDING, REASONS, REJECTED, VERDICTS
 from fastpath.errors import FastpathError
+from fastpath.pipeline import stage_reason
 from fastpath.tables.services import ServiceStage, compile_services, explain_service
 from naive.services import BALANCERS, NaiveServices, ip, random_cluster, random_flows
 
@@ -68,6 +69,8 @@ def as_naive(smap, cluster: Cluster, out: dict, flows: list[dict]) -> list:
         sn = int(out["src_node"][i])
         rows.append({"service": smap.names[sp] if sp >= 0 else None,
                      "verdict": None if v == PENDING else VERDICTS[v],
+                     # the reason the pipeline reads off the row (balancers.stage_reason)
+                     "reason": None if v == PENDING else (REASONS[int(stage_reason(np.uint8(v), sp, sn))] or None),
                      "dnat_ip": int(out["dnat_ip"][i]), "dnat_port": int(out["dnat_port"][i]),
                      "snat_ip": int(out["snat_ip"][i]),
                      "src_node": cluster.nodes[sn].name if sn >= 0 and sp >= 0 else None})

@@ -22,7 +22,12 @@ so the kernels never branch on Kubernetes concepts:
   pod's fourth and later pairs in ``more_ports`` (CSR offsets ``more_off``).
   Most pods declare three or fewer, so the listening check is three compares
   on the line that also gave the pod's node. And (node, protocol, port) -> pod
-  (exact) for hostNetwork pods.
+  (exact) for hostNetwork pods. The pairs are what the pod listens on: its
+  declared ports and those an EndpointSlice serves it on; the host-listen table
+  also holds EndpointSlice ports at node addresses, and the portmap table the
+  hostPorts (:mod:`fastpath.cluster.hostside`). A node's own address is never a
+  bridged pod's; pods on nodes not in the input get /32 routes to a marker next
+  hop, as do ip-masq-agent's nonMasqueradeCIDRs.
 
 The forwarding kernel does not walk the neighbour table and the FDB one after
 the other: both are keyed by what the pod-by-IP table already says. The node's
@@ -72,8 +77,10 @@ class ForwardingTables:
     fdb: ExactTable                   #: node << 48 | MAC -> port id
     port_pod: np.ndarray              #: int32[ports] pod behind each bridge port
     port_veth: np.ndarray             #: int32[ports] veth number on its node (vethN)
-    host_listen: ExactTable           #: pack3(node, proto, port) -> hostNetwork pod
+    host_listen: ExactTable           #: pack3(node, proto, port) -> hostNetwork pod (-2: a host process, no pod)
     route_notes: list[str]            #: how routes were derived (for explain / warnings)
+    portmap: ExactTable               #: pack3(node address, proto, hostPort) -> pod IP << 16 | containerPort
+    hostport_bits: np.ndarray         #: uint8[8192]: bit p set where some pod has hostPort p
 
     def ports_of(self, pod: int) -> np.ndarray:
         """The (proto << 16 | port) entries pod ``pod`` listens on, sorted."""
@@ -82,7 +89,7 @@ class ForwardingTables:
         return np.concatenate([first[first != NO_PORT], more])
 
     def listens(self, pod: int, proto: int, port: int) -> bool:
-        """Whether some container of pod ``pod`` declares ``port`` for ``proto``."""
+        """Whether pod ``pod`` listens on ``port`` for ``proto`` (declared, or served in an EndpointSlice)."""
         return bool(((int(proto) << 16) | int(port)) in self.ports_of(pod).tolist())
 
 
@@ -93,38 +100,42 @@ def fdb_key(node: np.ndarray | int, mac: np.ndarray | int):
     return (np.asarray(node, dtype=np.uint64) << np.uint64(48)) | np.asarray(mac, dtype=np.uint64)
 
 
-def compile_forwarding(cluster: Cluster) -> ForwardingTables:
-    """Build every forwarding table of ``cluster`` (see the module docstring)."""
+def compile_forwarding(cluster: Cluster, *, slices=None, non_masquerade_cidrs=None) -> ForwardingTables:
+    """Build every forwarding table of ``cluster`` (see the module docstring).
+
+    ``slices``: every EndpointSlice, given and derived (default
+    :func:`fastpath.cluster.endpoints.endpoints_for`), for what listens.
+    ``non_masquerade_cidrs``: CIDR strings or (network, length) prefixes whose egress keeps the pod
+    IP, replacing the ip-masq-agent ConfigMap's (default: the ConfigMap's, if any;
+    else every pod's egress is masqueraded). See :mod:`fastpath.cluster.hostside`.
+    """
+    from .hostside import (masquerade_exceptions, no_masquerade_routes, orphan_routes, portmap_table,
+                           served_listeners)
     nodes, pods = cluster.nodes, cluster.pods
     node_index = {n.name: i for i, n in enumerate(nodes)}
     ns_index: dict[str, int] = {}
     n_pods = len(pods)
 
-    pod_ip = np.zeros(n_pods, dtype=np.uint32)
-    pod_node = np.full(n_pods, -1, dtype=np.int32)
-    pod_ns = np.empty(n_pods, dtype=np.int32)
-    pod_host = np.zeros(n_pods, dtype=bool)
-    has_ip = np.zeros(n_pods, dtype=bool)
-    lp_pod, lp_proto, lp_port = [], [], []
-    for i, p in enumerate(pods):
-        pod_ns[i] = ns_index.setdefault(p.namespace, len(ns_index))
-        if p.node is not None:
-            pod_node[i] = node_index.get(p.node, -1)
-        if p.ip is not None:
-            pod_ip[i] = p.ip
-            has_ip[i] = True
-        pod_host[i] = p.host_network
-        for cp in p.ports:
-            lp_pod.append(i)
-            lp_proto.append(cp.proto)
-            lp_port.append(cp.port)
+    # one list comprehension a column (150,000 pods: no numpy scalar stores in a Python loop)
+    pod_ns = np.array([ns_index.setdefault(p.namespace, len(ns_index)) for p in pods], dtype=np.int32)
+    pod_node = np.array([-1 if p.node is None else node_index.get(p.node, -1) for p in pods], dtype=np.int32)
+    ips = [p.ip for p in pods]
+    has_ip = np.array([ip is not None for ip in ips], dtype=bool)
+    pod_ip = np.array([0 if ip is None else ip for ip in ips], dtype=np.uint32)
+    pod_host = np.array([p.host_network for p in pods], dtype=bool)
+    # listening ports: replicas of a template share one ports tuple, so count them per tuple
+    port_lists = [p.ports for p in pods]
+    lp_pod = np.repeat(np.arange(n_pods, dtype=np.int64), [len(ps) for ps in port_lists])
+    lp_proto = [cp.proto for ps in port_lists for cp in ps]
+    lp_port = [cp.port for ps in port_lists for cp in ps]
 
     node_ip = np.array([n.internal_ip or 0 for n in nodes], dtype=np.uint32)
     nk, nv = node_addresses(nodes)
     node_by_ip = ExactTable.build(np.array(nk, dtype=np.uint64), np.array(nv, dtype=np.int64))
 
-    # pods on a bridge: an IP, a node, not hostNetwork
-    bridged = np.flatnonzero(has_ip & (pod_node >= 0) & ~pod_host)
+    # pods on a bridge: an IP, a node, not hostNetwork; a node's own address is the node's (VPC-native)
+    node_addr = np.array(nk, dtype=np.uint32)
+    bridged = np.flatnonzero(has_ip & (pod_node >= 0) & ~pod_host & ~np.isin(pod_ip, node_addr))
     b_ip = pod_ip[bridged]
     b_node = pod_node[bridged]
     pod_by_ip = AddressTable.build(b_ip, bridged)
@@ -168,6 +179,12 @@ def compile_forwarding(cluster: Cluster) -> ForwardingTables:
             notes.append(f"{int(stray.sum())} pod IPs outside their node's pod CIDR: routed by "
                          f"{bp.shape[1]} /{CALICO_BLOCK} block routes and {int((~use_block).sum())} /32 host routes")
 
+    # pods on nodes not in the input: /32 routes to nowhere; ip-masq-agent's nonMasqueradeCIDRs
+    orphans = orphan_routes(routes, pods, node_index, np.concatenate([node_addr, b_ip]))
+    if orphans:
+        notes.append(f"{orphans} pod IPs on nodes not in the input: flows to them are dropped (node-not-in-input)")
+    no_masquerade_routes(routes, masquerade_exceptions(cluster, non_masquerade_cidrs))
+
     # neighbour tables and FDBs: one entry per bridged pod on its node
     macs = cni_mac(b_ip)
     neighbours = ExactTable.build(pack2_np(b_node, b_ip), macs.astype(np.int64))
@@ -182,20 +199,35 @@ def compile_forwarding(cluster: Cluster) -> ForwardingTables:
     lp_pod_a = np.array(lp_pod, dtype=np.int64)
     lp_proto_a = np.array(lp_proto, dtype=np.int64)
     lp_port_a = np.array(lp_port, dtype=np.int64)
-    pod_rec, more_off, more_ports = _pod_records(pod_node, lp_pod_a, lp_proto_a, lp_port_a)
     hmask = pod_host[lp_pod_a] & (pod_node[lp_pod_a] >= 0) if lp_pod_a.size else np.zeros(0, dtype=bool)
-    # first hostNetwork pod declaring a port on a node wins: build in reverse so it is the last write
-    hk = pack3_np(pod_node[lp_pod_a[hmask]], lp_proto_a[hmask], lp_port_a[hmask])[::-1]
-    host_listen = ExactTable.build(hk, lp_pod_a[hmask][::-1])
+    hk = pack3_np(pod_node[lp_pod_a[hmask]], lp_proto_a[hmask], lp_port_a[hmask])
+    hv = lp_pod_a[hmask]
+    # what listens besides declared ports: every port an EndpointSlice lists a serving endpoint under
+    if slices is None:
+        from .endpoints import endpoints_for
+        slices = endpoints_for(cluster)
+    pod_names = [f"{p.namespace}/{p.name}" for p in pods]   # Pod.key, without a property call each
+    s_pod, s_proto, s_port, s_hk, s_hv = served_listeners(
+        slices, pod_by_ip, node_by_ip, {k: i for i, k in enumerate(pod_names)}, pod_host, pod_node)
+    if s_pod.size:
+        lp_entry = np.unique(np.concatenate([(lp_pod_a << 32) | (lp_proto_a << 16) | lp_port_a,
+                                             (s_pod << 32) | (s_proto << 16) | s_port]))
+        lp_pod_a, lp_proto_a, lp_port_a = lp_entry >> 32, (lp_entry >> 16) & 0xFF, lp_entry & 0xFFFF
+    pod_rec, more_off, more_ports = _pod_records(pod_node, lp_pod_a, lp_proto_a, lp_port_a)
+    # first hostNetwork pod declaring a port on a node wins, then EndpointSlice entries:
+    # build in reverse so the first is the last write
+    hk = np.concatenate([hk, s_hk])[::-1]
+    host_listen = ExactTable.build(hk, np.concatenate([hv, s_hv])[::-1])
+    portmap, hostport_bits = portmap_table(nodes, pods, pod_node)
 
     return ForwardingTables(
         node_names=[n.name for n in nodes],
-        pod_names=[p.key for p in pods],
+        pod_names=pod_names,
         ns_names=list(ns_index),
         node_ip=node_ip, pod_ip=pod_ip, pod_node=pod_node, pod_ns=pod_ns,
         pod_by_ip=pod_by_ip, pod_rec=pod_rec, more_off=more_off, more_ports=more_ports, node_by_ip=node_by_ip, routes=routes,
         neighbours=neighbours, fdb=fdb, port_pod=port_pod, port_veth=port_veth,
-        host_listen=host_listen, route_notes=notes,
+        host_listen=host_listen, route_notes=notes, portmap=portmap, hostport_bits=hostport_bits,
     )
 
 

@@ -10,7 +10,8 @@ the conditions the controller sets (``kubernetes/pkg/controller/endpointslice``,
   ``terminating`` = ``metadata.deletionTimestamp`` set;
 * ``nodeName``, ``zone`` (the node's ``topology.kubernetes.io/zone``), ``targetRef``
   the pod; zone hints (``forZones`` = own zone) for ``trafficDistribution``
-  PreferClose / PreferSameZone / PreferSameNode;
+  PreferClose / PreferSameZone / PreferSameNode, and node hints (``forNodes`` = own
+  node) for PreferSameNode (KEP-3015);
 * one port per service port: a numeric ``targetPort`` as is; a named one resolved
   per pod over its container ports with that name *and* the service port's
   protocol (``podutil.FindPort``); a pod lacking the name gets no port for it;
@@ -28,6 +29,8 @@ from .model import Cluster, Endpoint, EndpointSlice, EndpointSlicePort, Pod, Ser
 
 #: ``trafficDistribution`` values for which the controller writes zone hints.
 ZONE_HINT_DISTRIBUTIONS = ("PreferClose", "PreferSameZone", "PreferSameNode")
+#: ``trafficDistribution`` values for which it also writes node hints.
+NODE_HINT_DISTRIBUTIONS = ("PreferSameNode",)
 #: Letters of Kubernetes' generated name suffixes (``generateName``).
 NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 
@@ -87,7 +90,7 @@ def _derive(cluster: Cluster) -> list[EndpointSlice]:
                 else:
                     lst.append(i)
 
-    cache: dict[tuple[int, bool], Endpoint] = {}
+    cache: dict[tuple[int, bool, bool], Endpoint] = {}
     port_objs: dict[tuple, EndpointSlicePort] = {}
     used_names: set[tuple[str, str]] = {(s.namespace, s.name) for s in cluster.slices}
     out: list[EndpointSlice] = []
@@ -103,6 +106,7 @@ def _derive(cluster: Cluster) -> list[EndpointSlice]:
                 candidates = lst
         selector = tuple(svc.selector.items())
         hints = svc.traffic_distribution in ZONE_HINT_DISTRIBUTIONS
+        node_hints = svc.traffic_distribution in NODE_HINT_DISTRIBUTIONS
         # a port mapping as plain (name, port, proto) tuples; pods of one template share
         # their ports tuple, so it is resolved once per template
         fixed = None
@@ -122,9 +126,9 @@ def _derive(cluster: Cluster) -> list[EndpointSlice]:
                     mapping = by_template.get(id(p.ports))
                     if mapping is None:
                         mapping = by_template[id(p.ports)] = _port_mapping(svc, p)
-                ep = cache.get((i, hints))
+                ep = cache.get((i, hints, node_hints))
                 if ep is None:
-                    ep = cache[(i, hints)] = _endpoint(p, zone_of.get(p.node), hints)
+                    ep = cache[(i, hints, node_hints)] = _endpoint(p, zone_of.get(p.node), hints, node_hints)
                 group = groups.get(mapping)
                 if group is None:
                     groups[mapping] = [ep]
@@ -160,10 +164,11 @@ def _port_mapping(svc: Service, pod: Pod) -> tuple[tuple[str | None, int, int], 
     return tuple(out)
 
 
-def _endpoint(p: Pod, zone: str | None, hints: bool) -> Endpoint:
+def _endpoint(p: Pod, zone: str | None, hints: bool, node_hints: bool = False) -> Endpoint:
     return Endpoint(addresses=(p.ip,), ready=p.ready and not p.terminating, serving=p.ready,
                     terminating=p.terminating, node=p.node, zone=zone,
-                    hint_zones=(zone,) if hints and zone else (), target_pod=p.key)
+                    hint_zones=(zone,) if hints and zone else (), target_pod=p.key,
+                    hint_nodes=(p.node,) if node_hints and p.node else ())
 
 
 def _slice_name(svc: Service, salt: int, used: set[tuple[str, str]]) -> str:

@@ -24,6 +24,9 @@ class Node:
     pod_cidrs: tuple[tuple[int, int], ...]  #: spec.podCIDR(s), IPv4 only: (network, length)
     zone: str | None                 #: label topology.kubernetes.io/zone
     labels: dict = field(default_factory=dict, compare=False, hash=False)
+    #: ``status.capacity.cpu`` as whole CPUs (millicores rounded up; None: not given).
+    #: kube-proxy sizes the node's conntrack table from it.
+    cpu: int | None = None
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,9 @@ class ContainerPort:
     port: int                        #: containerPort
     proto: int                       #: 6, 17 or 132
     name: str | None
+    #: ``hostPort``: the CNI portmap plugin DNATs this port at every address of the
+    #: pod's node to ``port`` (None: not given)
+    host_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,10 @@ class Pod:
     terminating: bool                #: metadata.deletionTimestamp set
     ports: tuple[ContainerPort, ...]
     labels: dict = field(default_factory=dict, compare=False, hash=False)
+    #: False when ``spec.nodeName`` names a node the input does not hold (a namespace
+    #: dump, a single pod): the pod is kept, flows to it are ``dropped`` with reason
+    #: ``node-not-in-input``. Such names are also in :attr:`Cluster.missing_nodes`.
+    node_known: bool = True
 
     @property
     def key(self) -> str:
@@ -94,6 +104,7 @@ class Endpoint:
     zone: str | None
     hint_zones: tuple[str, ...]      #: hints.forZones[].name
     target_pod: str | None           #: targetRef namespace/name where kind Pod
+    hint_nodes: tuple[str, ...] = ()  #: hints.forNodes[].name (trafficDistribution PreferSameNode)
 
 
 @dataclass(frozen=True)
@@ -110,6 +121,22 @@ class EndpointSlice:
     service: str                     #: label kubernetes.io/service-name
     ports: tuple[EndpointSlicePort, ...]
     endpoints: tuple[Endpoint, ...]
+    #: True when mirrored from a legacy ``Endpoints`` object (``subsets[]``), as the
+    #: EndpointSliceMirroring controller does, for a service given without slices.
+    from_endpoints: bool = False
+
+
+@dataclass(frozen=True)
+class Masquerade:
+    """ip-masq-agent's configuration (ConfigMap ``kube-system/ip-masq-agent``, key ``config``).
+
+    Pod traffic to a destination inside ``non_masquerade_cidrs`` keeps the pod's
+    source address; traffic elsewhere is SNATed to the node IP.
+    """
+
+    non_masquerade_cidrs: tuple[tuple[int, int], ...]  #: (network, length), IPv4 only
+    masq_link_local: bool            #: masqLinkLocal: also SNAT 169.254.0.0/16 (default False)
+    source: str = ""                 #: where it was read (``file: ConfigMap kube-system/ip-masq-agent``)
 
 
 def node_addresses(nodes: list[Node]) -> tuple[list[int], list[int]]:
@@ -135,7 +162,33 @@ class Cluster:
     warnings: list[str] = field(default_factory=list)
     #: Cluster DNS domain.
     domain: str = "cluster.local"
+    #: Every namespace: name -> labels. From ``Namespace`` objects, plus every namespace
+    #: that pods or services name, with only ``kubernetes.io/metadata.name`` (NetworkPolicy
+    #: ``namespaceSelector`` selects on these labels).
+    namespaces: dict[str, dict] = field(default_factory=dict)
+    #: Node names that pods' ``spec.nodeName`` give but the input has no Node for -> pod count.
+    missing_nodes: dict[str, int] = field(default_factory=dict)
+    #: ip-masq-agent's configuration when the input holds its ConfigMap, else None.
+    masquerade: Masquerade | None = None
+    #: NetworkPolicies (:class:`fastpath.cluster.netpol.NetworkPolicy`), in input order.
+    policies: list = field(default_factory=list)
+    #: Workload objects (:class:`fastpath.cluster.workloads.Workload`): Deployments, StatefulSets, ...
+    workloads: list = field(default_factory=list)
+    #: kube-proxy's ``clusterCIDR`` (ConfigMap ``kube-system/kube-proxy``), when given.
+    cluster_cidr: tuple[int, int] | None = None
+    #: Kinds the loader skipped -> object count.
+    skipped_kinds: dict[str, int] = field(default_factory=dict)
+    #: Load problems by kind (a short key such as ``duplicate-container-port``) -> every
+    #: object it concerns; :attr:`warnings` holds one rendered line per key.
+    problems: dict[str, list[str]] = field(default_factory=dict)
+    #: The file or directory it was loaded from ("" when built from objects).
+    source: str = ""
 
     def summary(self) -> str:
         return (f"{len(self.nodes)} nodes, {len(self.pods)} pods, "
                 f"{len(self.services)} services, {len(self.slices)} endpoint slices")
+
+    def __repr__(self) -> str:
+        # a one-liner: the default dataclass repr printed every object (almost a megabyte)
+        return (f"Cluster({len(self.nodes):,} nodes, {len(self.pods):,} pods, {len(self.services):,} services, "
+                f"{len(self.slices):,} endpoint slices, {len(self.warnings):,} warnings, domain {self.domain})")

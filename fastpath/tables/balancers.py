@@ -104,6 +104,9 @@ F_ETP_LOCAL = np.uint8(2)     #: externalTrafficPolicy: Local
 F_AFFINITY = np.uint8(4)      #: sessionAffinity: ClientIP
 F_HAS_ANY = np.uint8(8)       #: some Ready or Serving+Terminating endpoint exists
 F_HAS_READY = np.uint8(16)    #: some Ready endpoint exists
+F_NODE_HINTS = np.uint8(32)   #: node hints (PreferSameNode) apply on some node: look up loc_slots first
+#: Bit added to the service port in ``loc_slots`` keys of node-hint sets (``pack2(sp | NODE_HINT_KEY, node)``).
+NODE_HINT_KEY = 1 << 31
 
 #: Hash salts: one independent draw per use of the seed.
 SALT_RANDOM, SALT_SOURCE, SALT_MAGLEV, SALT_NODE, SALT_OFFSET, SALT_SKIP, SALT_DNS = range(1, 8)
@@ -402,6 +405,10 @@ def eligible_set(sp_flags, sp_set, sp_zone_row, zone_sets, zone_width, node_zone
     """
     if uses_local(sp_flags[sp], kind, external):
         return ht_find(loc_slots, pack2(sp, rn), -1)
+    if (sp_flags[sp] & F_NODE_HINTS) != 0 and rn >= 0:   # node hints, checked before zone hints
+        s = ht_find(loc_slots, pack2(sp | NODE_HINT_KEY, rn), -1)
+        if s >= 0:
+            return s
     row = sp_zone_row[sp]
     if row < 0:
         return np.int64(sp_set[sp])

@@ -85,7 +85,7 @@ import numba
 import numpy as np
 
 from .._jit import chunk_bounds, jit, pjit, popcount64, select_unpredictable
-from ..addr import format_cidr, parse_cidr
+from ..addr import cidrs_from_strings, format_cidr, parse_cidr
 from ..errors import FastpathError
 
 #: Next hop returned where no prefix matches.
@@ -542,10 +542,8 @@ class RouteTable:
         next_hops = list(next_hops)
         if len(cidrs) != len(next_hops):
             raise FastpathError(f"route table: {len(cidrs)} CIDRs but {len(next_hops)} next hops")
-        parsed = [parse_cidr(c) for c in cidrs]
-        p = np.array([x[0] for x in parsed], dtype=np.uint64)
-        ln = np.array([x[1] for x in parsed], dtype=np.int64)
-        return cls.from_arrays(p, ln, np.array(next_hops, dtype=np.int64))
+        net, ln = cidrs_from_strings(cidrs)      # vectorized; parse_cidr's answers and errors
+        return cls.from_arrays(net.astype(np.uint64), ln, np.array(next_hops, dtype=np.int64))
 
     # ------------------------------------------------------------------ updates
     @staticmethod

@@ -48,7 +48,8 @@ from ..addr import int_to_ip
 from ..cluster.model import PROTO_NAMES, Cluster, node_addresses
 from ..codes import DROPPED, REJECTED
 from ..errors import FastpathError
-from .balancers import (BALANCERS, F_AFFINITY, F_ETP_LOCAL, F_HAS_ANY, F_HAS_READY, F_ITP_LOCAL,
+from .balancers import (BALANCERS, F_AFFINITY, F_ETP_LOCAL, F_HAS_ANY, F_HAS_READY, F_ITP_LOCAL, F_NODE_HINTS,
+                        NODE_HINT_KEY,
                         FE_CLUSTER_IP, FE_EXTERNAL_IP, FE_LOAD_BALANCER, FE_NODE_PORT, FRONTEND_KINDS,
                         LB_LEAST_CONN, LB_MAGLEV, LB_RANDOM, LB_ROUND_ROBIN, LB_SOURCE_HASH, SALT_MAGLEV,
                         SALT_NODE, SALT_RANDOM, SALT_SOURCE, SEQ_CHUNK, BalancerState, MapArrays, PAR_CHUNK,
@@ -171,7 +172,7 @@ def _all_slices(cluster: Cluster) -> list:
 
 
 def compile_services(cluster: Cluster, *, lb: str = "random", seed: int = 0,
-                     maglev_size: int = DEFAULT_M, conn_duration: float = 30.0) -> ServiceMap:
+                     maglev_size: int = DEFAULT_M, conn_duration: float = 30.0, slices=None) -> ServiceMap:
     """Compile ``cluster``'s services into a :class:`ServiceMap`.
 
     Parameters
@@ -188,6 +189,9 @@ def compile_services(cluster: Cluster, *, lb: str = "random", seed: int = 0,
         Prime size M of each Maglev table (Cilium's default 16381).
     conn_duration
         Seconds a connection stays active, for ``least-connection``.
+    slices
+        Every EndpointSlice, given and derived, when the caller has them already
+        (default :func:`fastpath.cluster.endpoints.endpoints_for`).
     """
     lb_code = balancer_code(lb)
     if lb_code == LB_MAGLEV:
@@ -254,9 +258,11 @@ def compile_services(cluster: Cluster, *, lb: str = "random", seed: int = 0,
     cip_table = ExactTable.build(cip, np.ones(cip.shape[0], np.int64))
 
     # endpoints
-    pod_index = {p.key: i for i, p in enumerate(cluster.pods)}
-    ep = _gather_endpoints(_all_slices(cluster), sp_by_svc, sp_pname, sp_proto, node_index, zones, zone_index,
-                           pod_index)
+    pod_names = [f"{p.namespace}/{p.name}" for p in cluster.pods]   # Pod.key, without a property call each
+    pod_index = dict(zip(pod_names, range(len(pod_names))))
+    hint_nodes: list = []
+    ep = _gather_endpoints(_all_slices(cluster) if slices is None else slices, sp_by_svc, sp_pname, sp_proto, node_index, zones, zone_index,
+                           pod_index, hint_nodes)
     ep_sp, ep_ip, ep_port, ep_node, ep_pod, ep_zone, ep_ready, ep_serving, ep_term, ep_hints, all_zones = ep
     ep_off = np.zeros(n_sp + 1, dtype=np.int64)
     np.cumsum(np.bincount(ep_sp, minlength=n_sp), out=ep_off[1:])
@@ -286,7 +292,14 @@ def compile_services(cluster: Cluster, *, lb: str = "random", seed: int = 0,
     zone_sets = zone_sets[:max(1, n_rows * (n_zones + 1))].copy()
     sp_flags_a |= sp_has
     loc_sp, loc_node, loc_set = loc_sp[:n_loc], loc_node[:n_loc], loc_set[:n_loc]
-    local_table = ExactTable.build(pack2_np(loc_sp, loc_node), loc_set)
+    loc_keys, loc_vals = pack2_np(loc_sp, loc_node), loc_set
+    if hint_nodes:       # trafficDistribution PreferSameNode: per (service port, node) sets in the same table
+        set_off, set_ep, nh_keys, nh_sets = _node_hint_sets(ep_off, ep_ready, hint_nodes[0], node_index, set_off,
+                                                            set_ep, sp_flags_a)
+        n_sets = set_off.shape[0] - 1
+        loc_keys = np.concatenate([loc_keys, nh_keys])
+        loc_vals = np.concatenate([loc_vals, nh_sets]).astype(loc_set.dtype)
+    local_table = ExactTable.build(loc_keys, loc_vals)
     order = np.lexsort((loc_node, loc_sp))
     lbn_node = np.ascontiguousarray(loc_node[order], dtype=np.int32)
     lbn_off = np.zeros(n_sp + 1, dtype=np.int64)
@@ -306,7 +319,7 @@ def compile_services(cluster: Cluster, *, lb: str = "random", seed: int = 0,
     s0 = np.maximum(sp_set, 0).astype(np.int64)
     off = np.append(set_off, set_off[-1])          # s0 + 1 stays in range when there is no set
     first, size = off[s0], off[s0 + 1] - off[s0]
-    plain = (((sp_flags_a & (F_ITP_LOCAL | F_AFFINITY)) == 0) & ((sp_flags_a & F_HAS_ANY) != 0)
+    plain = (((sp_flags_a & (F_ITP_LOCAL | F_AFFINITY | F_NODE_HINTS)) == 0) & ((sp_flags_a & F_HAS_ANY) != 0)
              & (sp_zone_row < 0) & (sp_set >= 0) & (size > 0))
     sp_span = np.where(plain, (first << 32) | size, -1).astype(np.int64)
     sp_table = np.where(plain, np.append(set_table, -1)[s0], -1).astype(np.int32)
@@ -332,7 +345,7 @@ def compile_services(cluster: Cluster, *, lb: str = "random", seed: int = 0,
         sp_proto=np.array(sp_proto, dtype=np.uint8), sp_flags=sp_flags_a, affinity_timeout=timeouts,
         ep_off=ep_off, ep_ip=ep_ip, ep_port=ep_port, ep_node=ep_node, ep_pod=ep_pod, ep_zone=ep_zone,
         ep_ready=ep_ready, ep_serving=ep_serving, ep_terminating=ep_term, ep_hints=ep_hints,
-        node_names=[n.name for n in nodes], zones=all_zones, pod_names=[p.key for p in cluster.pods],
+        node_names=[n.name for n in nodes], zones=all_zones, pod_names=pod_names,
         has_affinity=bool((sp_flags_a & F_AFFINITY).any()), warnings=warnings,
     )
 
@@ -388,40 +401,85 @@ def _frontend_table(fe: dict, np_proto: list, np_port: list, np_sp: list, nodes:
     return exact, node_ports, node_ips
 
 
+def _node_hint_sets(ep_off: np.ndarray, ready: np.ndarray, hints: list, node_index: dict, set_off: np.ndarray,
+                    set_ep: np.ndarray, sp_flags: np.ndarray):
+    """Node-hint eligible sets (``topologyModeFromHints``, KEP-3015), added after the others.
+
+    For a service port whose every Ready endpoint carries node hints, each node some
+    Ready endpoint is hinted for gets the set of those endpoints, keyed
+    ``pack2(sp | NODE_HINT_KEY, node)`` in the local-set table; the port is flagged
+    ``F_NODE_HINTS``. A receiving node no hint names falls back to zone hints and the
+    cluster set, as kube-proxy does. Returns the grown ``set_off``, ``set_ep`` and the keys
+    and set numbers to add. (Only services with node hints pay for this Python loop.)
+    """
+    offs, members, keys, sets = [], [], [], []
+    n_sets = set_off.shape[0] - 1
+    end = int(set_off[-1])
+    for sp in range(ep_off.shape[0] - 1):
+        a, b = int(ep_off[sp]), int(ep_off[sp + 1])
+        rdy = [e for e in range(a, b) if ready[e]]
+        if not rdy or not all(hints[e] for e in rdy):
+            continue
+        by_node: dict[int, list[int]] = {}
+        for e in rdy:
+            for nd in {node_index.get(name) for name in hints[e]} - {None}:
+                by_node.setdefault(nd, []).append(e)
+        if not by_node:
+            continue
+        sp_flags[sp] |= F_NODE_HINTS
+        for nd in sorted(by_node):
+            members.extend(by_node[nd])
+            end += len(by_node[nd])
+            offs.append(end)
+            keys.append((sp | NODE_HINT_KEY) << 32 | nd)
+            sets.append(n_sets)
+            n_sets += 1
+    return (np.concatenate([set_off, np.array(offs, dtype=set_off.dtype)]),
+            np.concatenate([set_ep, np.array(members, dtype=set_ep.dtype)]),
+            np.array(keys, dtype=np.uint64), np.array(sets, dtype=np.int64))
+
+
 def _gather_endpoints(slices: list, sp_by_svc: dict, sp_pname: list[str], sp_proto: list, node_index: dict,
-                      zones: list[str], zone_index: dict, pod_index: dict):
-    """Endpoint arrays of every service port, sorted by (sp, IP, port), duplicates dropped."""
-    # every endpoint of every slice once, in slice order, as one record each
+                      zones: list[str], zone_index: dict, pod_index: dict, node_hints: list | None = None):
+    """Endpoint arrays of every service port, sorted by (sp, IP, port), duplicates dropped.
+
+    ``node_hints``, when given, gets each kept endpoint's ``hint_nodes`` (a list in
+    endpoint order) appended, where any endpoint carries node hints.
+    """
+    # every endpoint of every slice once, in slice order, as one record each (a column at a
+    # time: 125,000 endpoints at 5,000 nodes)
     all_zones = list(zones)
     extra_zones: dict[str, int] = {}
-    cache: dict[int, tuple] = {}
-    records: list[tuple] = []
-    slice_start = []
-    for sl in slices:
-        slice_start.append(len(records))
-        for e in sl.endpoints:
-            attrs = cache.get(id(e))
-            if attrs is None:
-                hint = 0
-                if e.hint_zones:
-                    hint = 1 << 63
-                    for z in e.hint_zones:
-                        zi = zone_index.get(z)
-                        if zi is not None:
-                            hint |= 1 << zi
-                zi = -1
-                if e.zone:
-                    zi = zone_index.get(e.zone)
-                    if zi is None:
-                        zi = extra_zones.setdefault(e.zone, len(zones) + len(extra_zones))
-                attrs = (e.addresses[0] if e.addresses else 0, bool(e.ready), bool(e.serving),
-                         bool(e.terminating), node_index.get(e.node, -1) if e.node else -1, zi, hint,
-                         pod_index.get(e.target_pod, -1) if e.target_pod else -1, bool(e.addresses))
-                cache[id(e)] = attrs
-            records.append(attrs)
+    eps = [e for sl in slices for e in sl.endpoints]
+    slice_start = np.zeros(len(slices) + 1, dtype=np.int64)
+    np.cumsum([len(sl.endpoints) for sl in slices], out=slice_start[1:])
+    slice_start = slice_start.tolist()
+    rec = np.zeros(len(eps), dtype=_ENDPOINT_RECORD)
+    addrs = [e.addresses for e in eps]
+    rec["ip"] = [a[0] if a else 0 for a in addrs]
+    rec["valid"] = [bool(a) for a in addrs]
+    rec["ready"] = [bool(e.ready) for e in eps]
+    rec["serving"] = [bool(e.serving) for e in eps]
+    rec["terminating"] = [bool(e.terminating) for e in eps]
+    node_get, pod_get = node_index.get, pod_index.get
+    rec["node"] = [node_get(nd, -1) if nd else -1 for nd in [e.node for e in eps]]
+    rec["pod"] = [pod_get(t, -1) if t else -1 for t in [e.target_pod for e in eps]]
+    zone_of = [e.zone for e in eps]
+    zi = np.full(len(eps), -1, dtype=np.int32)
+    for i in [i for i, z in enumerate(zone_of) if z]:          # in endpoint order: extra zones numbered so
+        z = zone_of[i]
+        k = zone_index.get(z)
+        zi[i] = k if k is not None else extra_zones.setdefault(z, len(zones) + len(extra_zones))
+    rec["zone"] = zi
+    hint_of = [e.hint_zones for e in eps]
+    for i in [i for i, h in enumerate(hint_of) if h]:
+        hint = 1 << 63
+        for z in hint_of[i]:
+            k = zone_index.get(z)
+            if k is not None:
+                hint |= 1 << k
+        rec["hints"][i] = hint
     all_zones.extend(sorted(extra_zones, key=extra_zones.get))
-    slice_start.append(len(records))
-    rec = np.array(records, dtype=_ENDPOINT_RECORD)
 
     # which slices (and which of their ports) serve each service port
     slices_of: dict[tuple[str, str], list[int]] = {}
@@ -461,6 +519,8 @@ def _gather_endpoints(slices: list, sp_by_svc: dict, sp_pname: list[str], sp_pro
         keep[1:] = (s_sp[1:] != s_sp[:-1]) | (s_ip[1:] != s_ip[:-1]) | (s_port[1:] != s_port[:-1])
     order = order[keep]
     pick = idx[order]
+    if node_hints is not None and any(e.hint_nodes for e in eps):
+        node_hints.append([eps[k].hint_nodes for k in pick.tolist()])
 
     r = rec[pick]
     return (np.ascontiguousarray(sp_a[order]), ip[order].astype(np.uint32), port_a[order].astype(np.uint16),

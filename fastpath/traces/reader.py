@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import FastpathError
+from ..files import input_stat
 from .schema import TRACE_COLUMNS, Flows, check_schema, normalize_batch
 
 #: Rows per batch by default: 64 Ki rows is about 1-2 MB of columns, so a
@@ -43,6 +45,9 @@ def _reading(path: Path):
         yield
     except FastpathError:
         raise
+    except UnicodeDecodeError as e:  # a column name (or other schema text) that is not UTF-8
+        raise FastpathError(f"{path}: cannot read trace (column name or schema text "
+                            f"{bytes(e.object[:64])!r} is not UTF-8 text)") from None
     except (pa.ArrowException, OSError, EOFError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise FastpathError(f"{path}: cannot read trace ({first})") from None
@@ -80,6 +85,8 @@ class _TraceFile:
 
     @classmethod
     def open(cls, path: Path) -> "_TraceFile":
+        if not stat.S_ISREG(input_stat(path, "trace").st_mode):  # a FIFO or a device: refused, never opened
+            raise FastpathError(f"{path}: the trace is a directory inside a trace directory's file list")
         kind = _sniff(path)
         with _reading(path):
             if kind == "parquet":
@@ -94,6 +101,12 @@ class _TraceFile:
                 full = pa.ipc.open_stream(pa.memory_map(str(path))).schema
                 cheap = pa.ipc.IpcReadOptions(included_fields=_smallest_field(full))
                 num_rows = sum(b.num_rows for b in pa.ipc.open_stream(pa.memory_map(str(path)), options=cheap))
+            for i in range(len(full)):  # every column name is UTF-8 text, or one line naming the column
+                try:
+                    full.field(i).name
+                except UnicodeDecodeError as e:
+                    raise FastpathError(f"{path}: column {i + 1} of {len(full)} has a name that is not UTF-8 "
+                                        f"text ({bytes(e.object[:64])!r})") from None
         check_schema(full, str(path))
         fields = _field_indices(full)
         return cls(path, kind, num_rows, pa.schema([full.field(i) for i in fields]), fields)
@@ -163,7 +176,7 @@ def _concat(pieces: list[pa.RecordBatch]) -> pa.RecordBatch:
 
 
 def _trace_files(path: Path) -> list[Path]:
-    if path.is_dir():
+    if stat.S_ISDIR(input_stat(path, "trace").st_mode):
         found = []
         for root, dirs, files in os.walk(path):
             dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
@@ -172,8 +185,7 @@ def _trace_files(path: Path) -> list[Path]:
         if not found:
             raise FastpathError(f"{path}: directory holds no trace files ({', '.join(TRACE_SUFFIXES)})")
         return sorted(found)
-    if not path.exists():
-        raise FastpathError(f"{path}: no such trace file or directory")
+    input_stat(path, "trace")  # no such file, a symlink loop, a FIFO or a device: one line
     return [path]
 
 

@@ -23,7 +23,7 @@ from ..errors import FastpathError
 #: Columns every trace has (``dst_ip`` may be left out where ``dst_name`` is given).
 REQUIRED_COLUMNS = ("src_ip", "dst_ip", "src_port", "dst_port", "proto")
 #: Columns a trace may have.
-OPTIONAL_COLUMNS = ("ts", "dst_name", "bytes", "packets")
+OPTIONAL_COLUMNS = ("ts", "dst_name", "bytes", "packets", "duration")
 #: Every column fastpath reads from a trace; any other column is ignored.
 TRACE_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 #: Integer columns: numpy dtype the kernels read, and the range a value must lie in.
@@ -45,6 +45,7 @@ CANONICAL_TYPES: dict[str, pa.DataType] = {
     "dst_name": pa.dictionary(pa.int32(), pa.string()),
     "bytes": pa.uint64(),
     "packets": pa.uint32(),
+    "duration": pa.float64(),
 }
 
 _NS_PER_UNIT = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
@@ -70,6 +71,8 @@ class Flows:
         The distinct names of this batch.
     bytes : uint64 or None
     packets : uint32 or None
+    duration : float64 or None
+        Seconds the connection lives (NaN where the row gives none: the replay's default).
     """
 
     src_ip: np.ndarray
@@ -82,6 +85,7 @@ class Flows:
     name_dict: list[str] | None = None
     bytes: np.ndarray | None = None
     packets: np.ndarray | None = None
+    duration: np.ndarray | None = None
     n: int = -1
 
     def __post_init__(self) -> None:
@@ -146,6 +150,11 @@ def _accepts(name: str, t: pa.DataType) -> str | None:
         return None if (pa.types.is_integer(t) or pa.types.is_timestamp(t)) else "timestamp[ns] or int64 nanoseconds"
     if name == "dst_name":
         return None if (_is_text_like(t) or pa.types.is_null(t)) else "string or dictionary<string>"
+    if name == "proto":
+        return None if (pa.types.is_integer(t) or _is_text_like(t)) else "uint8 or text (tcp, udp, sctp)"
+    if name == "duration":
+        ok = pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_null(t)
+        return None if ok else "float64 seconds"
     return None if pa.types.is_integer(t) else str(INT_COLUMNS[name][0])
 
 
@@ -227,7 +236,14 @@ def _ip_values(arr: pa.Array, name: str, source: str, row0: int) -> np.ndarray:
     if not (pa.types.is_dictionary(arr.type) or pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
         arr = arr.cast(pa.large_string())  # string_view
     try:
-        values = ips_from_strings(arr, what=f"{source}: column {name!r}")
+        try:
+            values = ips_from_strings(arr, what=f"{source}: column {name!r}")
+        except FastpathError:
+            if not pa.types.is_dictionary(arr.type):
+                raise
+            # A dictionary entry is not an address: read the rows themselves, so the error
+            # names the first row that uses a bad entry, and an entry no row uses is no fault.
+            values = ips_from_strings(arr.cast(arr.type.value_type), what=f"{source}: column {name!r}")
     except FastpathError as e:
         # ips_from_strings counts rows from the batch's start; count them from the source's.
         raise FastpathError(_ROW_IN_MESSAGE.sub(lambda m: f"row {row0 + int(m.group(1))}", str(e), count=1)) from None
@@ -257,28 +273,127 @@ def _ts_values(arr: pa.Array, source: str, row0: int) -> np.ndarray:
         if back.any():
             i = int(np.flatnonzero(back)[0]) + 1
             raise FastpathError(f"{source}: column 'ts' goes back in time at row {row0 + i} "
-                                f"({ints[i]} after {ints[i - 1]}); rows must be in time order")
+                                f"({_iso(ints[i])} after {_iso(ints[i - 1])}); rows must be in time order")
     return ints
 
 
-#: The last dictionary turned into Python strings, reused while batches share it.
-_last_dictionary: list = [None, None]
+def _iso(ns) -> str:
+    """Nanoseconds since the epoch as ISO 8601 UTC (``2023-11-14T22:13:20.000000123Z``), and the integer."""
+    ns = int(ns)
+    secs, frac = divmod(ns, 1_000_000_000)
+    try:
+        import datetime as _dt
+
+        stamp = _dt.datetime.fromtimestamp(secs, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    except (OverflowError, OSError, ValueError):
+        return str(ns)
+    return f"{stamp}.{frac:09d}Z = {ns} ns"
 
 
-def _dictionary_strings(dictionary: pa.Array) -> list[str]:
-    cached, strings = _last_dictionary
+def _proto_values(arr: pa.Array, source: str, row0: int) -> pa.Array:
+    """A text ``proto`` column (``tcp``, ``UDP``, ``sctp``, or a number as text) as uint8."""
+    from ..codes import PROTOCOLS
+
+    _no_nulls(arr, "proto", source, row0)
+    enc = arr if pa.types.is_dictionary(arr.type) else pc.dictionary_encode(arr)
+    words = enc.dictionary.to_pylist()
+    codes = []
+    for w in words:
+        key = (w or "").strip().lower()
+        code = PROTOCOLS.get(key)
+        if code is None and key.isdigit() and int(key) <= 0xFF:
+            code = int(key)
+        codes.append(-1 if code is None else code)
+    table = np.array(codes + [-1], dtype=np.int16)
+    idx = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    values = table[idx]
+    bad = np.flatnonzero(values < 0)
+    if bad.size:
+        i = int(bad[0])
+        raise FastpathError(f"{source}: column 'proto' holds {words[int(idx[i])]!r} at row {row0 + i}; "
+                            f"use tcp, udp, sctp or a protocol number")
+    return pa.array(values.astype(np.uint8))
+
+
+def _duration_values(arr: pa.Array, source: str, row0: int) -> np.ndarray:
+    """``duration`` as float64 seconds; a null is NaN (the replay's default for the row)."""
+    if pa.types.is_null(arr.type):
+        return np.full(len(arr), np.nan)
+    values = arr.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    bad = ~(values >= 0) & arr.is_valid().to_numpy(zero_copy_only=False) if arr.null_count else ~(values >= 0)
+    bad |= np.isinf(values)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise FastpathError(f"{source}: column 'duration' holds {values[i]} at row {row0 + i}; "
+                            f"seconds must be finite and >= 0")
+    return values
+
+
+#: The last dictionary turned into Python strings (and its entries that are not UTF-8),
+#: reused while batches share it.
+_last_dictionary: list = [None, None, None]
+
+
+def _dictionary_strings(dictionary: pa.Array) -> tuple[list, np.ndarray]:
+    """The entries as Python strings (None: a null entry, or one that is not UTF-8 text), and
+    the positions of the entries that are not UTF-8 (checked per entry, so only rows that
+    use one are at fault)."""
+    cached, strings, bad = _last_dictionary
     if cached is not None and (cached is dictionary or (len(cached) == len(dictionary) and cached.equals(dictionary))):
-        return strings
-    strings = dictionary.to_pylist()
-    _last_dictionary[:] = [dictionary, strings]
-    return strings
+        return strings, bad
+    try:
+        dictionary.validate(full=True)
+        strings = dictionary.to_pylist()
+        bad = np.zeros(0, np.int64)
+    except (pa.ArrowInvalid, UnicodeDecodeError):
+        raw = dictionary.cast(pa.large_binary()).to_pylist() if _is_text(dictionary.type) else dictionary.to_pylist()
+        strings, bad_list = [], []
+        for i, b in enumerate(raw):
+            try:
+                strings.append(b.decode("utf-8") if isinstance(b, bytes) else b)
+            except UnicodeDecodeError:
+                strings.append(None)
+                bad_list.append(i)
+        bad = np.asarray(bad_list, np.int64)
+    _last_dictionary[:] = [dictionary, strings, bad]
+    return strings, bad
 
 
-def _name_values(arr: pa.Array, source: str) -> tuple[np.ndarray, list[str]]:
+def _checked_indices(arr: pa.DictionaryArray, name: str, source: str, row0: int) -> pa.DictionaryArray:
+    """A dictionary column whose indices all point into its dictionary, and whose rows that
+    point at a null entry are null themselves (never read as the entry at slot 0).
+
+    Raises
+    ------
+    FastpathError
+        An index outside the dictionary, naming the column and the row.
+    """
+    indices, size = arr.indices, len(arr.dictionary)
+    if not len(indices):
+        return arr
+    valid = indices.is_valid().to_numpy(zero_copy_only=False) if indices.null_count else None
+    codes = (pc.fill_null(indices, 0) if indices.null_count else indices).to_numpy(zero_copy_only=False)
+    out = (codes < 0) | (codes >= size)
+    if valid is not None:
+        out &= valid
+    if out.any():
+        i = int(np.flatnonzero(out)[0])
+        raise FastpathError(f"{source}: column {name!r} at row {row0 + i} points at dictionary entry {int(codes[i])}, "
+                            f"outside the column's {size} entries (a corrupt file?)")
+    if arr.dictionary.null_count:
+        null_entry = arr.dictionary.is_null().to_numpy(zero_copy_only=False)[codes]
+        if null_entry.any():
+            mask = null_entry if valid is None else (null_entry | ~valid)
+            arr = pa.DictionaryArray.from_arrays(pa.array(codes, type=indices.type, mask=mask), arr.dictionary)
+    return arr
+
+
+def _name_values(arr: pa.Array, source: str, row0: int = 0) -> tuple[np.ndarray, list[str]]:
     if pa.types.is_null(arr.type):
         return np.full(len(arr), -1, dtype=np.int32), []
     if not pa.types.is_dictionary(arr.type):
         arr = pc.dictionary_encode(arr)
+    arr = _checked_indices(arr, "dst_name", source, row0)
     indices = arr.indices
     if indices.null_count:
         indices = pc.fill_null(indices, -1)
@@ -291,7 +406,14 @@ def _name_values(arr: pa.Array, source: str) -> tuple[np.ndarray, list[str]]:
     if dictionary.null_count:  # a code pointing at a null name is a row without a name
         null_codes = np.flatnonzero(dictionary.is_null().to_numpy(zero_copy_only=False))
         codes = np.where(np.isin(codes, null_codes), np.int32(-1), codes)
-    return codes, _dictionary_strings(dictionary)
+    strings, not_text = _dictionary_strings(dictionary)
+    if not_text.size:
+        used = np.flatnonzero(np.isin(codes, not_text))
+        if used.size:  # an entry no row uses is no fault of the trace's
+            i = int(used[0])
+            raw = dictionary.cast(pa.large_binary())[int(codes[i])].as_py()[:64]
+            raise FastpathError(f"{source}: column 'dst_name' at row {row0 + i} holds {raw!r}, not UTF-8 text")
+    return codes, strings
 
 
 # --------------------------------------------------------------------------- batches
@@ -358,16 +480,22 @@ def normalize_batch(batch: pa.RecordBatch | pa.Table | Mapping[str, Any], source
         names ``source``, the column and the row.
     """
     cols, n = _columns(batch, source)
+    for name in ("src_ip", "dst_ip"):
+        if name in cols and pa.types.is_dictionary(cols[name].type):
+            cols[name] = _checked_indices(cols[name], name, source, row_offset)
     row0 = row_offset
     _no_nulls(cols["src_ip"], "src_ip", source, row0)
     src_ip = _ip_values(cols["src_ip"], "src_ip", source, row0)
+    if _is_text_like(cols["proto"].type):
+        cols["proto"] = _proto_values(cols["proto"], source, row0)     # tcp/udp/sctp as text
     ints = {name: _int_values(cols[name], name, source, row0, *INT_COLUMNS[name])
             for name in INT_COLUMNS if name in cols}
     ts = _ts_values(cols["ts"], source, row0) if "ts" in cols else None
+    duration = _duration_values(cols["duration"], source, row0) if "duration" in cols else None
 
     name_code = name_dict = None
     if "dst_name" in cols:
-        name_code, name_dict = _name_values(cols["dst_name"], source)
+        name_code, name_dict = _name_values(cols["dst_name"], source, row0)
     if "dst_ip" in cols:
         dst = cols["dst_ip"]
         dst_ip = _ip_values(dst, "dst_ip", source, row0)
@@ -390,4 +518,4 @@ def normalize_batch(batch: pa.RecordBatch | pa.Table | Mapping[str, Any], source
         dst_ip = np.zeros(n, dtype=np.uint32)
     return Flows(src_ip=src_ip, dst_ip=dst_ip, src_port=ints["src_port"], dst_port=ints["dst_port"],
                  proto=ints["proto"], ts=ts, name_code=name_code, name_dict=name_dict,
-                 bytes=ints.get("bytes"), packets=ints.get("packets"), n=n)
+                 bytes=ints.get("bytes"), packets=ints.get("packets"), duration=duration, n=n)

@@ -24,10 +24,13 @@ from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pac
 
-from ..addr import int_to_ip
+from .._jit import jit
+from ..addr import int_to_ip, ips_to_strings
 from ..cluster.model import Cluster
 from ..errors import FastpathError
+from ..outputs import output_format
 from .schema import CANONICAL_TYPES
 
 #: Rows drawn from one random stream; the unit that makes rows independent of batch size.
@@ -83,6 +86,10 @@ class TraceMix:
     elephants: float = 0.02      #: share of flows drawn from the Pareto tail instead
     elephant_alpha: float = 1.2  #: Pareto shape of the tail (smaller: heavier)
     elephant_min: float = 1e6    #: smallest elephant, bytes
+    #: write a ``duration`` column (seconds each connection lives; see :func:`_durations`):
+    #: heavy-tailed TCP lifetimes, one-shot DNS-like UDP, and a share of long-lived streams
+    duration_mix: bool = False
+    long_lived: float = 0.02     #: with ``duration_mix``: share of flows that are long-lived streams
 
     KINDS = ("east_west", "north_south", "localhost", "by_name", "egress", "host", "to_nothing")
 
@@ -97,7 +104,7 @@ class TraceMix:
         for k in cls.KINDS + ("bytes_sigma", "elephant_min", "zipf"):
             if not (float(getattr(mix, k)) >= 0):
                 raise FastpathError(f"trace mix knob {k}={getattr(mix, k)!r} must be >= 0")
-        for k in ("via_service", "localhost_listening", "missing_names", "elephants"):
+        for k in ("via_service", "localhost_listening", "missing_names", "elephants", "long_lived"):
             if not 0 <= float(getattr(mix, k)) <= 1:
                 raise FastpathError(f"trace mix knob {k}={getattr(mix, k)!r} must be a share in 0..1")
         for k in ("rate", "bytes_median", "elephant_alpha"):
@@ -124,20 +131,44 @@ class _Choice:
             self.k = 0
             return
         scaled = w * (k / w.sum())
-        small = [i for i in range(k) if scaled[i] < 1.0]
-        large = [i for i in range(k) if scaled[i] >= 1.0]
-        while small and large:
-            s, g = small.pop(), large.pop()
-            self.prob[s] = scaled[s]
-            self.alias[s] = g
-            scaled[g] -= 1.0 - scaled[s]
-            (small if scaled[g] < 1.0 else large).append(g)
+        _vose(scaled, self.prob, self.alias)   # compiled: millions of NodePort frontends at 5,000 nodes
 
     def draw(self, rng: np.random.Generator, m: int) -> np.ndarray:
         u = rng.random(m) * self.k
         i = u.astype(np.int64)
         np.minimum(i, self.k - 1, out=i)
         return np.where(u - i < self.prob[i], i, self.alias[i])
+
+
+@jit
+def _vose(scaled, prob, alias):
+    """Vose's alias tables, in place: the small and large worklists as stacks (last in, first out)."""
+    k = scaled.shape[0]
+    small = np.empty(k, np.int64)
+    large = np.empty(k, np.int64)
+    ns = 0
+    nl = 0
+    for i in range(k):
+        if scaled[i] < 1.0:
+            small[ns] = i
+            ns += 1
+        elif scaled[i] >= 1.0:
+            large[nl] = i
+            nl += 1
+    while ns > 0 and nl > 0:
+        ns -= 1
+        s = small[ns]
+        nl -= 1
+        g = large[nl]
+        prob[s] = scaled[s]
+        alias[s] = g
+        scaled[g] -= 1.0 - scaled[s]
+        if scaled[g] < 1.0:
+            small[ns] = g
+            ns += 1
+        else:
+            large[nl] = g
+            nl += 1
 
 
 def _pick(rng: np.random.Generator, start: np.ndarray, count: np.ndarray) -> np.ndarray:
@@ -198,21 +229,42 @@ class _Pools:
         services = [s for s in cluster.services if s.type != "ExternalName" and s.ports]
         rank = rng.permutation(len(services)) + 1
         svc_w = 1.0 / rank.astype(np.float64) ** float(mix.zipf)
-        ci, ns_fe = [], []
+        ci = []
+        # north-south frontends: a service's external and LB IPs on each port, then each NodePort on
+        # every node address (InternalIP, ExternalIP): at 5,000 nodes millions of rows, made as
+        # array segments (one per NodePort), never a tuple each
+        node_addr = np.array([ip for node in node_by_name.values() for ip in (node.internal_ip, node.external_ip)
+                              if ip is not None], dtype=np.uint32)
+        seg_ip, seg_port, seg_proto, seg_w = [], [], [], []
         for s, w in zip(services, svc_w):
             for sp in s.ports:
                 for ip in s.cluster_ips:
                     ci.append((ip, sp.port, sp.proto, w / (len(s.ports) * len(s.cluster_ips))))
             outside = [(ip, sp.port, sp.proto) for sp in s.ports for ip in s.external_ips + s.lb_ips]
-            if s.type in ("NodePort", "LoadBalancer"):
-                for sp in s.ports:
-                    if sp.node_port:
-                        for node in node_by_name.values():
-                            outside += [(ip, sp.node_port, sp.proto) for ip in (node.internal_ip, node.external_ip)
-                                        if ip is not None]
-            ns_fe += [(ip, port, proto, w / len(outside)) for ip, port, proto in outside]
+            node_ports = [(sp.node_port, sp.proto) for sp in s.ports if sp.node_port] \
+                if s.type in ("NodePort", "LoadBalancer") else []
+            total = len(outside) + len(node_ports) * node_addr.size
+            if not total:
+                continue
+            share = w / total
+            if outside:
+                ip, port, proto = zip(*outside)
+                seg_ip.append(np.array(ip, dtype=np.uint32))
+                seg_port.append(np.array(port, dtype=np.uint16))
+                seg_proto.append(np.array(proto, dtype=np.uint8))
+                seg_w.append(np.full(len(outside), share))
+            for port, proto in node_ports:
+                seg_ip.append(node_addr)
+                seg_port.append(np.full(node_addr.size, port, dtype=np.uint16))
+                seg_proto.append(np.full(node_addr.size, proto, dtype=np.uint8))
+                seg_w.append(np.full(node_addr.size, share))
         self.ci_ip, self.ci_port, self.ci_proto, self.ci = self._frontends(ci)
-        self.ns_ip, self.ns_port, self.ns_proto, self.ns = self._frontends(ns_fe)
+        if seg_ip:
+            self.ns_ip, self.ns_port, self.ns_proto = (np.concatenate(seg_ip), np.concatenate(seg_port),
+                                                       np.concatenate(seg_proto))
+            self.ns = _Choice(np.concatenate(seg_w))
+        else:
+            self.ns_ip, self.ns_port, self.ns_proto, self.ns = self._frontends([])
         self.ci_keys = np.unique((self.ci_ip.astype(np.int64) << 16) | self.ci_port)
         self.ci_addrs = np.unique(self.ci_ip)
 
@@ -233,12 +285,19 @@ class _Pools:
                     for sp in s.ports:
                         entries.append((code(form), sp.port, sp.proto, nsid if form == s.name else -1,
                                         (1 - POD_RECORD_SHARE) * w * share / len(s.ports)))
+        pod_entries = None
         if len(self.pp_ip):
             pod_share = POD_RECORD_SHARE * (svc_w.sum() if len(services) else 1.0) / len(self.pp_ip)
             pod_ns = {p.ip: p.namespace for p in clients}
-            for ip, port, proto in zip(self.pp_ip.tolist(), self.pp_port.tolist(), self.pp_proto.tolist()):
-                record = f"{int_to_ip(ip).replace('.', '-')}.{pod_ns[ip]}.pod.{domain}"
-                entries.append((code(record), port, proto, -1, pod_share))
+            # one record name per pod address, named in order of first appearance (as row by row)
+            uniq, first, inverse = np.unique(self.pp_ip, return_index=True, return_inverse=True)
+            rec_code = np.empty(uniq.size, dtype=np.int64)
+            in_order = np.argsort(first, kind="stable")
+            dashed = pac.replace_substring(ips_to_strings(uniq[in_order]), ".", "-").to_pylist()
+            for j, ip, text in zip(in_order.tolist(), uniq[in_order].tolist(), dashed):
+                rec_code[j] = code(f"{text}.{pod_ns[ip]}.pod.{domain}")
+            pod_entries = (rec_code[inverse.reshape(-1)], self.pp_port, self.pp_proto,
+                           np.full(self.pp_ip.size, pod_share))
         some_ns = (namespaces or ["default"])[:4]
         missing = [f"nosuch-{i}.{ns}.svc.{domain}" for ns in some_ns for i in range(4)]
         missing += [f"nosuch-{i}" for i in range(4)] + [f"{s.name}.nosuch-ns" for s in services[:8]]
@@ -246,9 +305,15 @@ class _Pools:
         self.missing_codes = np.array([code(m) for m in missing], dtype=np.int32)
         self.names = list(codes)
         arr = np.array([e[:4] for e in entries], dtype=np.int64).reshape(-1, 4)
+        weights = np.array([e[4] for e in entries], dtype=np.float64)
+        if pod_entries is not None:
+            pc, pp, pq, pw = pod_entries
+            arr = np.concatenate([arr, np.stack([pc, pp.astype(np.int64), pq.astype(np.int64),
+                                                 np.full(pc.size, -1, np.int64)], axis=1)])
+            weights = np.concatenate([weights, pw])
         self.nm_code, self.nm_port = arr[:, 0].astype(np.int32), arr[:, 1].astype(np.uint16)
         self.nm_proto, self.nm_ns = arr[:, 2].astype(np.uint8), arr[:, 3]
-        self.nm = _Choice(np.array([e[4] for e in entries], dtype=np.float64))
+        self.nm = _Choice(weights)
 
         # Internet servers for egress, popular ones first.
         lo, hi = INTERNET_RANGE
@@ -428,8 +493,32 @@ def _block(pools: _Pools, mix: TraceMix, kinds: _Choice, seed: int, index: int, 
     size[big] = float(mix.elephant_min) * (1.0 + rng.pareto(float(mix.elephant_alpha), big.size))
     nbytes = np.clip(np.rint(size), 1, 2.0 ** 62).astype(np.uint64)
     packets = np.minimum((nbytes + np.uint64(MSS - 1)) // np.uint64(MSS), np.uint64(0xFFFFFFFF)).astype(np.uint32)
-    return dict(src_ip=src, dst_ip=dst, src_port=sport, dst_port=dport, proto=proto,
+    cols = dict(src_ip=src, dst_ip=dst, src_port=sport, dst_port=dport, proto=proto,
                 gaps=gaps, name_code=code, bytes=nbytes, packets=packets)
+    if mix.duration_mix:
+        cols["duration"] = _durations(mix, seed, index, proto)
+    return cols
+
+
+#: ``duration_mix``: TCP lifetimes are Pareto (shape TCP_ALPHA, scale TCP_SCALE seconds: median
+#: about 0.04 s, mean 0.3 s, a heavy tail); UDP is one-shot (exponential, mean UDP_ONE_SHOT s,
+#: a DNS query and its answer: never a conntrack stream); long-lived streams (gRPC, websockets,
+#: video) last uniformly STREAM_RANGE seconds, whatever their protocol.
+TCP_ALPHA, TCP_SCALE, UDP_ONE_SHOT, STREAM_RANGE = 1.2, 0.05, 0.005, (300.0, 3600.0)
+
+
+def _durations(mix: TraceMix, seed: int, index: int, proto: np.ndarray) -> np.ndarray:
+    """Seconds each row's connection lives (``duration_mix``), from a stream of its own:
+    the other columns are the same with the mix on or off."""
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(2, index))))
+    m = proto.shape[0]
+    tcp = TCP_SCALE * (rng.pareto(TCP_ALPHA, m) + 1.0)
+    udp = rng.standard_exponential(m) * UDP_ONE_SHOT
+    out = np.where(proto == 17, udp, tcp)
+    lo, hi = STREAM_RANGE
+    stream = rng.random(m) < float(mix.long_lived)
+    out[stream] = lo + rng.random(int(stream.sum())) * (hi - lo)
+    return out
 
 
 def _validity(valid: np.ndarray) -> pa.Buffer | None:
@@ -501,9 +590,11 @@ def _batches(pools: _Pools, mix: TraceMix, seed: int, flows: int, batch_size: in
             pending = [{k: v[take:] for k, v in joined.items()}] if have else []
 
 
-def trace_schema(ts_type: str = "timestamp", metadata: dict | None = None) -> pa.Schema:
-    """The schema of the traces fastpath writes (the canonical column types)."""
+def trace_schema(ts_type: str = "timestamp", metadata: dict | None = None, duration: bool = False) -> pa.Schema:
+    """The schema of the traces fastpath writes (the canonical column types; ``duration`` only if asked)."""
     types = dict(CANONICAL_TYPES)
+    if not duration:
+        types.pop("duration", None)
     if ts_type == "int64":
         types["ts"] = pa.int64()
     return pa.schema(list(types.items()), metadata=metadata)
@@ -523,8 +614,10 @@ def synth_trace(cluster: Cluster, flows: int, *, seed: int = 0, out: str | os.Pa
     seed
         Same seed, flows, mix and cluster: a byte-identical file.
     out
-        The Arrow IPC file to write (``.arrow``); written under a temporary
-        name in the same folder, then renamed, so it is there whole or not at all.
+        The file to write, its format by extension: Arrow IPC (``.arrow``,
+        ``.feather``) or Parquet (``.parquet``); any other ending is a
+        :class:`FastpathError`. Written under a temporary name in the same
+        folder, then renamed, so it is there whole or not at all.
     batch_size
         Rows per record batch in the file (does not change the rows).
     threads
@@ -553,7 +646,7 @@ def synth_trace(cluster: Cluster, flows: int, *, seed: int = 0, out: str | os.Pa
     knobs = TraceMix.from_knobs(**mix)
     pools = _Pools(cluster, knobs, np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(0,)))))
     about = {"seed": seed, "flows": flows, "cluster": cluster.summary(), "mix": asdict(knobs)}
-    schema = trace_schema(knobs.ts_type, {METADATA_KEY: json.dumps(about, sort_keys=True)})
+    schema = trace_schema(knobs.ts_type, {METADATA_KEY: json.dumps(about, sort_keys=True)}, knobs.duration_mix)
     names = pa.array(pools.names, type=pa.string())
     if flows:  # fail on an empty cluster before creating anything
         pools.kind_weights(knobs)
@@ -562,12 +655,25 @@ def synth_trace(cluster: Cluster, flows: int, *, seed: int = 0, out: str | os.Pa
     if not out.parent.is_dir():
         raise FastpathError(f"{out}: folder {out.parent} does not exist")
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    parquet = output_format(out, "trace") == "parquet"      # the format follows the extension
     try:
-        options = pa.ipc.IpcWriteOptions(compression=compression)
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema, options=options) as writer:
-            for cols in (_batches(pools, knobs, seed, flows, batch_size, threads) if flows else ()):
-                writer.write_batch(_record_batch(cols, schema, names))
+        if parquet:
+            import pyarrow.parquet as pq
+
+            with pq.ParquetWriter(str(tmp), schema, compression=compression or "snappy") as writer:
+                for cols in (_batches(pools, knobs, seed, flows, batch_size, threads) if flows else ()):
+                    writer.write_batch(_record_batch(cols, schema, names))
+        else:
+            options = pa.ipc.IpcWriteOptions(compression=compression)
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema, options=options) as writer:
+                for cols in (_batches(pools, knobs, seed, flows, batch_size, threads) if flows else ()):
+                    writer.write_batch(_record_batch(cols, schema, names))
         os.replace(tmp, out)
+    except OSError as e:  # a full disk: name the user's path, not the temporary file
+        tmp.unlink(missing_ok=True)
+        from ..files import write_error
+
+        raise write_error(out, "trace", e) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

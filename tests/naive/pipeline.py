@@ -37,17 +37,22 @@ def cni_mac(ip: int) -> str:
     return "0a:58:" + ":".join(f"{b:02x}" for b in ipaddress.ip_address(ip).packed)
 
 
-class NaiveNetwork:
-    """The cluster's forwarding state as dicts (what each node's kernel would hold)."""
+#: The host-listener value of a port something in the host namespace serves, no pod known.
+HOST_PROCESS = "<host process>"
 
-    def __init__(self, cluster) -> None:
+
+class NaiveNetwork:
+    """The cluster's forwarding state as dicts (what each node's kernel would hold).
+
+    ``non_masquerade``: CIDR strings whose egress keeps the pod address (ip-masq-agent);
+    ``None``: the cluster's ip-masq-agent config if it has one, else masquerade everything.
+    ``slices``: every EndpointSlice (default: the given ones and those the controller derives).
+    """
+
+    def __init__(self, cluster, non_masquerade=None, slices=None) -> None:
         self.cluster = cluster
-        # §1: in-cluster pod senders: a pod with an IP and a node, not hostNetwork
-        self.pod_by_ip: dict[int, object] = {}
-        for pod in cluster.pods:
-            if pod.ip is not None and pod.node is not None and not pod.host_network:
-                self.pod_by_ip.setdefault(pod.ip, pod)
-        # node IPs: InternalIP and ExternalIP
+        names = {n.name for n in cluster.nodes}
+        # node IPs: InternalIP and ExternalIP (a node's own addresses win over anything from pods)
         self.node_by_ip: dict[int, str] = {}
         self.internal_ip: dict[str, Optional[int]] = {}
         for node in cluster.nodes:
@@ -55,7 +60,17 @@ class NaiveNetwork:
             for ip in (node.internal_ip, node.external_ip):
                 if ip is not None:
                     self.node_by_ip.setdefault(ip, node.name)
-        self.routes = self._routes(cluster)
+        # §1: in-cluster pod senders: a pod with an IP and a node of the input, not hostNetwork,
+        # whose IP is not a node's
+        self.pod_by_ip: dict[int, object] = {}
+        for pod in cluster.pods:
+            if pod.ip is not None and pod.node in names and not pod.host_network and pod.ip not in self.node_by_ip:
+                self.pod_by_ip.setdefault(pod.ip, pod)
+        # pods on nodes the input lacks: their addresses lead nowhere known
+        self.orphans: set[int] = {p.ip for p in cluster.pods
+                                  if p.ip is not None and p.node is not None and p.node not in names
+                                  and p.ip not in self.node_by_ip and p.ip not in self.pod_by_ip}
+        self.routes = self._routes(self)
         # neighbour table per node: (node, pod IP) -> MAC, pods on that node's bridge
         self.neighbours: dict[tuple[str, int], str] = {}
         # FDB per node bridge: (node, MAC) -> the pod behind that port
@@ -67,13 +82,66 @@ class NaiveNetwork:
         # a hostNetwork pod listens in its node's namespace
         self.host_listeners: dict[tuple[str, int, int], str] = {}
         for pod in cluster.pods:
-            if pod.host_network and pod.node is not None:
+            if pod.host_network and pod.node in names:
                 for cp in pod.ports:
                     self.host_listeners.setdefault((pod.node, cp.proto, cp.port), pod.key)
+        # §2 item 8: and whatever an EndpointSlice lists as serving there listens too
+        self.served: set[tuple[str, int, int]] = set()        # (pod key, proto, port)
+        pods_by_key = {p.key: p for p in cluster.pods}
+        if slices is None:
+            from fastpath.cluster.endpoints import endpoints_for
+            slices = endpoints_for(cluster)
+        for sl in slices:
+            for e in sl.endpoints:
+                if not e.serving:
+                    continue
+                for addr in e.addresses:
+                    for sp in sl.ports:
+                        if not sp.port:
+                            continue
+                        if addr in self.pod_by_ip:
+                            self.served.add((self.pod_by_ip[addr].key, sp.proto, sp.port))
+                        elif addr in self.node_by_ip:
+                            node = self.node_by_ip[addr]
+                            t = pods_by_key.get(e.target_pod) if e.target_pod else None
+                            who = t.key if t is not None and t.host_network and t.node == node else HOST_PROCESS
+                            self.host_listeners.setdefault((node, sp.proto, sp.port), who)
+        # §3 item 10: hostPort, the CNI portmap DNAT at every address of the pod's node
+        self.portmap: dict[tuple[int, int, int], tuple[int, int]] = {}
+        by_name = {n.name: n for n in cluster.nodes}
+        for pod in cluster.pods:
+            if pod.host_network or pod.ip is None or pod.node not in names:
+                continue
+            for cp in pod.ports:
+                if getattr(cp, "host_port", None):
+                    n = by_name[pod.node]
+                    for addr in (n.internal_ip, n.external_ip):
+                        if addr is not None:
+                            self.portmap.setdefault((addr, cp.proto, cp.host_port), (pod.ip, cp.port))
+        # §2 item 7: ip-masq-agent
+        masq = getattr(cluster, "masquerade", None)
+        self.no_masquerade: list = []
+        if non_masquerade is not None:
+            self.no_masquerade = [ipaddress.ip_network(c, strict=False) for c in non_masquerade]
+        elif masq is not None:
+            self.no_masquerade = [ipaddress.ip_network((n, ln), strict=False) for n, ln in masq.non_masquerade_cidrs]
+        if (non_masquerade is not None or masq is not None) and not (masq is not None and masq.masq_link_local):
+            self.no_masquerade.append(ipaddress.ip_network("169.254.0.0/16"))
+
+    def owner(self, ip: int) -> Optional[str]:
+        """The node an address belongs to: its own address first, then the routes; None for a pod
+        on a node not in the input."""
+        if ip in self.node_by_ip:
+            return self.node_by_ip[ip]
+        if ip in self.orphans:
+            return None
+        return self.route(ip)
 
     @staticmethod
-    def _routes(cluster) -> list[tuple[ipaddress.IPv4Network, str]]:
-        """Every node's pod CIDRs, plus Calico block or host routes for pods outside their node's."""
+    def _routes(nw) -> list[tuple[ipaddress.IPv4Network, str]]:
+        """Every node's pod CIDRs, plus Calico block or host routes for bridged pods outside their node's."""
+        cluster = nw.cluster
+        own_nodes = {n.name for n in cluster.nodes}
         routes = []
         cidrs = []
         own: dict[str, list] = {}
@@ -85,8 +153,8 @@ class NaiveNetwork:
                 routes.append((cidr, node.name))
         outside = []
         for pod in cluster.pods:
-            if pod.ip is None or pod.node is None or pod.host_network:
-                continue
+            if pod.ip is None or pod.node not in own_nodes or pod.host_network or pod.ip in nw.node_by_ip:
+                continue                    # bridged pods only
             addr = ipaddress.ip_address(pod.ip)
             if not any(addr in c for c in own.get(pod.node, [])):
                 outside.append(pod)
@@ -116,12 +184,13 @@ class NaiveNetwork:
         return best
 
     def pod_listens(self, pod, proto: int, port: int) -> bool:
-        return any(cp.proto == proto and cp.port == port for cp in pod.ports)
+        """Declared by a container, or listed by an EndpointSlice as a serving endpoint's port."""
+        return any(cp.proto == proto and cp.port == port for cp in pod.ports) or (pod.key, proto, port) in self.served
 
 
 def _result(flow: dict) -> dict:
     return {
-        "verdict": None, "path": None, "src_node": None, "dst_node": None,
+        "verdict": None, "reason": None, "path": None, "src_node": None, "dst_node": None,
         "src_pod": None, "dst_pod": None, "service": None,
         "dnat_ip": flow["dst_ip"], "dnat_port": flow["dst_port"], "snat_ip": flow["src_ip"], "hops": 0,
     }
@@ -163,24 +232,30 @@ def resolve_one(net: NaiveNetwork, flow: dict, service_stage: Optional[ServiceSt
         else:
             # a host sender has no pod of its own: the doc's "the sender's" pod is read as
             # the hostNetwork pod that listens there, as §6 names it (null when none)
-            r["dst_pod"] = net.host_listeners.get((src_node, proto, dport))
-            listens = r["dst_pod"] is not None
+            listener = net.host_listeners.get((src_node, proto, dport))
+            r["dst_pod"] = None if listener == HOST_PROCESS else listener
+            listens = listener is not None
         r["verdict"] = "delivered" if listens else "refused"
+        r["reason"] = None if listens else "no-listener"
         return r
     if kind == "external" and is_loopback:
-        r["verdict"], r["path"] = "dropped", "none"
+        r["verdict"], r["reason"], r["path"] = "dropped", "martian", "none"
         return r
 
-    # §1, external: the receiving node owns the destination (route, or node IP)
+    # hostPort: the CNI portmap plugin's DNAT, before kube-proxy (which then sees a pod address)
+    mapped = net.portmap.get((dst, proto, dport))
+    if mapped is not None:
+        dst, dport = mapped
+        r["dnat_ip"], r["dnat_port"] = dst, dport
+
+    # §1, external: the receiving node owns the destination (node IP, or route)
     if kind == "external":
-        owner = net.route(dst)
-        if owner is None:
-            owner = net.node_by_ip.get(dst)
+        owner = net.owner(dst)
         src_node = owner
         r["src_node"] = owner
 
     # §4 service stage
-    if service_stage is not None:
+    if service_stage is not None and mapped is None:
         hit = service_stage(flow, r["src_pod"], src_node)
         if hit is not None:
             r["service"] = hit["service"]
@@ -189,15 +264,13 @@ def resolve_one(net: NaiveNetwork, flow: dict, service_stage: Optional[ServiceSt
                 src_node = hit["src_node"]
                 r["src_node"] = src_node
             if hit.get("verdict") is not None:
-                r["verdict"], r["path"] = hit["verdict"], "none"
+                r["verdict"], r["reason"], r["path"] = hit["verdict"], hit["reason"], "none"
                 r["hops"] = _source_part(kind, src_node)
                 return r
             dst, dport = r["dnat_ip"], r["dnat_port"]
             if kind == "external" and src_node is None:
                 # no receiving node yet: the one that owns the rewritten destination
-                src_node = net.route(dst)
-                if src_node is None:
-                    src_node = net.node_by_ip.get(dst)
+                src_node = net.owner(dst)
                 r["src_node"] = src_node
     source_part = _source_part(kind, src_node)
 
@@ -213,6 +286,22 @@ def resolve_one(net: NaiveNetwork, flow: dict, service_stage: Optional[ServiceSt
             return "routed"
         return "loopback" if (kind == "host" and host_dst) else "bridge"
 
+    # §6 a node's own address: its host namespace (before any route derived from pods)
+    if dst in net.node_by_ip:
+        dst_node = net.node_by_ip[dst]
+        r["dst_node"] = dst_node
+        listener = net.host_listeners.get((dst_node, proto, dport))
+        r["dst_pod"] = None if listener == HOST_PROCESS else listener
+        r["verdict"], r["reason"] = ("delivered", None) if listener is not None else ("refused", "no-listener")
+        r["path"] = path_to(dst_node, True)
+        r["hops"] = source_part + crossings(dst_node)
+        return r
+
+    # a pod on a node the input does not hold: nowhere known to go
+    if dst in net.orphans:
+        r["verdict"], r["reason"], r["path"], r["hops"] = "dropped", "node-not-in-input", "none", source_part
+        return r
+
     # §5 route hit: node, neighbour table, FDB, listener
     dst_node = net.route(dst)
     if dst_node is not None:
@@ -220,40 +309,32 @@ def resolve_one(net: NaiveNetwork, flow: dict, service_stage: Optional[ServiceSt
         mac = net.neighbours.get((dst_node, dst))
         pod = net.fdb.get((dst_node, mac)) if mac is not None else None
         if pod is None:
-            r["verdict"], r["path"] = "dropped", "none"
+            r["verdict"], r["reason"], r["path"] = "dropped", "no-such-pod", "none"
             r["hops"] = source_part + crossings(dst_node)
             return r
         r["dst_pod"] = pod.key
-        r["verdict"] = "delivered" if net.pod_listens(pod, proto, dport) else "refused"
+        listens = net.pod_listens(pod, proto, dport)
+        r["verdict"], r["reason"] = ("delivered", None) if listens else ("refused", "no-listener")
         r["path"] = path_to(dst_node, False)
         own_bridge = kind == "pod" and dst_node == src_node
         r["hops"] = source_part + crossings(dst_node) + (1 if own_bridge else 2)
         return r
 
-    # §6 route miss, a node IP: the host namespace
-    if dst in net.node_by_ip:
-        dst_node = net.node_by_ip[dst]
-        r["dst_node"] = dst_node
-        listener = net.host_listeners.get((dst_node, proto, dport))
-        r["dst_pod"] = listener
-        r["verdict"] = "delivered" if listener is not None else "refused"
-        r["path"] = path_to(dst_node, True)
-        r["hops"] = source_part + crossings(dst_node)
-        return r
-
     # §7 route miss, not a node IP: leaves the cluster
     if kind == "external":
-        r["verdict"], r["path"], r["hops"] = "dropped", "none", 0
+        r["verdict"], r["reason"], r["path"], r["hops"] = "dropped", "no-route", "none", 0
         r["src_node"] = None
         return r
     r["verdict"], r["path"] = "egress", "external"
-    if kind == "pod":                       # pods are masqueraded; a host keeps its own address
+    kept = any(ipaddress.ip_address(dst) in c for c in net.no_masquerade)   # ip-masq-agent
+    if kind == "pod" and not kept:          # pods are masqueraded; a host keeps its own address
         r["snat_ip"] = net.internal_ip[src_node]
     r["hops"] = source_part + 1
     return r
 
 
-def naive_resolve(cluster, flows: list[dict], service_stage: Optional[ServiceStage] = None) -> list[dict]:
+def naive_resolve(cluster, flows: list[dict], service_stage: Optional[ServiceStage] = None,
+                  non_masquerade=None) -> list[dict]:
     """Resolve ``flows`` (dicts) against ``cluster``, one at a time, in order.
 
     Parameters
@@ -265,13 +346,15 @@ def naive_resolve(cluster, flows: list[dict], service_stage: Optional[ServiceSta
     service_stage
         ``service_stage(flow, src_pod, src_node) -> dict | None`` (see the module
         docstring); ``None`` for clusters without services.
+    non_masquerade
+        CIDR strings (``--non-masquerade-cidrs``); ``None``: the cluster's ip-masq-agent config.
 
     Returns
     -------
     list of dict
         One result per flow with the result columns of interfaces.md.
     """
-    net = NaiveNetwork(cluster)
+    net = NaiveNetwork(cluster, non_masquerade)
     return [resolve_one(net, f, service_stage) for f in flows]
 
 

@@ -113,8 +113,9 @@ class NaiveServices:
             for ip in (n.internal_ip, n.external_ip):
                 if ip is not None:
                     self.node_by_ip.setdefault(ip, n.name)
-        self.pod_node = {p.ip: p.node for p in cluster.pods
-                         if p.ip is not None and p.node is not None and not p.host_network}
+        self.pod_node = {p.ip: p.node for p in cluster.pods     # in-cluster pod clients (docs/dataplane.md §1)
+                         if p.ip is not None and p.node in self.node_by_name and not p.host_network
+                         and p.ip not in self.node_by_ip}
         slices = endpoints_for(cluster)
         self.ports: dict[str, dict] = {}           # service-port name -> facts
         self.frontends: dict[tuple, tuple] = {}    # (ip, proto, port) -> (sp name, kind, node name)
@@ -164,7 +165,8 @@ class NaiveServices:
                 key = (e.addresses[0], match[0].port)
                 if key not in seen:
                     seen[key] = {"ip": key[0], "port": key[1], "ready": e.ready, "serving": e.serving,
-                                 "terminating": e.terminating, "node": e.node, "hints": set(e.hint_zones)}
+                                 "terminating": e.terminating, "node": e.node, "hints": set(e.hint_zones),
+                                 "node_hints": set(e.hint_nodes)}
         return [seen[k] for k in sorted(seen)]
 
     # ---- CategorizeEndpoints
@@ -177,6 +179,9 @@ class NaiveServices:
 
     def cluster_view(self, eps: list[dict], node: str) -> list[dict]:
         ready = [e for e in eps if e["ready"]]
+        # node hints (PreferSameNode, KEP-3015) first: every Ready endpoint hinted, one for this node
+        if ready and all(e["node_hints"] for e in ready) and any(node in e["node_hints"] for e in ready):
+            return [e for e in ready if node in e["node_hints"]]
         zone = self.node_by_name[node].zone
         if ready and zone and all(e["hints"] for e in ready) and any(zone in e["hints"] for e in ready):
             return [e for e in ready if zone in e["hints"]]
@@ -199,11 +204,11 @@ class NaiveServices:
     def stage(self, flow: dict, src_pod: Optional[str] = None, src_node: Optional[str] = None) -> Optional[dict]:
         src, dst = flow["src_ip"], flow["dst_ip"]
         fe = self.frontends.get((dst, flow["proto"], flow["dst_port"]))
-        out = {"service": None, "verdict": None, "dnat_ip": dst, "dnat_port": flow["dst_port"],
+        out = {"service": None, "verdict": None, "reason": None, "dnat_ip": dst, "dnat_port": flow["dst_port"],
                "snat_ip": src, "src_node": None}
         if fe is None:
             if dst in self.cluster_ips:
-                out["verdict"] = "rejected"
+                out["verdict"], out["reason"] = "rejected", "port-not-served"
                 return out
             return None
         sp, kind, fe_node = fe
@@ -219,14 +224,14 @@ class NaiveServices:
         out["src_node"] = node
         eps = self.ports[sp]["endpoints"]
         if not any(e["ready"] or (e["serving"] and e["terminating"]) for e in eps):
-            out["verdict"] = "rejected"
+            out["verdict"], out["reason"] = "rejected", "no-endpoints"
             return out
         if node is None:
-            out["verdict"] = "dropped"
+            out["verdict"], out["reason"] = "dropped", "no-route"       # no node to receive it
             return out
         elig, local = self.eligible(sp, kind, external, node)
         if not elig:
-            out["verdict"] = "dropped"
+            out["verdict"], out["reason"] = "dropped", "no-local-endpoint"
             return out
         backend = self._choose(flow, sp, node, elig)
         out["dnat_ip"], out["dnat_port"] = backend["ip"], backend["port"]
@@ -353,8 +358,13 @@ def random_cluster(rng: random.Random, n_nodes: int = 4, n_services: int = 10, m
                 hints = ()
                 if hinted and rng.random() < 0.95:
                     hints = tuple(sorted({rng.choice(zones)} | ({z} if z and rng.random() < 0.7 else set())))
+                node_hints = ()
+                if s % 3 == 1:   # node hints (PreferSameNode) on a third of the services, from their own draw
+                    r2 = random.Random(f"{s}/{k}/{len(eps)}")
+                    if r2.random() < 0.9:
+                        node_hints = (p.node,) if r2.random() < 0.7 else (r2.choice(nodes).name,)
                 eps.append(Endpoint(addresses=(p.ip,), ready=ready, serving=serving, terminating=term,
-                                    node=node, zone=z, hint_zones=hints, target_pod=p.key))
+                                    node=node, zone=z, hint_zones=hints, target_pod=p.key, hint_nodes=node_hints))
             sports = tuple(EndpointSlicePort(name=sp.name, port=sp.target_port + k * rng.randint(0, 1),
                                              proto=sp.proto)
                            for sp in ports if rng.random() < 0.9)

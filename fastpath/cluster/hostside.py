@@ -1,0 +1,173 @@
+"""Forwarding rules of real clusters, compiled into table contents.
+
+:func:`fastpath.cluster.compile.compile_forwarding` calls these; each turns one
+rule of ``../shared/spec/kubernetes-dataplane.md`` into entries of a table the
+kernels already read (or one more exact table), so no rule costs per-flow Python:
+
+* **What listens** (§2 item 8, :func:`served_listeners`): a pod listens on the
+  ports its containers declare *and* on every (protocol, port) an EndpointSlice
+  lists it under as a serving endpoint (a readiness probe passed there). An
+  endpoint address that is a bridged pod's IP adds entries to that pod's record;
+  one that is a node's address adds (node, protocol, port) to the host-listen
+  table: the endpoint's ``targetRef`` pod where it is a hostNetwork pod on that
+  node, else :data:`HOST_PROCESS` (something in the host namespace listens, no
+  pod known: the API server's 6443 on a control-plane node).
+* **hostPort** (§3 item 10, :func:`portmap_table`): the CNI ``portmap`` plugin's
+  DNAT. Every address of the pod's node, on (protocol, hostPort), becomes
+  ``pod IP:containerPort`` before kube-proxy sees the flow. Keyed
+  ``pack3(node address, proto, hostPort)``, value ``pod IP << 16 | containerPort``;
+  a bit set over ports lets flows to other ports skip the probe.
+* **Pods on nodes not in the input** (:func:`orphan_routes`): a /32 route per
+  such pod's address to the marker next hop ``NH_NODE_NOT_IN_INPUT``: flows there
+  are ``dropped`` with reason ``node-not-in-input``.
+* **ip-masq-agent** (§2 item 7, :func:`no_masquerade_routes`): each
+  ``nonMasqueradeCIDRs`` prefix (and 169.254.0.0/16 unless ``masqLinkLocal``)
+  becomes a route to the marker ``NH_NO_MASQUERADE``, except where a cluster route
+  already covers it: a pod's egress that matches one keeps its source address.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..addr import prefix_mask
+from ..tables.exact import AddressTable, ExactTable, pack3_np
+from ..tables.lpm import RouteTable
+from .model import Cluster, Node
+
+#: Host-listen value of a port that something in the node's host namespace serves, no pod known.
+HOST_PROCESS = -2
+#: Route-table next hops that are not nodes; the forwarding kernel reads them as int32 -3 and -4.
+NH_NODE_NOT_IN_INPUT = 0xFFFFFFFD
+NH_NO_MASQUERADE = 0xFFFFFFFC
+#: IPv4 link-local, which ip-masq-agent leaves unmasqueraded unless ``masqLinkLocal``.
+LINK_LOCAL = (0xA9FE0000, 16)
+
+
+def served_listeners(slices, pod_by_ip: AddressTable, node_by_ip: ExactTable, pod_index: dict[str, int],
+                     pod_host: np.ndarray, pod_node: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Listening entries that EndpointSlices add (see the module docstring).
+
+    Returns
+    -------
+    pods, protos, ports
+        int64 arrays: bridged pod ``pods[k]`` listens on ``(protos[k], ports[k])``.
+    host_keys, host_values
+        ``pack3(node, proto, port)`` -> hostNetwork pod index or :data:`HOST_PROCESS`.
+    """
+    addr, target, proto, port = [], [], [], []
+    for sl in slices:
+        sports = [(p.proto, p.port) for p in sl.ports if p.port]
+        if not sports:
+            continue
+        for e in sl.endpoints:
+            if not e.serving or not e.addresses:
+                continue
+            t = pod_index.get(e.target_pod, -1) if e.target_pod else -1
+            for a in e.addresses:
+                for pr, po in sports:
+                    addr.append(a)
+                    target.append(t)
+                    proto.append(pr)
+                    port.append(po)
+    empty = np.zeros(0, np.int64)
+    if not addr:
+        return empty, empty, empty, np.zeros(0, np.uint64), empty
+    addr_a = np.array(addr, dtype=np.uint32)
+    target_a = np.array(target, dtype=np.int64)
+    proto_a = np.array(proto, dtype=np.int64)
+    port_a = np.array(port, dtype=np.int64)
+    pod = pod_by_ip.lookup(addr_a).astype(np.int64)
+    bridged = pod >= 0
+    node = node_by_ip.lookup(addr_a.astype(np.uint64)).astype(np.int64)
+    host = ~bridged & (node >= 0)
+    own = np.zeros(addr_a.shape[0], dtype=bool)
+    has_t = target_a >= 0
+    own[has_t] = pod_host[target_a[has_t]] & (pod_node[target_a[has_t]] == node[has_t])
+    hval = np.where(own, target_a, HOST_PROCESS)[host]
+    hkey = pack3_np(node[host], proto_a[host], port_a[host])
+    return pod[bridged], proto_a[bridged], port_a[bridged], hkey, hval
+
+
+def portmap_table(nodes: list[Node], pods, pod_node: np.ndarray) -> tuple[ExactTable, np.ndarray]:
+    """The CNI portmap DNAT of every hostPort, and the bit set of hostPorts (uint8[8192]).
+
+    Only pods on a node of the input with an IP and not ``hostNetwork`` (a
+    hostNetwork pod's port already is its node's). Where two pods claim one
+    (address, protocol, hostPort), the first in input order wins.
+    """
+    keys, vals = [], []
+    bits = np.zeros(8192, dtype=np.uint8)
+    for i, p in enumerate(pods):
+        if p.host_network or p.ip is None or pod_node[i] < 0:
+            continue
+        for cp in p.ports:
+            hp = getattr(cp, "host_port", None)
+            if not hp:
+                continue
+            n = nodes[int(pod_node[i])]
+            for a in (n.internal_ip, n.external_ip):
+                if a is not None:
+                    keys.append((a, cp.proto, hp))
+                    vals.append((int(p.ip) << 16) | int(cp.port))
+            bits[hp >> 3] |= np.uint8(1 << (hp & 7))
+    if not keys:
+        return ExactTable.build(np.zeros(0, np.uint64), np.zeros(0, np.int64)), bits
+    k = np.array(keys, dtype=np.int64)
+    packed = pack3_np(k[:, 0], k[:, 1], k[:, 2])[::-1]        # reversed: the first claim is the last write
+    return ExactTable.build(packed, np.array(vals, dtype=np.int64)[::-1]), bits
+
+
+def orphan_routes(routes: RouteTable, pods, node_index: dict[str, int], taken: np.ndarray) -> int:
+    """Add a /32 ``NH_NODE_NOT_IN_INPUT`` route per address of a pod whose node is not in the input.
+
+    ``taken``: addresses that stay what they are (node addresses, bridged pods).
+    Returns how many routes were added.
+    """
+    ips = {p.ip for p in pods if p.ip is not None and p.node is not None and p.node not in node_index}
+    if not ips:
+        return 0
+    a = np.array(sorted(ips), dtype=np.uint32)
+    a = a[~np.isin(a, taken)]
+    for ip in a.tolist():
+        routes.insert((ip, 32), NH_NODE_NOT_IN_INPUT)
+    return int(a.size)
+
+
+def masquerade_exceptions(cluster: Cluster, override=None) -> list[tuple[int, int]]:
+    """The prefixes a pod's egress keeps its address for: ``override`` (the CLI's), else the
+    ip-masq-agent ConfigMap's; plus link-local unless ``masqLinkLocal``. Empty: masquerade all."""
+    masq = getattr(cluster, "masquerade", None)
+    if override is None and masq is None:
+        return []
+    if override is not None:
+        from ..addr import parse_cidr
+        cidrs = [parse_cidr(c, strict=False) if isinstance(c, str) else tuple(c) for c in override]
+    else:
+        cidrs = list(masq.non_masquerade_cidrs)
+    if not (masq is not None and masq.masq_link_local):
+        cidrs.append(LINK_LOCAL)
+    return cidrs
+
+
+def no_masquerade_routes(routes: RouteTable, cidrs) -> int:
+    """Add each prefix of ``cidrs`` as a ``NH_NO_MASQUERADE`` route unless a route already covers it.
+
+    A prefix inside a cluster route never sees egress (the cluster route, or a
+    longer one, matches every address of it), so leaving it out changes nothing;
+    a prefix holding cluster routes loses nothing either (they are longer).
+    Returns how many were added.
+    """
+    if not cidrs:
+        return 0
+    net, length, _ = routes.prefixes()
+    net = net.astype(np.int64)
+    length = length.astype(np.int64)
+    masks = (np.int64(0xFFFFFFFF) << (32 - length)) & np.int64(0xFFFFFFFF)
+    added = 0
+    for cnet, clen in sorted(set((int(n) & prefix_mask(int(ln)), int(ln)) for n, ln in cidrs)):
+        if ((length <= clen) & ((cnet & masks) == net)).any():
+            continue
+        routes.insert((cnet, clen), NH_NO_MASQUERADE)
+        added += 1
+    return added

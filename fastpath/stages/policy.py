@@ -1,0 +1,919 @@
+"""The NetworkPolicy stage: every connection allowed or ``denied``, a few array reads a flow.
+
+Semantics: ``../shared/spec/kubernetes-dataplane.md`` §6, and ``docs/dataplane.md``
+("NetworkPolicy"). The stage runs after kube-proxy (it sees the chosen backend pod and
+port, and the source as it arrives, after any masquerade) and before forwarding.
+
+Compilation (once, :func:`compile_policies`), in the manner of Cilium's identities and
+policy map:
+
+* **identity classes.** Pods are grouped by (namespace, labels); every selector is
+  evaluated once per group (an inverted label index narrows ``matchLabels``). A pod
+  gets three small integers: its *ingress subject* class (the set of Ingress policies
+  selecting it, with the named ports those policies use resolved on its containers),
+  its *egress subject* class (the Egress policies selecting it), and its *peer* class
+  (the peer selectors that match it, the ipBlock class of its IP, and the named ports
+  egress rules use, resolved on it). Pods no selector tells apart share a class.
+  ``-1`` subject: not isolated in that direction.
+* **address classes.** Every ipBlock (``cidr`` minus ``except``) cuts the IPv4 space
+  into intervals; intervals inside the same blocks share a class. A source or
+  destination that is not a pod (a node, a hostNetwork pod, an outside client) is
+  looked up here by binary search; a pod's class already holds its IP's.
+* **policy map** (:class:`PolicyMap`). Per direction and subject class, a short sorted
+  run of keys — a peer class, a whole namespace (``podSelector: {}`` or a
+  ``namespaceSelector`` alone: one entry, not one per pod class), an address class —
+  each with a *port set*: ranges of ``proto << 16 | port``, each with the policy that
+  allows it. A peer class's entry folds in every rule that applies to it (its
+  namespace's, its address's, the any-pod and any-peer rules); without one, the
+  namespace entry (or the subject's any-pod set) and, where the subject has ipBlock
+  rules, the address entry are read. A rule's named ports are resolved per
+  destination pod.
+
+Per flow (:func:`_policy_kernel`): the destination pod by address, then the egress
+check of the source pod and the ingress check of the destination pod, each one pass
+over the subject's run and a scan of a few ranges. Exempt: a pod to itself, and a pod
+and its own node (either way). hostNetwork pods are never selected (they are their
+node's address).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+
+from .._jit import GROUP, UGROUP, chunk_bounds, jit, pjit, prefetch
+from ..cluster.model import PROTO_NAMES, Cluster
+from ..cluster.netpol import LabelSelector, NetworkPolicy, Peer, PolicyPort, Rule, namespace_labels
+from ..codes import DENIED, PENDING, R_POLICY_EGRESS, R_POLICY_INGRESS
+from ..tables.exact import EMPTY, at_find, at_home, at_probe, ht_find
+
+#: Every port of every protocol, as ``proto << 16 | port`` ranges.
+ALL_PORTS = ((6 << 16, (6 << 16) | 0xFFFF), (17 << 16, (17 << 16) | 0xFFFF), (132 << 16, (132 << 16) | 0xFFFF))
+#: Per-flow attribution codes besides a policy index (``PolicyStage.last_ingress`` / ``last_egress``).
+NOT_ISOLATED, EXEMPT, NO_RULE = -1, -2, -3
+
+
+# --------------------------------------------------------------------------- selectors
+
+class _Selectors:
+    """Selector evaluation over pod label groups, cached, with a per-namespace label index."""
+
+    def __init__(self, group_ns: list[str], group_labels: list[dict], ns_labels: dict[str, dict]) -> None:
+        self.group_labels = group_labels
+        self.ns_labels = ns_labels
+        self.by_ns: dict[str, list[int]] = {}
+        for g, ns in enumerate(group_ns):
+            self.by_ns.setdefault(ns, []).append(g)
+        self._index: dict[str, dict[tuple[str, str], list[int]]] = {}
+        self._pods: dict[tuple[str, LabelSelector], tuple[int, ...]] = {}
+        self._ns: dict[LabelSelector, tuple[str, ...]] = {}
+        self._peer: dict[tuple, tuple[int, ...]] = {}
+
+    def _idx(self, ns: str) -> dict[tuple[str, str], list[int]]:
+        idx = self._index.get(ns)
+        if idx is None:
+            idx = self._index[ns] = {}
+            for g in self.by_ns.get(ns, ()):
+                for kv in self.group_labels[g].items():
+                    idx.setdefault(kv, []).append(g)
+        return idx
+
+    def pods(self, ns: str, sel: LabelSelector) -> tuple[int, ...]:
+        """Label groups of namespace ``ns`` that ``sel`` selects."""
+        key = (ns, sel)
+        hit = self._pods.get(key)
+        if hit is not None:
+            return hit
+        if sel.match_labels:
+            idx = self._idx(ns)
+            lists = [idx.get(kv, ()) for kv in sel.match_labels]
+            cand = min(lists, key=len)
+        else:
+            cand = self.by_ns.get(ns, ())
+        labels = self.group_labels
+        out = tuple(g for g in cand if sel.matches(labels[g]))
+        self._pods[key] = out
+        return out
+
+    def namespaces(self, sel: LabelSelector) -> tuple[str, ...]:
+        hit = self._ns.get(sel)
+        if hit is None:
+            hit = self._ns[sel] = tuple(n for n, lab in self.ns_labels.items() if sel.matches(lab))
+        return hit
+
+    def peer(self, policy_ns: str, peer: Peer) -> tuple[int, ...]:
+        """Label groups a selector peer matches (never called for ipBlock peers)."""
+        key = (policy_ns if peer.namespace_selector is None else None, peer.pod_selector, peer.namespace_selector)
+        hit = self._peer.get(key)
+        if hit is not None:
+            return hit
+        ps = peer.pod_selector or LabelSelector()
+        if peer.namespace_selector is None:
+            out = self.pods(policy_ns, ps)
+        else:
+            out = tuple(g for ns in self.namespaces(peer.namespace_selector) for g in self.pods(ns, ps))
+        self._peer[key] = out
+        return out
+
+
+def _all_pods(peer: Peer) -> bool:
+    """A peer matching every pod of every namespace (``namespaceSelector: {}``, no or empty podSelector)."""
+    return (peer.namespace_selector is not None and peer.namespace_selector.empty
+            and (peer.pod_selector is None or peer.pod_selector.empty))
+
+
+def resolve_named(ports, name: str, proto: int) -> list[int]:
+    """Port numbers a pod's containers declare under ``name`` for ``proto``."""
+    return [cp.port for cp in ports if cp.name == name and cp.proto == proto]
+
+
+def _ranges(pp: tuple[PolicyPort, ...] | None, ports) -> list[tuple[int, int]]:
+    """A rule's ports as ``proto << 16 | port`` ranges; names resolved on ``ports`` (None: no pod, no names)."""
+    if pp is None:
+        return list(ALL_PORTS)
+    out = []
+    for p in pp:
+        base = p.proto << 16
+        if p.port is None:
+            out.append((base, base | 0xFFFF))
+        elif isinstance(p.port, str):
+            if ports is not None:
+                out += [(base | n, base | n) for n in resolve_named(ports, p.port, p.proto)]
+        else:
+            out.append((base | p.port, base | (p.end_port if p.end_port is not None else p.port)))
+    return out
+
+
+def _has_names(rule: Rule) -> bool:
+    return rule.ports is not None and any(isinstance(p.port, str) for p in rule.ports)
+
+
+# --------------------------------------------------------------------------- address classes
+
+def _address_classes(blocks: list) -> tuple[np.ndarray, np.ndarray, list[frozenset]]:
+    """Interval starts (uint32, first 0), their class, and each class's set of block indices."""
+    bounds = {0}
+    for b in blocks:
+        if b.cidr is None:
+            continue
+        for net, length in (b.cidr,) + b.excepts:
+            bounds.add(net)
+            end = net + (1 << (32 - length))
+            if end < 1 << 32:
+                bounds.add(end)
+    starts = np.array(sorted(bounds), dtype=np.uint64)
+    member = [set() for _ in range(starts.size)]
+    for k, b in enumerate(blocks):
+        if b.cidr is None:
+            continue
+        inside = np.zeros(starts.size, dtype=bool)
+        net, length = b.cidr
+        lo, hi = np.searchsorted(starts, [net, net + (1 << (32 - length))])
+        inside[lo:hi] = True
+        for en, el in b.excepts:
+            lo, hi = np.searchsorted(starts, [en, en + (1 << (32 - el))])
+            inside[lo:hi] = False
+        for i in np.flatnonzero(inside).tolist():
+            member[i].add(k)
+    classes: dict[frozenset, int] = {}
+    cls = np.empty(starts.size, dtype=np.int32)
+    for i, m in enumerate(member):
+        cls[i] = classes.setdefault(frozenset(m), len(classes))
+    return starts.astype(np.uint32), cls, list(classes)
+
+
+@jit(inline="always")
+def _address_class(starts, cls, ip):
+    """Class of the interval holding ``ip`` (binary search over ``starts``; ``starts[0] == 0``)."""
+    lo = 0
+    hi = starts.shape[0]
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if starts[mid] <= ip:
+            lo = mid
+        else:
+            hi = mid
+    return np.int64(cls[lo])
+
+
+# --------------------------------------------------------------------------- compiled stage
+
+@dataclass
+class PolicyTables:
+    """The compiled policy stage (see the module docstring)."""
+
+    policies: list[NetworkPolicy]
+    pod_rec: np.ndarray          #: int32[4 * P]: ingress subject, egress subject, peer class, namespace (-1: none)
+    peer_addr: np.ndarray        #: int32[peer classes]: the address class of the class's pods
+    n_peer: int                  #: peer classes (keys below this are peer classes)
+    n_ns: int                    #: namespaces: key ``n_peer + ns`` is a whole namespace
+    ingress: "PolicyMap"         #: (subject, key) -> port set (key: peer class, namespace, address class)
+    egress: "PolicyMap"
+    fallback_in: np.ndarray      #: int32[2 * S_in]: port set for a peer without entry (even: not a pod, odd: a pod)
+    fallback_eg: np.ndarray
+    addr_in: np.ndarray          #: bool[S_in]: the subject has address-class entries (ipBlock rules)
+    addr_eg: np.ndarray
+    ps_off: np.ndarray           #: int64[sets + 1]: CSR offsets into the ranges
+    ps_lo: np.ndarray            #: uint32 range starts (proto << 16 | port)
+    ps_hi: np.ndarray            #: uint32 range ends (inclusive)
+    ps_pol: np.ndarray           #: int32 policy allowing the range
+    addr_start: np.ndarray       #: uint32 interval starts
+    addr_cls: np.ndarray         #: int32 interval class
+    ingress_subjects: list[tuple[int, ...]]   #: policies of each ingress subject class
+    egress_subjects: list[tuple[int, ...]]
+    blocks: list                 #: distinct ipBlocks, by index
+
+    @property
+    def addr_base(self) -> int:
+        """Key of address class 0."""
+        return self.n_peer + self.n_ns
+
+    def describe(self) -> dict:
+        return {"policies": len(self.policies), "ingress_classes": len(self.ingress_subjects),
+                "egress_classes": len(self.egress_subjects), "peer_classes": self.n_peer,
+                "address_classes": int(self.addr_cls.max(initial=-1)) + 1,
+                "ingress_entries": len(self.ingress), "egress_entries": len(self.egress),
+                "port_ranges": int(self.ps_lo.size)}
+
+
+@dataclass(frozen=True)
+class PolicyMap:
+    """One direction's policy map: per subject class, its entries sorted by key (CSR).
+
+    Keys: a peer class (``< n_peer``), ``n_peer + namespace`` (a whole namespace),
+    ``n_peer + n_ns + address class``. A subject has a handful of entries, read as one
+    short run (binary search beyond :data:`SCAN`).
+    """
+
+    off: np.ndarray              #: int64[subjects + 1]
+    key: np.ndarray              #: uint32[entries], sorted within each subject
+    ps: np.ndarray               #: int32[entries]: the port set
+
+    def __len__(self) -> int:
+        return int(self.key.shape[0])
+
+    @classmethod
+    def build(cls, subjects: int, entries: list[tuple[int, int, int]]) -> "PolicyMap":
+        """From (subject, key, port set) triples, each (subject, key) once."""
+        a = np.array(entries, dtype=np.int64).reshape(-1, 3)
+        order = np.lexsort((a[:, 1], a[:, 0]))
+        a = a[order]
+        off = np.searchsorted(a[:, 0], np.arange(subjects + 1)).astype(np.int64)
+        return cls(off, a[:, 1].astype(np.uint32), a[:, 2].astype(np.int32))
+
+
+#: Entries of a subject read one by one; a longer run is binary-searched.
+SCAN = 16
+
+
+class _PortSets:
+    """Interned port sets: tuples of (lo, hi, policy) ranges, in policy order."""
+
+    def __init__(self) -> None:
+        self.ids: dict[tuple, int] = {(): 0}
+        self.sets: list[tuple] = [()]
+
+    def add(self, ranges) -> int:
+        if not ranges:
+            return 0
+        key = tuple(sorted(set(ranges), key=_range_order))
+        i = self.ids.get(key)
+        if i is None:
+            i = self.ids[key] = len(self.sets)
+            self.sets.append(key)
+        return i
+
+    def arrays(self):
+        off = np.zeros(len(self.sets) + 1, dtype=np.int64)
+        off[1:] = np.cumsum([len(s) for s in self.sets])
+        flat = [r for s in self.sets for r in s]
+        lo = np.array([r[0] for r in flat], dtype=np.uint32)
+        hi = np.array([r[1] for r in flat], dtype=np.uint32)
+        pol = np.array([r[2] for r in flat], dtype=np.int32)
+        return off, lo, hi, pol
+
+
+def _range_order(r):
+    return (r[2], r[0], r[1])
+
+
+def _peer_key(pol: NetworkPolicy, q: Peer) -> tuple:
+    return (pol.namespace if q.namespace_selector is None else None, q.pod_selector, q.namespace_selector)
+
+
+def _ns_wide(q: Peer) -> bool:
+    """A selector peer that takes whole namespaces (no or an empty podSelector)."""
+    return q.ip_block is None and (q.pod_selector is None or q.pod_selector.empty) and not _all_pods(q)
+
+
+def compile_policies(cluster: Cluster, tables) -> PolicyTables | None:
+    """Compile ``cluster.policies`` against the forwarding tables' pods; None without policies.
+
+    ``tables`` is the :class:`~fastpath.cluster.compile.ForwardingTables` of the same
+    cluster (pod and namespace indices are shared).
+    """
+    policies = list(getattr(cluster, "policies", None) or ())
+    if not policies:
+        return None
+    pods = cluster.pods
+    n_pods = len(pods)
+    bridged = np.zeros(n_pods, dtype=bool)
+    if n_pods:
+        vals = tables.pod_by_ip.values[tables.pod_by_ip.slots != EMPTY]
+        bridged[vals] = True
+    ns_index = {n: i for i, n in enumerate(tables.ns_names)}
+    pod_ns = tables.pod_ns
+    # label groups: pods of one namespace with the same labels
+    group_of: dict[tuple, int] = {}
+    group_ns: list[str] = []
+    group_labels: list[dict] = []
+    pod_group = np.full(n_pods, -1, dtype=np.int64)
+    rows = np.flatnonzero(bridged)
+    keys = [(p.namespace, tuple(sorted(p.labels.items()))) for p in map(pods.__getitem__, rows.tolist())]
+    groups = []
+    for i, key in zip(rows.tolist(), keys):
+        g = group_of.get(key)
+        if g is None:
+            g = group_of[key] = len(group_ns)
+            group_ns.append(key[0])
+            group_labels.append(pods[i].labels)
+        groups.append(g)
+    pod_group[rows] = groups
+    ns_labels = namespace_labels(cluster)
+    sel = _Selectors(group_ns, group_labels, ns_labels)
+    n_groups = len(group_ns)
+    n_ns = len(tables.ns_names)
+
+    # policies selecting each group, per direction
+    ing_of: list[list[int]] = [[] for _ in range(n_groups)]
+    eg_of: list[list[int]] = [[] for _ in range(n_groups)]
+    for k, pol in enumerate(policies):
+        for g in sel.pods(pol.namespace, pol.pod_selector):
+            if pol.affects_ingress:
+                ing_of[g].append(k)
+            if pol.affects_egress:
+                eg_of[g].append(k)
+
+    # distinct specific peers (a podSelector that picks pods), namespace-wide peers, ipBlocks
+    peer_id: dict[tuple, int] = {}
+    peer_groups: list[tuple[int, ...]] = []
+    wide_ns: dict[tuple, tuple[int, ...]] = {}
+    block_id: dict = {}
+    blocks: list = []
+    egress_names: set[tuple[str, int]] = set()
+    for pol in policies:
+        for direction, rules in (("in", pol.ingress), ("eg", pol.egress)):
+            for r in rules:
+                if direction == "eg" and r.ports is not None:
+                    egress_names.update((p.port, p.proto) for p in r.ports if isinstance(p.port, str))
+                for q in r.peers or ():
+                    if q.ip_block is not None:
+                        if q.ip_block not in block_id:
+                            block_id[q.ip_block] = len(blocks)
+                            blocks.append(q.ip_block)
+                    elif _all_pods(q):
+                        continue
+                    elif _ns_wide(q):
+                        key = _peer_key(pol, q)
+                        if key not in wide_ns:
+                            names = (pol.namespace,) if q.namespace_selector is None else \
+                                sel.namespaces(q.namespace_selector)
+                            wide_ns[key] = tuple(ns_index[n] for n in names if n in ns_index)
+                    else:
+                        key = _peer_key(pol, q)
+                        if key not in peer_id:
+                            peer_id[key] = len(peer_groups)
+                            peer_groups.append(sel.peer(pol.namespace, q))
+    group_peers: list[list[int]] = [[] for _ in range(n_groups)]
+    for q, gs in enumerate(peer_groups):
+        for g in gs:
+            group_peers[g].append(q)
+    addr_start, addr_cls, addr_members = _address_classes(blocks)
+    pod_addr = np.zeros(n_pods, dtype=np.int64)
+    if n_pods:
+        pod_addr = addr_cls[np.searchsorted(addr_start, tables.pod_ip, side="right") - 1].astype(np.int64)
+    names = sorted(egress_names)
+
+    # classes (one computation per group, ports tuple and address class)
+    pod_rec = np.full((n_pods, 4), -1, dtype=np.int32)
+    pod_rec[:, 3] = pod_ns
+    in_class: dict[tuple, int] = {}
+    eg_class: dict[tuple, int] = {}
+    peer_class: dict[tuple, int] = {}
+    in_rep: list[int] = []         # a representative pod per class
+    eg_rep: list[int] = []
+    peer_rep: list[int] = []
+    in_names: dict[tuple, bool] = {}
+    done: dict[tuple, tuple[int, int, int]] = {}
+    triples = []
+    for i, g, a in zip(rows.tolist(), pod_group[rows].tolist(), pod_addr[rows].tolist()):
+        ports = pods[i].ports
+        memo = (g, id(ports), a)
+        hit = done.get(memo)
+        if hit is not None:
+            triples.append(hit)
+            continue
+        ci = ce = -1
+        ing = tuple(ing_of[g])
+        if ing:
+            uses = in_names.get(ing)
+            if uses is None:
+                uses = in_names[ing] = any(_has_names(r) for k in ing for r in policies[k].ingress)
+            key = (ing, id(ports) if uses else 0)
+            ci = in_class.get(key)
+            if ci is None:
+                ci = in_class[key] = len(in_rep)
+                in_rep.append(i)
+        eg = tuple(eg_of[g])
+        if eg:
+            ce = eg_class.get(eg)
+            if ce is None:
+                ce = eg_class[eg] = len(eg_rep)
+                eg_rep.append(i)
+        res = tuple(tuple(resolve_named(ports, n, pr)) for n, pr in names) if names else ()
+        key = (int(pod_ns[i]), tuple(group_peers[g]), a, res)
+        cp = peer_class.get(key)
+        if cp is None:
+            cp = peer_class[key] = len(peer_rep)
+            peer_rep.append(i)
+        done[memo] = (ci, ce, cp)
+        triples.append(done[memo])
+    if rows.size:
+        pod_rec[rows, :3] = np.array(triples, dtype=np.int32)
+    n_peer = len(peer_rep)
+    peer_keys = list(peer_class)
+    peer_addr = np.array([k[2] for k in peer_keys], dtype=np.int32)
+    addr_base = n_peer + n_ns
+
+    # which peer classes each specific peer reaches; peer classes by namespace
+    pcs_of_peer: list[list[int]] = [[] for _ in peer_groups]
+    pcs_of_ns: list[list[int]] = [[] for _ in range(n_ns)]
+    acs_of_block: list[list[int]] = [[] for _ in blocks]
+    for a, members in enumerate(addr_members):
+        for b in members:
+            acs_of_block[b].append(a)
+    for c, (ns, qs, _a, _res) in enumerate(peer_keys):
+        pcs_of_ns[ns].append(c)
+        for q in qs:
+            pcs_of_peer[q].append(c)
+
+    psets = _PortSets()
+
+    def build(subjects: list[tuple[int, ...]], reps: list[int], egress: bool):
+        entries: list[tuple[int, int, int]] = []
+        fallback = np.zeros(2 * len(subjects), dtype=np.int32)
+        has_addr = np.zeros(len(subjects), dtype=bool)
+        for s, pols in enumerate(subjects):
+            any_r: list = []                    # every peer
+            pod_r: list = []                    # every pod
+            ent: dict[int, list] = {}           # peer class -> ranges
+            wide: dict[int, list] = {}          # namespace -> ranges
+            addr: dict[int, list] = {}          # address class -> ranges
+            subj_ports = None if egress else pods[reps[s]].ports
+            for k in pols:
+                pol = policies[k]
+                for r in (pol.egress if egress else pol.ingress):
+                    named = egress and _has_names(r)
+                    rng = [(lo, hi, k) for lo, hi in _ranges(r.ports, subj_ports)]
+                    targets: list[int] | tuple = ()
+                    if r.peers is None:
+                        any_r += rng
+                        if named:
+                            targets = range(n_peer)
+                    else:
+                        for q in r.peers:
+                            if q.ip_block is not None:
+                                for a in acs_of_block[block_id[q.ip_block]]:
+                                    addr.setdefault(a, []).extend(rng)
+                                if named:               # a pod in the block, by its resolved names
+                                    b = block_id[q.ip_block]
+                                    targets = [c for c in range(n_peer) if b in addr_members[peer_keys[c][2]]]
+                                else:
+                                    continue
+                            elif _all_pods(q):
+                                if not named:
+                                    pod_r += rng
+                                    continue
+                                targets = range(n_peer)
+                            elif _ns_wide(q):
+                                spaces = wide_ns[_peer_key(pol, q)]
+                                if not named:
+                                    for n in spaces:
+                                        wide.setdefault(n, []).extend(rng)
+                                    continue
+                                targets = [c for n in spaces for c in pcs_of_ns[n]]
+                            else:
+                                targets = pcs_of_peer[peer_id[_peer_key(pol, q)]]
+                            for c in targets:
+                                if named:               # names resolve on the destination pod
+                                    ent.setdefault(c, []).extend(
+                                        (lo, hi, k) for lo, hi in _ranges(r.ports, pods[peer_rep[c]].ports))
+                                else:
+                                    ent.setdefault(c, []).extend(rng)
+                            targets = ()
+                    for c in targets:                   # every peer, with names: per pod class
+                        ent.setdefault(c, []).extend(
+                            (lo, hi, k) for lo, hi in _ranges(r.ports, pods[peer_rep[c]].ports))
+            base_pod = any_r + pod_r
+            fallback[2 * s] = psets.add(any_r)
+            fallback[2 * s + 1] = psets.add(base_pod)
+            has_addr[s] = bool(addr)
+            for c, rs in ent.items():           # a pod class: everything that applies to it
+                _ns, _qs, a, _res = peer_keys[c]
+                entries.append((s, c, psets.add(rs + wide.get(_ns, []) + addr.get(a, []) + base_pod)))
+            for n, rs in wide.items():
+                entries.append((s, n_peer + n, psets.add(rs + base_pod)))
+            for a, rs in addr.items():
+                entries.append((s, addr_base + a, psets.add(rs + any_r)))
+        return PolicyMap.build(len(subjects), entries), fallback, has_addr
+
+    in_subjects = [k[0] for k in in_class]
+    eg_subjects = list(eg_class)
+    t_in, fb_in, ad_in = build(in_subjects, in_rep, False)
+    t_eg, fb_eg, ad_eg = build(eg_subjects, eg_rep, True)
+    off, lo, hi, pol = psets.arrays()
+    return PolicyTables(policies=policies, pod_rec=np.ascontiguousarray(pod_rec.reshape(-1)), peer_addr=peer_addr,
+                        n_peer=n_peer, n_ns=n_ns, ingress=t_in, egress=t_eg, fallback_in=fb_in, fallback_eg=fb_eg,
+                        addr_in=ad_in, addr_eg=ad_eg, ps_off=off, ps_lo=lo, ps_hi=hi, ps_pol=pol,
+                        addr_start=addr_start, addr_cls=addr_cls, ingress_subjects=in_subjects,
+                        egress_subjects=eg_subjects, blocks=blocks)
+
+
+# --------------------------------------------------------------------------- kernel
+
+@jit(inline="always")
+def _allowed_by(ps_off, ps_lo, ps_hi, ps_pol, ps, key):
+    """The first policy (input order) whose range in port set ``ps`` holds ``key``; -3 (NO_RULE) if none.
+
+    Every range of the set is read (a set has a few): no exit branch inside the loop.
+    """
+    best = np.int64(0x7FFFFFFF)
+    for k in range(np.uint64(ps_off[ps]), np.uint64(ps_off[ps + 1])):
+        hit = (ps_lo[k] <= key) & (key <= ps_hi[k])
+        best = min(best, np.int64(ps_pol[k]) if hit else np.int64(0x7FFFFFFF))
+    return best if best != 0x7FFFFFFF else np.int64(-3)
+
+
+@jit(inline="always")
+def _lookup(m_key, m_ps, lo, hi, k1, k2, k3):
+    """Port sets under keys ``k1``, ``k2``, ``k3`` in a subject's sorted run ``[lo, hi)`` (-1 where absent).
+
+    A short run is read whole, one pass for the three keys; a long one is binary-searched.
+    """
+    r1 = np.int64(-1)
+    r2 = np.int64(-1)
+    r3 = np.int64(-1)
+    if hi - lo <= np.uint64(SCAN):
+        for k in range(lo, hi):
+            kk = m_key[k]
+            p = np.int64(m_ps[k])
+            r1 = p if kk == k1 else r1
+            r2 = p if kk == k2 else r2
+            r3 = p if kk == k3 else r3
+        return r1, r2, r3
+    return _bsearch(m_key, m_ps, lo, hi, k1), _bsearch(m_key, m_ps, lo, hi, k2), _bsearch(m_key, m_ps, lo, hi, k3)
+
+
+@jit(inline="always")
+def _bsearch(m_key, m_ps, lo, hi, want):
+    while lo < hi:
+        mid = (lo + hi) >> np.uint64(1)
+        if m_key[mid] < want:
+            lo = mid + np.uint64(1)
+        else:
+            hi = mid
+    if lo < m_key.shape[0] and m_key[lo] == want:
+        return np.int64(m_ps[lo])
+    return np.int64(-1)
+
+
+@jit(inline="always")
+def _side(m_off, m_key, m_ps, fallback, has_addr, s, peer, n_peer, addr_base, peer_addr, pod_rec,
+          addr_start, addr_cls, ip, key, ps_off, ps_lo, ps_hi, ps_pol):
+    """The policy allowing ``key`` for subject ``s`` and the other end (``peer`` a pod, or -1 and ``ip``), else -3.
+
+    A pod peer: its class's entry (every rule that applies to it, folded) if the subject
+    has one, else its namespace's entry or the subject's any-pod set, and with ipBlock
+    rules its address class's entry too. Not a pod: the address class's entry, else the
+    subject's any-peer set.
+    """
+    lo = np.uint64(m_off[s])
+    hi = np.uint64(m_off[s + 1])
+    none = np.uint32(0xFFFFFFFF)
+    if peer >= 0:
+        pc = np.int64(pod_rec[4 * peer + 2])
+        k1 = np.uint32(pc)
+        k2 = np.uint32(n_peer + np.int64(pod_rec[4 * peer + 3]))
+        k3 = np.uint32(addr_base + np.int64(peer_addr[pc])) if has_addr[s] else none
+    else:
+        k1 = none
+        k2 = none
+        k3 = np.uint32(addr_base + _address_class(addr_start, addr_cls, ip))
+    r1, r2, r3 = _lookup(m_key, m_ps, lo, hi, k1, k2, k3)
+    if peer >= 0:
+        if r1 >= 0:
+            return _allowed_by(ps_off, ps_lo, ps_hi, ps_pol, r1, key)
+        a = _allowed_by(ps_off, ps_lo, ps_hi, ps_pol, r2 if r2 >= 0 else np.int64(fallback[2 * s + 1]), key)
+        if r3 >= 0:
+            b = _allowed_by(ps_off, ps_lo, ps_hi, ps_pol, r3, key)
+            if b >= 0 and (a < 0 or b < a):
+                a = b
+        return a
+    return _allowed_by(ps_off, ps_lo, ps_hi, ps_pol, r3 if r3 >= 0 else np.int64(fallback[2 * s]), key)
+
+
+@pjit
+def _policy_kernel(src_ip, proto, src_pod, dnat_ip, dnat_port, snat_ip,
+                   pod_slots, node_slots, pod_node, pod_rec, peer_addr, n_peer, addr_base,
+                   in_off, in_key, in_ps, eg_off, eg_key, eg_ps, fb_in, fb_eg, ad_in, ad_eg,
+                   ps_off, ps_lo, ps_hi, ps_pol, addr_start, addr_cls,
+                   verdict, reason, dst_pod, dst_node, last_in, last_eg, chunk):
+    """Decide every PENDING flow: egress of the source pod, ingress of the destination pod.
+
+    Walks a chunk in groups, one level at a time (the destination pod's slot; the pod
+    and both pods' records; each end's subject and the other end, exemptions; the
+    decision), prefetching what the next level reads. Writes ``DENIED`` with the reason,
+    and ``dst_pod``/``dst_node`` of a denied flow's pod; ``last_in``/``last_eg`` get the
+    allowing policy (or NOT_ISOLATED -1, EXEMPT -2, NO_RULE -3).
+    """
+    n = src_ip.shape[0]
+    for c in numba.prange((n + chunk - 1) // chunk):
+        lo, hi = chunk_bounds(c, chunk, n)
+        dp = np.empty(GROUP, dtype=np.int64)
+        se = np.empty(GROUP, dtype=np.int64)       # egress subject, -1 none, -2 exempt
+        si = np.empty(GROUP, dtype=np.int64)       # ingress subject, likewise
+        qi = np.empty(GROUP, dtype=np.int64)       # the pod ingress sees as the source, -1 none
+        for g in range(lo, hi, UGROUP):
+            ge = min(hi, g + UGROUP)
+            for j in range(g, ge):                       # level 1: the destination pod's slot
+                last_in[j] = -1
+                last_eg[j] = -1
+                if verdict[j] == PENDING:
+                    h = at_home(pod_slots, dnat_ip[j])
+                    dp[j - g] = h
+                    prefetch(pod_slots, h)
+                else:
+                    dp[j - g] = -2
+            for j in range(g, ge):                       # level 2: the pod, and both pods' records
+                p = dp[j - g]
+                if p == -2:
+                    continue
+                p = at_probe(pod_slots, dnat_ip[j], p, -1)
+                dp[j - g] = p
+                if p >= 0:
+                    prefetch(pod_rec, 4 * p)
+                sp = np.int64(src_pod[j])
+                if sp >= 0:
+                    prefetch(pod_rec, 4 * sp)
+            for j in range(g, ge):                       # level 3: subjects, the ends they see, exemptions
+                d = dp[j - g]
+                se[j - g] = -1
+                si[j - g] = -1
+                if d == -2:
+                    continue
+                sp = np.int64(src_pod[j])
+                if sp >= 0 and sp == d:                  # a pod to itself (hairpin)
+                    se[j - g] = -2
+                    si[j - g] = -2
+                    continue
+                if sp >= 0:
+                    s = np.int64(pod_rec[4 * sp + 1])
+                    if s >= 0 and d < 0 and ht_find(node_slots, np.uint64(dnat_ip[j]), -1) == np.int64(pod_node[sp]):
+                        s = -2                           # to the pod's own node
+                    se[j - g] = s
+                    if s >= 0:
+                        prefetch(eg_off, s)
+                if d >= 0:
+                    s = np.int64(pod_rec[4 * d])
+                    if s >= 0:
+                        seen = snat_ip[j]
+                        q = sp if seen == src_ip[j] else at_find(pod_slots, seen, -1)
+                        qi[j - g] = q
+                        if q < 0 and ht_find(node_slots, np.uint64(seen), -1) == np.int64(pod_node[d]):
+                            s = -2                       # from the pod's own node
+                        elif s >= 0:
+                            prefetch(in_off, s)
+                    si[j - g] = s
+            for j in range(g, ge):                       # level 4: the decision
+                d = dp[j - g]
+                if d == -2:
+                    continue
+                key = (np.uint32(proto[j]) << np.uint32(16)) | np.uint32(dnat_port[j])
+                s = se[j - g]
+                a = s
+                if s >= 0:
+                    a = _side(eg_off, eg_key, eg_ps, fb_eg, ad_eg, s, d, n_peer, addr_base, peer_addr, pod_rec,
+                              addr_start, addr_cls, dnat_ip[j], key, ps_off, ps_lo, ps_hi, ps_pol)
+                last_eg[j] = a
+                if a == -3:
+                    verdict[j] = DENIED
+                    reason[j] = R_POLICY_EGRESS
+                    if d >= 0:
+                        dst_pod[j] = d
+                        dst_node[j] = pod_node[d]
+                    continue
+                s = si[j - g]
+                a = s
+                if s >= 0:
+                    a = _side(in_off, in_key, in_ps, fb_in, ad_in, s, qi[j - g], n_peer, addr_base, peer_addr,
+                              pod_rec, addr_start, addr_cls, snat_ip[j], key, ps_off, ps_lo, ps_hi, ps_pol)
+                last_in[j] = a
+                if a == -3:
+                    verdict[j] = DENIED
+                    reason[j] = R_POLICY_INGRESS
+                    dst_pod[j] = d
+                    dst_node[j] = pod_node[d]
+
+
+class PolicyStage:
+    """The compiled tables plus the per-batch entry point and allow counters."""
+
+    def __init__(self, tables: PolicyTables, fwd) -> None:
+        self.t = tables
+        self.fwd = fwd                          #: the cluster's ForwardingTables
+        n = len(tables.policies)
+        #: Flows each policy allowed (ingress + egress) since the last :meth:`reset`, counted
+        #: while ``counting`` is on (replay's summary turns it on).
+        self.allowed = np.zeros(n, dtype=np.int64)
+        self.counting = False
+        self.last_ingress = np.zeros(0, dtype=np.int32)
+        self.last_egress = np.zeros(0, dtype=np.int32)
+
+    @classmethod
+    def build(cls, cluster: Cluster, fwd) -> "PolicyStage | None":
+        """The stage for ``cluster``, or None when it has no NetworkPolicy (the stage is skipped)."""
+        t = compile_policies(cluster, fwd)
+        return None if t is None else cls(t, fwd)
+
+    def reset(self) -> None:
+        self.allowed[:] = 0
+
+    def run(self, src_ip, proto, src_pod, dnat_ip, dnat_port, snat_ip, verdict, reason, dst_pod, dst_node,
+            chunk: int = 8192) -> None:
+        """Decide the pending flows of one batch, in place (see :func:`_policy_kernel`)."""
+        n = src_ip.shape[0]
+        if self.last_ingress.shape[0] < n:
+            self.last_ingress = np.empty(n, dtype=np.int32)
+            self.last_egress = np.empty(n, dtype=np.int32)
+        li, le = self.last_ingress[:n], self.last_egress[:n]
+        t, f = self.t, self.fwd
+        _policy_kernel(src_ip, proto, src_pod, dnat_ip, dnat_port, snat_ip,
+                       f.pod_by_ip.slots, f.node_by_ip.slots, f.pod_node, t.pod_rec, t.peer_addr,
+                       np.int64(t.n_peer), np.int64(t.addr_base),
+                       t.ingress.off, t.ingress.key, t.ingress.ps, t.egress.off, t.egress.key, t.egress.ps,
+                       t.fallback_in, t.fallback_eg, t.addr_in, t.addr_eg,
+                       t.ps_off, t.ps_lo, t.ps_hi, t.ps_pol, t.addr_start, t.addr_cls,
+                       verdict, reason, dst_pod, dst_node, li, le, np.int64(chunk))
+        if not self.counting:
+            return
+        npol = self.allowed.shape[0]
+        self.allowed += np.bincount(li.astype(np.intp) + 3, minlength=npol + 3)[3:]
+        self.allowed += np.bincount(le.astype(np.intp) + 3, minlength=npol + 3)[3:]
+
+
+# --------------------------------------------------------------------------- explain
+
+def _peer_text(peer: Peer) -> str:
+    if peer.ip_block is not None:
+        b = peer.ip_block
+        if b.cidr is None:
+            return "ipBlock (IPv6)"
+        from ..addr import format_cidr
+        ex = "".join(f" except {format_cidr(*e)}" for e in b.excepts)
+        return f"ipBlock {format_cidr(*b.cidr)}{ex}"
+    parts = []
+    if peer.namespace_selector is not None:
+        parts.append(f"namespaceSelector {peer.namespace_selector}")
+    if peer.pod_selector is not None:
+        parts.append(f"podSelector {peer.pod_selector}")
+    return " and ".join(parts)
+
+
+def _port_ok(pp: PolicyPort, proto: int, port: int, dst_ports) -> bool:
+    if pp.proto != proto:
+        return False
+    if pp.port is None:
+        return True
+    if isinstance(pp.port, str):
+        return dst_ports is not None and port in resolve_named(dst_ports, pp.port, proto)
+    return pp.port <= port <= (pp.end_port if pp.end_port is not None else pp.port)
+
+
+def _which_rule(pol: NetworkPolicy, egress: bool, peer_pod, peer_ip: int, proto: int, port: int, dst_ports,
+                ns_labels: dict) -> str | None:
+    """The first rule of ``pol`` that allows the connection, described; None if none does."""
+    rules = pol.egress if egress else pol.ingress
+    field_ = "egress" if egress else "ingress"
+    for i, r in enumerate(rules):
+        peer_at = None
+        if r.peers is None:
+            peer_at = "every peer"
+        else:
+            for k, q in enumerate(r.peers):
+                if q.ip_block is not None:
+                    ok = q.ip_block.contains(peer_ip)
+                elif peer_pod is None:
+                    ok = False
+                else:
+                    ns_ok = (peer_pod.namespace == pol.namespace if q.namespace_selector is None
+                             else q.namespace_selector.matches(ns_labels.get(peer_pod.namespace, {})))
+                    ok = ns_ok and (q.pod_selector is None or q.pod_selector.matches(peer_pod.labels))
+                if ok:
+                    peer_at = f"{'to' if egress else 'from'}[{k}] {_peer_text(q)}"
+                    break
+        if peer_at is None:
+            continue
+        if r.ports is None:
+            return f"{field_}[{i}] ({peer_at}, every port)"
+        for k, pp in enumerate(r.ports):
+            if _port_ok(pp, proto, port, dst_ports):
+                return f"{field_}[{i}] ({peer_at}, ports[{k}] {pp})"
+    return None
+
+
+def explain_policy(dp, src_ip: int, proto: int, r, row: int = 0) -> list[str]:
+    """The policy stage's part of ``fastpath explain`` for row ``row`` of results ``r``.
+
+    ``src_ip`` and ``proto`` are the flow's (the results hold the rest: the source pod,
+    the destination and port after kube-proxy, the source after masquerade).
+
+    Which policies select the source (egress) and the destination (ingress), and which
+    rule allowed the connection, or that the pod is isolated and no rule allowed it.
+    """
+    stage = dp.policy
+    if stage is None:
+        return []
+    t, f = stage.t, dp.tables
+    pods = dp.cluster.pods
+    ns_labels = namespace_labels(dp.cluster)
+    sp = int(r.src_pod[row])
+    d_ip = int(r.dnat_ip[row])
+    seen = int(r.snat_ip[row])
+    port = int(r.dnat_port[row])
+    dp_ = int(f.pod_by_ip.get(d_ip))
+    lines: list[str] = []
+    name = f.pod_names
+    pkt = f"{PROTO_NAMES.get(proto, str(proto)).lower()}/{port}"
+    if sp >= 0 and sp == dp_:
+        return [f"pod {name[sp]} to itself: always allowed"]
+    if sp >= 0:
+        s = int(t.pod_rec[4 * sp + 1])
+        if s < 0:
+            lines.append(f"egress: no Egress policy selects pod {name[sp]}: not isolated, allowed")
+        else:
+            pols = t.egress_subjects[s]
+            lines.append(f"egress: pod {name[sp]} is selected by {', '.join(t.policies[k].key for k in pols)} "
+                         f"(isolated for egress)")
+            node_of = int(f.node_by_ip.get(d_ip))
+            if dp_ < 0 and node_of >= 0 and node_of == int(f.pod_node[sp]):
+                lines.append(f"egress: {_ip(d_ip)} is the pod's own node: always allowed")
+            else:
+                peer = pods[dp_] if dp_ >= 0 else None
+                for k in pols:
+                    why = _which_rule(t.policies[k], True, peer, d_ip, proto, port,
+                                      peer.ports if peer is not None else None, ns_labels)
+                    if why:
+                        lines.append(f"egress: allowed by {t.policies[k].key} {why}")
+                        break
+                else:
+                    to = f"pod {name[dp_]}" if dp_ >= 0 else _ip(d_ip)
+                    lines.append(f"egress: no rule of those policies allows {pkt} to {to}: denied (policy-egress)")
+                    return lines
+    if dp_ < 0:
+        if sp < 0:
+            lines.append("no pod at either end: no policy applies")
+        return lines
+    s = int(t.pod_rec[4 * dp_])
+    if s < 0:
+        lines.append(f"ingress: no Ingress policy selects pod {name[dp_]}: not isolated, allowed")
+        return lines
+    pols = t.ingress_subjects[s]
+    lines.append(f"ingress: pod {name[dp_]} is selected by {', '.join(t.policies[k].key for k in pols)} "
+                 f"(isolated for ingress)")
+    q = sp if seen == src_ip else int(f.pod_by_ip.get(seen))
+    if q < 0 and int(f.node_by_ip.get(seen)) == int(f.pod_node[dp_]) >= 0:
+        lines.append(f"ingress: the source {_ip(seen)} is the pod's own node: always allowed")
+        return lines
+    who = f"pod {name[q]}" if q >= 0 else _ip(seen)
+    if seen != src_ip:
+        who += " (the source after masquerade)"
+    for k in pols:
+        why = _which_rule(t.policies[k], False, pods[q] if q >= 0 else None, seen, proto, port, pods[dp_].ports,
+                          ns_labels)
+        if why:
+            lines.append(f"ingress: allowed by {t.policies[k].key} {why} for {who}")
+            return lines
+    lines.append(f"ingress: no rule of those policies allows {pkt} from {who}: denied (policy-ingress)")
+    return lines
+
+
+def _ip(v: int) -> str:
+    from ..addr import int_to_ip
+    return int_to_ip(v)
+
+
+# --------------------------------------------------------------------------- summary
+
+from .policy_summary import (PolicyTally, isolated_without_ingress, policy_tally,  # noqa: E402,F401
+                             render_policy_summary)

@@ -1,0 +1,240 @@
+"""The compiled-table cache (fastpath.cache): same tables as a fresh compile; bad entries rebuilt."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastpath import cache
+from fastpath.cache import LazyCluster, compile_cached
+from fastpath.cluster.compile import compile_cluster
+from fastpath.cluster.load import load_cluster
+from fastpath.cluster.synth import synth_cluster, write_cluster
+from fastpath.traces import synth_trace
+from fastpath.traces.reader import open_trace
+
+
+@pytest.fixture(scope="module")
+def cluster_file(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("cluster")
+    return write_cluster(synth_cluster(12, 8, 25, seed=4, addressing="calico"), d / "c.json")
+
+
+@pytest.fixture(scope="module")
+def trace_file(cluster_file, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("trace") / "t.arrow"
+    synth_trace(load_cluster(cluster_file), 3000, seed=2, out=out)
+    return out
+
+
+def _same_graph(a, b) -> None:
+    """Two planes hold equal values: every array equal in dtype, shape, layout and contents."""
+    ta, arrays_a = cache.encode_plane(a)
+    tb, arrays_b = cache.encode_plane(b)
+    assert ta["plane"] == tb["plane"]
+    assert arrays_a.keys() == arrays_b.keys()
+    for k, x in arrays_a.items():
+        y = arrays_b[k]
+        assert x.dtype == y.dtype and x.shape == y.shape, k
+        if k.startswith("a"):        # a table's array ("s...": a name list's bytes, the codec's own)
+            # the same layout and writability, so the kernels get the same numba types (no recompiling)
+            assert (x.flags.c_contiguous, x.flags.writeable, x.flags.aligned) == \
+                (y.flags.c_contiguous, y.flags.writeable, y.flags.aligned), k
+        assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), k
+
+
+def _results(dp, trace):
+    reader = open_trace(trace)
+    out = []
+    for flows in reader:
+        r = dp.resolve_flows(flows)
+        out.append({k: v.copy() for k, v in vars(r).items() if isinstance(v, np.ndarray)})
+    dp.reset()
+    return out
+
+
+def _entry(d: Path, key: str) -> Path:
+    return d / key
+
+
+@pytest.mark.parametrize("opts", [dict(lb="random"), dict(lb="maglev", seed=3, maglev_size=251)])
+def test_cached_tables_equal_a_fresh_compile(cluster_file, trace_file, tmp_path, opts):
+    fresh = compile_cluster(load_cluster(cluster_file), **opts)
+    s1, s2 = {}, {}
+    first = compile_cached(cluster_file, directory=tmp_path, stats=s1, **opts)
+    second = compile_cached(cluster_file, directory=tmp_path, stats=s2, **opts)
+    assert not s1["hit"] and s2["hit"] and s1["key"] == s2["key"]
+    assert isinstance(second.cluster, LazyCluster) and not second.cluster.loaded
+    _same_graph(fresh, second)
+    assert second.tables.pod_names == fresh.tables.pod_names
+    assert list(second.services.names) == list(fresh.services.names)
+    for r1, r2 in zip(_results(fresh, trace_file), _results(second, trace_file)):
+        for k in r1:
+            assert np.array_equal(r1[k], r2[k]), k
+    # only arrays and JSON in an entry, never pickle
+    files = sorted(p.name for p in (tmp_path / s2["key"]).iterdir())
+    assert files == ["entry.json", "meta.json", "tables.npz"]
+    with np.load(tmp_path / s2["key"] / "tables.npz", allow_pickle=False) as z:
+        assert all(z[n].dtype != object for n in z.files)
+    json.loads((tmp_path / s2["key"] / "meta.json").read_text())
+
+
+def test_lazy_cluster_light_then_full(cluster_file, tmp_path):
+    fresh = load_cluster(cluster_file)
+    compile_cached(cluster_file, directory=tmp_path)
+    dp = compile_cached(cluster_file, directory=tmp_path)
+    c = dp.cluster
+    assert c.warnings == fresh.warnings and c.source == fresh.source and c.nodes == fresh.nodes
+    assert [n.labels for n in c.nodes] == [n.labels for n in fresh.nodes]
+    assert not c.loaded
+    assert c.pods == fresh.pods and c.services == fresh.services      # loads, once
+    assert c.loaded and c == fresh
+    assert dp.source_name == str(cluster_file)
+
+
+def test_options_and_input_bytes_are_in_the_key(cluster_file, tmp_path):
+    k1 = cache.entry_key(cluster_file, {}, dict(lb="random"), tmp_path)
+    assert k1 == cache.entry_key(cluster_file, {}, dict(lb="random"), tmp_path)
+    assert k1 != cache.entry_key(cluster_file, {}, dict(lb="maglev"), tmp_path)
+    assert k1 != cache.entry_key(cluster_file, {"expand_workloads": True}, dict(lb="random"), tmp_path)
+    other = tmp_path / "c2.json"
+    other.write_bytes(cluster_file.read_bytes())
+    k2 = cache.entry_key(other, {}, dict(lb="random"), tmp_path)
+    other.write_bytes(cluster_file.read_bytes())                                   # rewritten, same bytes
+    assert cache.entry_key(other, {}, dict(lb="random"), tmp_path) == k2
+    other.write_bytes(cluster_file.read_bytes().replace(b'"node-000"', b'"node-zzz"', 1))
+    assert cache.entry_key(other, {}, dict(lb="random"), tmp_path) != k2      # same size, other bytes
+
+
+def test_changed_input_is_a_new_entry(cluster_file, tmp_path):
+    f = tmp_path / "in.json"
+    f.write_bytes(cluster_file.read_bytes())
+    a = compile_cached(f, directory=tmp_path / "c")
+    obj = json.loads(f.read_text())
+    obj["items"] = [o for o in obj["items"] if not (o["kind"] == "Service" and o["metadata"]["name"] == "kube-dns")]
+    f.write_text(json.dumps(obj))
+    st = {}
+    b = compile_cached(f, directory=tmp_path / "c", stats=st)
+    assert not st["hit"]
+    assert len(b.services.names) < len(a.services.names)
+    _same_graph(compile_cluster(load_cluster(f)), b)
+
+
+def _corrupt(kind: str, entry: Path) -> None:
+    if kind == "truncated-tables":
+        data = (entry / "tables.npz").read_bytes()
+        (entry / "tables.npz").write_bytes(data[: len(data) // 2])
+    elif kind == "flipped-tables":
+        data = bytearray((entry / "tables.npz").read_bytes())
+        data[len(data) // 2] ^= 0x55
+        (entry / "tables.npz").write_bytes(bytes(data))
+    elif kind == "tampered-meta":            # still valid JSON: only the digest tells
+        text = (entry / "meta.json").read_text()
+        (entry / "meta.json").write_text(text.replace('"random"', '"maglev"', 1))
+    elif kind == "truncated-meta":
+        data = (entry / "meta.json").read_bytes()
+        (entry / "meta.json").write_bytes(data[:100])
+    elif kind == "garbage-entry":
+        (entry / "entry.json").write_text("{not json")
+    elif kind == "missing-tables":
+        (entry / "tables.npz").unlink()
+    elif kind == "stale-format":
+        e = json.loads((entry / "entry.json").read_text())
+        e["format"] = -1
+        (entry / "entry.json").write_text(json.dumps(e))
+
+
+@pytest.mark.parametrize("kind", ["truncated-tables", "flipped-tables", "tampered-meta", "truncated-meta",
+                                  "garbage-entry", "missing-tables", "stale-format"])
+def test_bad_entry_is_rebuilt_never_used(cluster_file, tmp_path, kind):
+    st = {}
+    compile_cached(cluster_file, directory=tmp_path, stats=st)
+    entry = tmp_path / st["key"]
+    _corrupt(kind, entry)
+    st2 = {}
+    dp = compile_cached(cluster_file, directory=tmp_path, stats=st2)
+    assert not st2["hit"] and st2["why"] and st2["why"] != "no entry"
+    _same_graph(compile_cluster(load_cluster(cluster_file)), dp)
+    st3 = {}
+    compile_cached(cluster_file, directory=tmp_path, stats=st3)       # rebuilt: good again
+    assert st3["hit"]
+
+
+def test_no_cache_touches_nothing(cluster_file, tmp_path):
+    d = tmp_path / "cache"
+    compile_cached(cluster_file, directory=d, cache=False)
+    assert not d.exists()
+
+
+def test_cache_dir_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("FASTPATH_CACHE_DIR", str(tmp_path / "x"))
+    assert cache.cache_dir() == tmp_path / "x"
+    monkeypatch.delenv("FASTPATH_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache.cache_dir() == tmp_path / "xdg" / "fastpath"
+
+
+def test_prune_keeps_the_most_recent(cluster_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(cache, "MAX_ENTRIES", 2)
+    keys = []
+    for seed in range(3):
+        st = {}
+        compile_cached(cluster_file, directory=tmp_path, stats=st, seed=seed)
+        keys.append(st["key"])
+    left = {p.name for p in tmp_path.iterdir() if p.is_dir() and p.name != "inputs"}
+    assert left == set(keys[1:])
+
+
+def test_uncacheable_plane_still_compiles(cluster_file, tmp_path, monkeypatch):
+    def refuse(dp):
+        raise cache.Uncacheable("test")
+    monkeypatch.setattr(cache, "encode_plane", refuse)
+    st = {}
+    dp = compile_cached(cluster_file, directory=tmp_path, stats=st)
+    assert dp.tables.pod_names and st["why"] == "not cached: test"
+    assert not any(p.is_dir() and p.name != "inputs" for p in tmp_path.iterdir())
+
+
+def test_cli_replay_cached_same_summary(cluster_file, trace_file, tmp_path, monkeypatch, capsys):
+    from fastpath.cli import main
+
+    monkeypatch.setenv("FASTPATH_CACHE_DIR", str(tmp_path / "cache"))
+    outs = []
+    for extra in ([], [], ["--no-cache"]):
+        js = tmp_path / f"s{len(outs)}.json"
+        assert main(["replay", str(cluster_file), str(trace_file), "--quiet", "--summary-json", str(js),
+                     *extra]) == 0
+        d = json.loads(js.read_text())
+        outs.append({k: v for k, v in d.items() if not k.endswith("_s") and "per_s" not in k})
+    assert outs[0] == outs[1] == outs[2]
+    assert outs[0]["cluster"] == str(cluster_file)
+    assert len([p for p in (tmp_path / "cache").iterdir() if p.is_dir() and p.name != "inputs"]) == 1
+
+
+def test_cli_study_uses_the_cache(cluster_file, trace_file, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from fastpath.cli import main
+
+    monkeypatch.setenv("FASTPATH_CACHE_DIR", str(tmp_path / "cache"))
+    figs = []
+    for run in range(2):
+        out = tmp_path / f"r{run}"
+        assert main(["study", str(cluster_file), str(trace_file), "-o", str(out), "--quiet",
+                     "--lb", "random,maglev"]) == 0
+        figs.append(json.loads((out / "figures.json").read_text()))
+    entries = [p for p in (tmp_path / "cache").iterdir() if p.is_dir() and p.name != "inputs"]
+    assert len(entries) == 2                       # one a balancer, reused by the second study
+    assert figs[0] == figs[1]
+
+
+def test_cached_replay_leaves_the_pods_unloaded(cluster_file, trace_file, tmp_path):
+    from fastpath.replay import replay
+
+    compile_cached(cluster_file, directory=tmp_path)
+    dp = compile_cached(cluster_file, directory=tmp_path)
+    fresh = replay(compile_cluster(load_cluster(cluster_file)), trace_file, None, progress=False)
+    s = replay(dp, trace_file, None, progress=False)            # conntrack on: the trace has ts
+    assert not dp.cluster.loaded
+    assert s.by_verdict == fresh.by_verdict and s.by_path == fresh.by_path
