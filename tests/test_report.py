@@ -15,7 +15,7 @@ import pytest
 
 import fastpath
 from fastpath.cli import main
-from tests.naive import report as twin
+from naive import report as twin
 
 pytest.importorskip("matplotlib")
 
