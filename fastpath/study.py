@@ -337,13 +337,7 @@ def churn(cluster: Cluster, flows, remove, lb: str | Iterable[str] = BALANCERS, 
         after (flows that were on a removed endpoint count as moved). Stateful
         balancers replay the flows from a fresh state each time.
     """
-    if isinstance(remove, (str, int, np.integer)):
-        remove = [remove]
-    remove = list(remove)
-    lbs = [lb] if isinstance(lb, str) else list(lb)
-    cols = _flow_columns(flows)
-    src_node = client_nodes(cluster, cols["src_ip"])
-    after_cluster = without_endpoints(cluster, remove)
+    remove, lbs, cols, src_node, after_cluster = _churn_inputs(cluster, flows, remove, lb)
     out: dict[str, float] = {}
     for name in lbs:
         kw = dict(lb=name, seed=seed, maglev_size=maglev_size, conn_duration=conn_duration)
@@ -352,6 +346,18 @@ def churn(cluster: Cluster, flows, remove, lb: str | Iterable[str] = BALANCERS, 
         both = ok0 & ok1
         out[name] = float((b0[both] != b1[both]).mean()) if both.any() else float("nan")
     return out
+
+
+def _churn_inputs(cluster: Cluster, flows, remove, lb):
+    """What :func:`churn` and :func:`churn_by_service` both start from: the endpoints to
+    remove as a list, the balancers, the flow columns, each flow's client node, and the
+    cluster without those endpoints."""
+    if isinstance(remove, (str, int, np.integer)):
+        remove = [remove]
+    remove = list(remove)
+    lbs = [lb] if isinstance(lb, str) else list(lb)
+    cols = _flow_columns(flows)
+    return remove, lbs, cols, client_nodes(cluster, cols["src_ip"]), without_endpoints(cluster, remove)
 
 
 def churn_by_service(cluster: Cluster, flows, remove, lb: str | Iterable[str] = BALANCERS, *, seed: int = 0,
@@ -368,14 +374,8 @@ def churn_by_service(cluster: Cluster, flows, remove, lb: str | Iterable[str] = 
         ``share`` (moved / flows), ``backends_before``, ``backends_after`` (Ready
         endpoints) and ``removed`` (the pods taken out of that service, by name).
     """
-    if isinstance(remove, (str, int, np.integer)):
-        remove = [remove]
-    remove = list(remove)
-    lbs = [lb] if isinstance(lb, str) else list(lb)
-    cols = _flow_columns(flows)
-    src_node = client_nodes(cluster, cols["src_ip"])
+    remove, lbs, cols, src_node, after_cluster = _churn_inputs(cluster, flows, remove, lb)
     gone = _addresses(cluster, remove)
-    after_cluster = without_endpoints(cluster, remove)
     rows: dict[str, list] = {k: [] for k in ("lb", "service", "flows", "moved", "share", "backends_before",
                                              "backends_after", "removed")}
     for name in lbs:
