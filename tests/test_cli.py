@@ -20,6 +20,7 @@ import pyarrow.feather as feather
 import pyarrow.parquet as pq
 import pytest
 
+from clirun import cli
 from fastpath.cli import BALANCERS, main
 from fastpath.cluster.compile import compile_cluster
 from fastpath.cluster.load import load_cluster
@@ -34,15 +35,6 @@ TRACE_COLUMNS = {"src_ip", "dst_ip", "src_port", "dst_port", "proto", "ts", "dst
 RESULT_COLUMNS = ["verdict", "reason", "path", "src_node", "dst_node", "src_pod", "dst_pod", "service",
                   "dnat_ip", "dnat_port", "snat_ip", "hops"]
 
-
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    """Run ``fastpath ARGV`` in-process: (exit status, stdout, stderr)."""
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:  # argparse: --help, usage errors
-        rc = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def read_results(path: Path) -> pa.Table:

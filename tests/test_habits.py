@@ -19,6 +19,7 @@ import pytest
 
 import fastpath
 from fastpath import study
+from clirun import cli
 from fastpath.cli import build_parser, main
 from fastpath.codes import REASONS
 from fastpath.errors import FastpathError
@@ -30,15 +31,6 @@ from fastpath.replay import replay, sample_paths
 ROOT = Path(__file__).resolve().parents[1]
 NODES, PODS_PER_NODE, SERVICES, FLOWS = 6, 8, 10, 3000
 
-
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    """``fastpath ARGV`` in-process: (exit status, stdout, stderr)."""
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def one_line_error(rc: int, out: str, err: str, *words: str) -> None:

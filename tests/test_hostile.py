@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from clirun import cli
 from fastpath.cli import main
 from fastpath.cluster.load import load_cluster
 from fastpath.errors import FastpathError
@@ -37,15 +38,6 @@ SMALL = DATA / "small-list.json"
 #: Two pods of tests/data/small-list.json (on different nodes) and one of its services' cluster IPs.
 POD_A, POD_B = "10.244.0.5", "10.244.1.7"
 
-
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    """``fastpath ARGV`` in-process: (exit status, stdout, stderr)."""
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def one_line(rc: int, err: str, *words: str) -> str:
