@@ -27,7 +27,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from clirun import cli
-from fastpath.cli import main
 from fastpath.cluster.load import load_cluster
 from fastpath.errors import FastpathError
 from fastpath.replay import replay
