@@ -67,6 +67,23 @@ def popcount64(typingctx, x):
     return sig, codegen
 
 
+@intrinsic
+def bit_length64(typingctx, x):
+    """Bits needed for unsigned ``x`` (0 for 0): ``64 - ctlz(x)``, one ``lzcnt`` instruction."""
+    if not isinstance(x, types.Integer):
+        return None
+    sig = types.int64(types.uint64)
+
+    def codegen(context, builder, signature, args):
+        from llvmlite import ir
+
+        val = context.cast(builder, args[0], signature.args[0], types.uint64)
+        lz = builder.ctlz(val, ir.Constant(ir.IntType(1), 0))
+        return builder.sub(ir.Constant(ir.IntType(64), 64), lz)
+
+    return sig, codegen
+
+
 #: Flows per group in the kernels that walk a chunk one table level at a time
 #: (every flow's first lookup, then every flow's second, ...), so the CPU keeps a
 #: group's independent memory reads in flight together.
@@ -122,6 +139,9 @@ def cpu_count() -> int:
 @intrinsic
 def prefetch(typingctx, arr, idx):
     """Hint the CPU to start loading ``arr[idx]`` into cache (``llvm.prefetch``; no fault if out of range).
+
+    ``idx`` is a flat element index from the start of the data (a C-contiguous
+    2-D array takes ``row * width + col``).
 
     Issued for a whole group of independent lookups before probing them, so their
     cache misses overlap instead of waiting behind each other's branch mispredictions.

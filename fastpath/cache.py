@@ -22,9 +22,11 @@ mtime and ctime (in ``inputs/``), and reused while those are unchanged, as
 git's index does; a digest taken within :data:`RACY_S` seconds of the file's
 last change is not trusted (the file may still be being written).
 
-**What an entry holds.** Never pickle: ``tables.npz`` holds every numpy array of
-the compiled :class:`~fastpath.pipeline.DataPlane` (read back with
-``allow_pickle=False``), ``meta.json`` everything else as JSON: the object
+**What an entry holds.** Never pickle: ``tables.bin`` holds every numpy array of
+the compiled :class:`~fastpath.pipeline.DataPlane`, raw, one after the other (each
+at a multiple of 64 bytes; plain numeric dtypes only), read back with one read and
+no copy per array; ``meta.json`` names each (dtype, shape, offset) and holds
+everything else as JSON: the object
 graph (which fastpath class each object is, its fields; arrays by name), the
 name lists (nodes, pods, service ports) and the cluster's light fields
 (warnings, problems, skipped kinds, nodes, source, ...). ``entry.json`` holds
@@ -46,7 +48,6 @@ import dataclasses
 import hashlib
 import importlib
 import inspect
-import io
 import json
 import math
 import os
@@ -62,7 +63,7 @@ import numpy as np
 from .cluster.model import Cluster
 
 #: Layout version of an entry; bump when the codec changes.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 #: Entries kept (least recently used go first).
 MAX_ENTRIES = 8
 #: A file digest is reused only when taken at least this long after the file's last change.
@@ -452,8 +453,10 @@ def pod_bridged(cluster: Cluster) -> np.ndarray:
     """uint8 per pod: on a node's bridge (not hostNetwork, an IP, a node). Kept in an entry as the
     cluster's ``cached_pod_bridged``, so conntrack (``stages/conntrack.py``, the same expression)
     starts without loading the pods."""
-    return np.array([(not p.host_network) and p.ip is not None and p.node is not None for p in cluster.pods],
-                    dtype=np.uint8)
+    from .cluster.columns import pod_columns
+
+    cols = pod_columns(cluster.pods, cluster.nodes)      # kept from the compile just made
+    return (~cols.host & cols.has_ip & cols.node_given).astype(np.uint8)
 
 
 def _light_fields(cluster: Cluster, enc: _Encoder) -> dict:
@@ -539,14 +542,12 @@ def store(directory: Path, key: str, dp) -> Path | None:
     directory.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory, prefix=".tmp-"))
     try:
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        npz = buf.getvalue()
+        npz, tree["arrays"] = _pack_arrays(arrays)
         meta = json.dumps(tree, separators=(",", ":")).encode()
         entry = {"format": CACHE_FORMAT, "key": key, "meta_sha256": hashlib.sha256(meta).hexdigest(),
                  "tables_sha256": hashlib.sha256(npz).hexdigest(), "tables_bytes": len(npz),
                  "created": time.time()}
-        (tmp / "tables.npz").write_bytes(npz)
+        (tmp / "tables.bin").write_bytes(npz)
         (tmp / "meta.json").write_bytes(meta)
         (tmp / "entry.json").write_text(json.dumps(entry, indent=1))
         final = directory / key
@@ -563,6 +564,51 @@ def store(directory: Path, key: str, dp) -> Path | None:
         raise
 
 
+#: Alignment of each array in ``tables.bin`` (a cache line).
+_ALIGN = 64
+
+
+def _pack_arrays(arrays: dict[str, np.ndarray]) -> tuple[bytes, dict]:
+    """Arrays as one byte string (each at a multiple of :data:`_ALIGN`) and their index:
+    name -> [dtype, shape, offset]. Only plain numeric dtypes (no objects, no records)."""
+    out = bytearray()
+    index = {}
+    for name, a in arrays.items():
+        if a.dtype.kind not in "biuf" or a.dtype.fields is not None:
+            raise Uncacheable(f"an array of dtype {a.dtype}")
+        out.extend(b"\0" * (-len(out) % _ALIGN))
+        index[name] = [a.dtype.str, list(a.shape), len(out)]
+        out.extend(np.ascontiguousarray(a).tobytes())
+    return bytes(out), index
+
+
+def _read_exactly(path: Path, size) -> bytearray:
+    """The file's bytes in a fresh writable buffer (the arrays are views of it); a file of
+    another size than ``size`` is a :class:`CacheError`."""
+    if type(size) is not int or size < 0:
+        raise CacheError("entry.json gives no size for tables.bin")
+    buf = bytearray(size)
+    with open(path, "rb") as f:
+        got = f.readinto(buf)
+        if got != size or f.read(1):
+            raise CacheError(f"tables.bin holds {'more' if got == size else got} bytes, not {size}")
+    return buf
+
+
+def _unpack_arrays(raw: bytearray, index: dict) -> dict[str, np.ndarray]:
+    """The arrays of :func:`_pack_arrays`: writable views of ``raw``, no copies."""
+    out = {}
+    for name, (dtype, shape, offset) in index.items():
+        dt = np.dtype(dtype)
+        if dt.kind not in "biuf" or dt.fields is not None:
+            raise CacheError(f"array {name}: dtype {dtype} is not a plain number")
+        count = math.prod(shape)
+        if not (type(offset) is int and 0 <= offset and offset + count * dt.itemsize <= len(raw)):
+            raise CacheError(f"array {name} lies outside tables.bin")
+        out[name] = np.frombuffer(raw, dtype=dt, count=count, offset=offset).reshape(shape)
+    return out
+
+
 def fetch(directory: Path, key: str, loader: Callable[[], Cluster]):
     """The DataPlane of entry ``key``; :class:`CacheError` if it is absent or fails any check."""
     d = directory / key
@@ -576,18 +622,16 @@ def fetch(directory: Path, key: str, loader: Callable[[], Cluster]):
         raise CacheError("entry.json is for another key or format")
     try:
         meta = (d / "meta.json").read_bytes()
-        npz = (d / "tables.npz").read_bytes()
+        raw = _read_exactly(d / "tables.bin", entry.get("tables_bytes"))
     except OSError as e:
         raise CacheError(f"unreadable: {e}") from None
     if hashlib.sha256(meta).hexdigest() != entry.get("meta_sha256"):
         raise CacheError("meta.json does not match its digest")
-    if len(npz) != entry.get("tables_bytes") or hashlib.sha256(npz).hexdigest() != entry.get("tables_sha256"):
-        raise CacheError("tables.npz does not match its digest")
+    if hashlib.sha256(raw).hexdigest() != entry.get("tables_sha256"):
+        raise CacheError("tables.bin does not match its digest")
     try:
-        with np.load(io.BytesIO(npz), allow_pickle=False) as z:
-            arrays = {name: z[name] for name in z.files}
         tree = _json_loads(meta)
-        dp = decode_plane(tree, arrays, loader)
+        dp = decode_plane(tree, _unpack_arrays(raw, tree["arrays"]), loader)
     except CacheError:
         raise
     except Exception as e:  # noqa: BLE001 - any failure to decode means: rebuild

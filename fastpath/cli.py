@@ -78,9 +78,10 @@ def _service_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--maglev-size", type=_positive, default=16381,
                    help="Maglev lookup table size, a prime (default 16381, Cilium's)")
     p.add_argument("--conn-duration", type=float, default=30.0,
-                   help="seconds a TCP/SCTP connection lives where the trace has no 'duration' column "
+                   help="seconds a TCP/SCTP connection lives where the trace gives no 'duration' "
                         "(UDP: 0, a query and its answer); least-connection counts it open that long, "
-                        "conntrack holds it that long plus its closing timeout (default 30)")
+                        "ClientIP affinity stays in use that long, conntrack holds it that long plus its "
+                        "closing timeout (default 30)")
     p.add_argument("--non-masquerade-cidrs", type=_cidr_list, default=None, metavar="CIDR,...",
                    help="destinations a pod's egress keeps its own address for, as ip-masq-agent's "
                         "nonMasqueradeCIDRs (default: the input's ip-masq-agent ConfigMap if it has one, "

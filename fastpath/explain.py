@@ -33,6 +33,8 @@ class Explanation:
     (where the lookup happens), ``table`` (which table), ``key`` (what was looked
     up), ``result`` (what it gave) and ``detail`` (the text line); a field that
     does not apply is None. :meth:`to_dict` adds the final ``disposition``.
+    ``conntrack`` says what the connection leaves in the nodes' conntrack tables
+    (state after the walk, not a step of it).
     """
 
     flow: str
@@ -40,6 +42,7 @@ class Explanation:
     result: dict = field(default_factory=dict)                   #: the result columns
     hops: list[dict] = field(default_factory=list)               #: the steps, structured
     query: dict = field(default_factory=dict)                    #: the flow asked about, structured
+    conntrack: list[str] = field(default_factory=list)           #: entries it leaves, a line per node
 
     def add(self, stage: str, text: str, *, node: str | None = None, table: str | None = None,
             key: str | None = None, result: str | None = None) -> None:
@@ -75,7 +78,7 @@ class Explanation:
             if row.get(k) is not None:
                 row[k] = int_to_ip(int(row[k]))
         return {"flow": dict(self.query, text=self.flow), "hops": [dict(h) for h in self.hops],
-                "disposition": self.disposition(), "result": row}
+                "disposition": self.disposition(), "conntrack": list(self.conntrack), "result": row}
 
     def to_json(self, indent: int | None = 2) -> str:
         """:meth:`to_dict` as JSON text (``fastpath explain -o json``)."""
@@ -83,9 +86,10 @@ class Explanation:
 
     def render(self) -> str:
         """Plain text, one step a line."""
-        width = max((len(s) for s, _ in self.steps), default=6)
+        width = max([len(s) for s, _ in self.steps] + [9 if self.conntrack else 6])
         lines = [self.flow]
         lines += [f"  {s:<{width}}  {t}" for s, t in self.steps]
+        lines += [f"  {'conntrack':<{width}}  {t}" for t in self.conntrack]
         r = self.result
         lines.append(f"  {'result':<{width}}  {r['verdict']}, path {r['path']}, hops {r['hops']}"
                      f"{', service ' + r['service'] if r.get('service') else ''}"
@@ -272,11 +276,30 @@ def explain(dp: DataPlane, src: str, dst: str, dport: int | str, proto: str | in
         ex = _explain(dp, s_end, d_end, int(dport), p, int(sport), ts)
     finally:
         dp.stage = saved
+    _add_conntrack(ex, dp, p)
     ex.query = {"src": str(src), "src_kind": s_end.kind, "src_ip": int_to_ip(s_end.ip), "dst": str(dst),
                 "dst_kind": d_end.kind, "dst_ip": None if d_end.ip is None else int_to_ip(d_end.ip),
                 "dst_name": d_end.name if d_end.kind == "dns" else None, "src_port": int(sport),
                 "dst_port": int(dport), "proto": PROTO_NAMES.get(p, str(p)).lower()}
     return ex
+
+
+def _add_conntrack(ex: Explanation, dp: DataPlane, proto: int) -> None:
+    """What the connection leaves in the nodes' conntrack tables (``fastpath.stages.conntrack``)."""
+    from .codes import VERDICTS
+    from .stages.conntrack import explain_conntrack
+
+    row = ex.result
+    if not row or row.get("path") == "loopback" or row.get("verdict") not in VERDICTS:
+        return
+    index = {name: i for i, name in enumerate(dp.tables.node_names)}
+    sn = index.get(row.get("src_node"), -1)
+    dn = index.get(row.get("dst_node"), -1)
+    for line in explain_conntrack(None, proto, VERDICTS.index(row["verdict"]), sn, dn,
+                                  default_duration=getattr(dp.services, "conn_duration", 30.0),
+                                  node_names=list(dp.tables.node_names)):
+        if line.startswith("conntrack: an entry"):      # a flow that leaves none says nothing more
+            ex.conntrack.append(line.removeprefix("conntrack: "))
 
 
 def _stage_copy(stage):

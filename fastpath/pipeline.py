@@ -452,7 +452,8 @@ class DataPlane:
             if len(t.portmap):                   # kube-proxy sees a hostPort flow after portmap's DNAT
                 d = dnat_ip.copy()
             self.stage.run(src_ip, d, flows.src_port[b], dport, proto, None if flows.ts is None else flows.ts[b],
-                           src_pod, src_node, verdict, service, dnat_ip, dnat_port, snat_ip)
+                           src_pod, src_node, verdict, service, dnat_ip, dnat_port, snat_ip,
+                           None if flows.duration is None else flows.duration[b])
             if self.policy is not None:          # NetworkPolicy (fastpath.stages.policy); skipped without policies
                 self.policy.run(src_ip, proto, src_pod, dnat_ip, dnat_port, snat_ip, verdict, reason,
                                 r.dst_pod[b], r.dst_node[b])

@@ -440,7 +440,6 @@ def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "r
         cluster_name = (cluster.source or "<Cluster>") if isinstance(cluster, Cluster) else str(cluster)
         dp = first_run.during(compile_cluster, cluster, lb=lb, seed=seed, **service_opts)
     ct = ReplayConntrack.start(dp, reader, ct_opts)   # None: no ts, or --no-conntrack
-    resolve = dp.resolve_flows if ct is None else ct.wrap(dp.resolve_flows)
     compile_s = time.perf_counter() - t0
 
     from .pipeline import RESULT_SCHEMA, Results
@@ -480,7 +479,10 @@ def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "r
             first_run.stop()                     # kernels compiled: the notice goes, the progress bar starts
 
         def finish(r, flows) -> None:
-            # on the writer thread when pipelined: sum up, encode, write
+            # on the writer thread when pipelined, in trace order: connection tracking (its kernel
+            # releases the GIL, so it runs beside the next batch's resolve), sum up, encode, write
+            if ct is not None:
+                ct.stage.run(flows, r)
             tally.add(r, flows)
             if ptally is not None:
                 ptally.add(r)
@@ -503,7 +505,7 @@ def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "r
             bar.update(bar.task_ids[0], completed=n)
 
         t1 = time.perf_counter()
-        done = stream(reader, lambda flows, out: resolve(flows, out=out), finish,
+        done = stream(reader, lambda flows, out: dp.resolve_flows(flows, out=out), finish,
                       buffers=None if return_table else Results.empty, size=min(reader.batch_size, reader.num_rows),
                       pipelined=pipelined, first=warm, resolved=resolved if bar is not None else None)
         compile_s += warm_s[0]

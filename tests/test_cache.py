@@ -75,10 +75,14 @@ def test_cached_tables_equal_a_fresh_compile(cluster_file, trace_file, tmp_path,
             assert np.array_equal(r1[k], r2[k]), k
     # only arrays and JSON in an entry, never pickle
     files = sorted(p.name for p in (tmp_path / s2["key"]).iterdir())
-    assert files == ["entry.json", "meta.json", "tables.npz"]
-    with np.load(tmp_path / s2["key"] / "tables.npz", allow_pickle=False) as z:
-        assert all(z[n].dtype != object for n in z.files)
-    json.loads((tmp_path / s2["key"] / "meta.json").read_text())
+    assert files == ["entry.json", "meta.json", "tables.bin"]
+    # raw arrays of plain numbers, each named in meta.json, inside the file, cache-line aligned
+    meta = json.loads((tmp_path / s2["key"] / "meta.json").read_text())
+    size = (tmp_path / s2["key"] / "tables.bin").stat().st_size
+    assert meta["arrays"]
+    for dtype, shape, offset in meta["arrays"].values():
+        assert np.dtype(dtype).kind in "biuf" and offset % 64 == 0
+        assert offset + int(np.prod(shape)) * np.dtype(dtype).itemsize <= size
 
 
 def test_lazy_cluster_light_then_full(cluster_file, tmp_path):
@@ -124,12 +128,12 @@ def test_changed_input_is_a_new_entry(cluster_file, tmp_path):
 
 def _corrupt(kind: str, entry: Path) -> None:
     if kind == "truncated-tables":
-        data = (entry / "tables.npz").read_bytes()
-        (entry / "tables.npz").write_bytes(data[: len(data) // 2])
+        data = (entry / "tables.bin").read_bytes()
+        (entry / "tables.bin").write_bytes(data[: len(data) // 2])
     elif kind == "flipped-tables":
-        data = bytearray((entry / "tables.npz").read_bytes())
+        data = bytearray((entry / "tables.bin").read_bytes())
         data[len(data) // 2] ^= 0x55
-        (entry / "tables.npz").write_bytes(bytes(data))
+        (entry / "tables.bin").write_bytes(bytes(data))
     elif kind == "tampered-meta":            # still valid JSON: only the digest tells
         text = (entry / "meta.json").read_text()
         (entry / "meta.json").write_text(text.replace('"random"', '"maglev"', 1))
@@ -139,7 +143,7 @@ def _corrupt(kind: str, entry: Path) -> None:
     elif kind == "garbage-entry":
         (entry / "entry.json").write_text("{not json")
     elif kind == "missing-tables":
-        (entry / "tables.npz").unlink()
+        (entry / "tables.bin").unlink()
     elif kind == "stale-format":
         e = json.loads((entry / "entry.json").read_text())
         e["format"] = -1

@@ -83,6 +83,13 @@ def test_steps_follow_the_data_plane(plane, drawn):
         ex = explain_flow(plane, f)
         names = [s for s, _ in ex.steps]
         assert names and names[0] == "source", (f, names)
+        # the entries the connection leaves in conntrack: one per node whose netfilter sees it
+        tracked = ex.conntrack
+        if row["verdict"] in ("delivered", "refused", "egress") and row["path"] != "loopback" \
+                and row["src_node"] is not None:
+            nodes = {row["src_node"]} | ({row["dst_node"]} if row["dst_node"] and row["verdict"] != "egress" else set())
+            assert len(tracked) == len(nodes) and all(any(n in t for t in tracked) for n in nodes), (f, tracked)
+        core = ex.steps
         ranks = [STAGE_ORDER.index(s) for s in names]
         assert ranks == sorted(ranks), (f, names)
         by_name = f["dst_ip"] is None
@@ -91,11 +98,11 @@ def test_steps_follow_the_data_plane(plane, drawn):
             assert names[-1] == "dns", (f, names)
         if row["verdict"] in ("delivered", "refused"):
             assert names[-1] == "listen", (f, names)
-            assert (row["verdict"] == "delivered") == ("delivered" in ex.steps[-1][1]), (f, ex.steps[-1])
+            assert (row["verdict"] == "delivered") == ("delivered" in core[-1][1]), (f, core[-1])
         if row["path"] == "loopback" and row["service"] is None:
             assert "route" not in names or "loopback" not in names
         if row["verdict"] == "egress" and row["src_pod"] is not None:
-            assert names[-1] == "snat" and "masquerade" in ex.steps[-1][1], (f, ex.steps)
+            assert names[-1] == "snat" and "masquerade" in core[-1][1], (f, core)
         if row["verdict"] == "rejected":                # kube-proxy stops it: nothing is routed
             assert "route" not in names and names[-1] == "service", (f, names)
         if row["service"] is not None:
@@ -104,7 +111,8 @@ def test_steps_follow_the_data_plane(plane, drawn):
 
 def test_render_ends_with_the_result(plane, drawn):
     for f, row in drawn[:60]:
-        text = explain_flow(plane, f).render()
+        ex = explain_flow(plane, f)
+        text = ex.render()
         lines = text.splitlines()
         assert lines[0].startswith(f"flow {int_to_ip(f['src_ip'])}:{f['src_port']} -> ")
         want = f"{row['verdict']}, path {row['path']}, hops {row['hops']}"
@@ -113,7 +121,7 @@ def test_render_ends_with_the_result(plane, drawn):
         if row["reason"]:
             want += f", reason {row['reason']}"
         assert lines[-1].split(None, 1) == ["result", want], text
-        assert len(lines) == len(explain_flow(plane, f).steps) + 2
+        assert len(lines) == len(ex.steps) + len(ex.conntrack) + 2
 
 
 def test_pod_names_and_errors(sample):

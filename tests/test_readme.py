@@ -78,13 +78,17 @@ def test_readme_blocks_run_as_written(tmp_path):
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                PYTHONPATH=str(ROOT), NO_COLOR="1")
     ran = 0
-    for lang, text, why in blocks():
+    listed = blocks()
+    for k, (lang, text, why) in enumerate(listed):
         if why or lang not in ("bash", "python"):
             continue
         cmd = ["bash", "-euo", "pipefail", "-c", text] if lang == "bash" else [sys.executable, "-c", text]
         done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, f"README {lang} block failed:\n{text}\nstdout:\n{done.stdout[-3000:]}\n" \
                                      f"stderr:\n{done.stderr[-3000:]}"
+        if k + 1 < len(listed) and listed[k + 1][0] == "text":    # the output the README says it prints
+            assert done.stdout.rstrip().endswith(listed[k + 1][1].rstrip()), \
+                f"README says the block prints\n{listed[k + 1][1]}but it printed\n{done.stdout[-2000:]}"
         ran += 1
     assert ran >= 2
     assert (tmp_path / "results.arrow").exists()

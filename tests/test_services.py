@@ -37,6 +37,9 @@ def arrays(flows: list[dict]) -> dict:
             (("src_ip", np.uint32), ("dst_ip", np.uint32), ("src_port", np.uint16), ("dst_port", np.uint16),
              ("proto", np.uint8))}
     cols["ts"] = np.array([f["ts"] for f in flows], dtype=np.int64) if flows and "ts" in flows[0] else None
+    timed = any("duration" in f for f in flows)
+    cols["duration"] = np.array([np.nan if f.get("duration") is None else f["duration"] for f in flows],
+                                dtype=np.float64) if timed else None
     return cols
 
 
@@ -53,7 +56,8 @@ def run_stage(stage: ServiceStage, cluster: Cluster, flows: list[dict], batches:
         sl = slice(a, b)
         stage.run(c["src_ip"][sl], c["dst_ip"][sl], c["src_port"][sl], c["dst_port"][sl], c["proto"][sl],
                   None if c["ts"] is None else c["ts"][sl], np.full(b - a, -1, np.int32),
-                  *(out[k][sl] for k in ("src_node", "verdict", "service", "dnat_ip", "dnat_port", "snat_ip")))
+                  *(out[k][sl] for k in ("src_node", "verdict", "service", "dnat_ip", "dnat_port", "snat_ip")),
+                  duration=None if c["duration"] is None else c["duration"][sl])
     return out
 
 
@@ -304,7 +308,8 @@ def test_read_only_inputs():
     stage = ServiceStage(compile_services(c))
     cols = arrays([{"src_ip": CLIENT, "dst_ip": VIP, "src_port": 5, "dst_port": 80, "proto": 6, "ts": 0}] * 4)
     for v in cols.values():
-        v.flags.writeable = False
+        if v is not None:
+            v.flags.writeable = False
     out = [np.full(4, 2, np.int32), np.full(4, PENDING, np.uint8), np.full(4, -1, np.int32),
            cols["dst_ip"].copy(), cols["dst_port"].copy(), cols["src_ip"].copy()]
     stage.run(cols["src_ip"], cols["dst_ip"], cols["src_port"], cols["dst_port"], cols["proto"], cols["ts"],
@@ -319,7 +324,7 @@ def test_matches_twin_on_random_clusters(lb):
     for k in range(5):
         rng = random.Random(1000 * BALANCERS.index(lb) + k)
         c = random_cluster(rng, n_nodes=rng.randint(1, 5), n_services=rng.randint(1, 12))
-        flows = random_flows(rng, c, 150, with_ts=k != 3)
+        flows = random_flows(rng, c, 150, with_ts=k != 3, durations=k % 2 == 1)
         check_same(c, flows, lb, seed=k, batches=rng.choice([1, 3, 7]), conn=rng.choice([1.0, 30.0]))
 
 
@@ -365,29 +370,29 @@ def test_counted_balancers_without_affinity_match_twin(lb, dense, monkeypatch):
     parallel pass and then the in-order pick (_pick_in_order); counters dense or hashed."""
     import dataclasses
 
-    import fastpath.tables.balancers as balancers
+    import fastpath.tables.balancer_state as balancer_state
 
     if not dense:
-        monkeypatch.setattr(balancers, "DENSE_LIMIT", 0)
+        monkeypatch.setattr(balancer_state, "DENSE_LIMIT", 0)
     for k in range(4):
         rng = random.Random(900 + k)
         c = random_cluster(rng, n_nodes=rng.randint(1, 5), n_services=12)
         c = dataclasses.replace(c, services=[dataclasses.replace(s, session_affinity=False) for s in c.services])
         assert not compile_services(c, lb=lb).has_affinity
-        flows = random_flows(rng, c, 300, with_ts=k != 2)
+        flows = random_flows(rng, c, 300, with_ts=k != 2, durations=k % 2 == 1)
         check_same(c, flows, lb, seed=k, batches=rng.choice([1, 4]), conn=rng.choice([1.0, 30.0]))
 
 
 @pytest.mark.parametrize("lb", ["round-robin", "least-connection"])
 def test_matches_twin_with_hashed_counters(lb, monkeypatch):
     """Counters beyond the dense limit live in the hash table: same answers."""
-    import fastpath.tables.balancers as balancers
+    import fastpath.tables.balancer_state as balancer_state
 
-    monkeypatch.setattr(balancers, "DENSE_LIMIT", 0)
+    monkeypatch.setattr(balancer_state, "DENSE_LIMIT", 0)
     for k in range(3):
         rng = random.Random(77 + k)
         c = random_cluster(rng, n_nodes=4, n_services=10)
-        check_same(c, random_flows(rng, c, 200), lb, seed=k, batches=3, conn=5.0)
+        check_same(c, random_flows(rng, c, 200, durations=k == 1), lb, seed=k, batches=3, conn=5.0)
 
 
 def test_matches_twin_on_sample_cluster(data_dir):

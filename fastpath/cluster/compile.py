@@ -109,25 +109,15 @@ def compile_forwarding(cluster: Cluster, *, slices=None, non_masquerade_cidrs=No
     IP, replacing the ip-masq-agent ConfigMap's (default: the ConfigMap's, if any;
     else every pod's egress is masqueraded). See :mod:`fastpath.cluster.hostside`.
     """
+    from .columns import endpoint_columns, pod_columns
     from .hostside import (masquerade_exceptions, no_masquerade_routes, orphan_routes, portmap_table,
                            served_listeners)
     nodes, pods = cluster.nodes, cluster.pods
-    node_index = {n.name: i for i, n in enumerate(nodes)}
-    ns_index: dict[str, int] = {}
-    n_pods = len(pods)
-
-    # one list comprehension a column (150,000 pods: no numpy scalar stores in a Python loop)
-    pod_ns = np.array([ns_index.setdefault(p.namespace, len(ns_index)) for p in pods], dtype=np.int32)
-    pod_node = np.array([-1 if p.node is None else node_index.get(p.node, -1) for p in pods], dtype=np.int32)
-    ips = [p.ip for p in pods]
-    has_ip = np.array([ip is not None for ip in ips], dtype=bool)
-    pod_ip = np.array([0 if ip is None else ip for ip in ips], dtype=np.uint32)
-    pod_host = np.array([p.host_network for p in pods], dtype=bool)
-    # listening ports: replicas of a template share one ports tuple, so count them per tuple
-    port_lists = [p.ports for p in pods]
-    lp_pod = np.repeat(np.arange(n_pods, dtype=np.int64), [len(ps) for ps in port_lists])
-    lp_proto = [cp.proto for ps in port_lists for cp in ps]
-    lp_port = [cp.port for ps in port_lists for cp in ps]
+    cols = pod_columns(pods, nodes)          # one pass over the pods, shared with the service map
+    node_index = cols.node_index
+    # the tables get their own copies: the columns are kept for the next compile of these pods
+    pod_ns, pod_node, pod_ip = cols.ns.copy(), cols.node.copy(), cols.ip.copy()
+    has_ip, pod_host = cols.has_ip, cols.host
 
     node_ip = np.array([n.internal_ip or 0 for n in nodes], dtype=np.uint32)
     nk, nv = node_addresses(nodes)
@@ -180,7 +170,7 @@ def compile_forwarding(cluster: Cluster, *, slices=None, non_masquerade_cidrs=No
                          f"{bp.shape[1]} /{CALICO_BLOCK} block routes and {int((~use_block).sum())} /32 host routes")
 
     # pods on nodes not in the input: /32 routes to nowhere; ip-masq-agent's nonMasqueradeCIDRs
-    orphans = orphan_routes(routes, pods, node_index, np.concatenate([node_addr, b_ip]))
+    orphans = orphan_routes(routes, cols, np.concatenate([node_addr, b_ip]))
     if orphans:
         notes.append(f"{orphans} pod IPs on nodes not in the input: flows to them are dropped (node-not-in-input)")
     no_masquerade_routes(routes, masquerade_exceptions(cluster, non_masquerade_cidrs))
@@ -196,9 +186,7 @@ def compile_forwarding(cluster: Cluster, *, slices=None, non_masquerade_cidrs=No
         np.empty(0, dtype=np.int32)
     fdb = ExactTable.build(fdb_key(port_node, macs[order]), np.arange(port_pod.size, dtype=np.int64))
 
-    lp_pod_a = np.array(lp_pod, dtype=np.int64)
-    lp_proto_a = np.array(lp_proto, dtype=np.int64)
-    lp_port_a = np.array(lp_port, dtype=np.int64)
+    lp_pod_a, lp_proto_a, lp_port_a = cols.port_pod, cols.port_proto, cols.port_num
     hmask = pod_host[lp_pod_a] & (pod_node[lp_pod_a] >= 0) if lp_pod_a.size else np.zeros(0, dtype=bool)
     hk = pack3_np(pod_node[lp_pod_a[hmask]], lp_proto_a[hmask], lp_port_a[hmask])
     hv = lp_pod_a[hmask]
@@ -206,29 +194,36 @@ def compile_forwarding(cluster: Cluster, *, slices=None, non_masquerade_cidrs=No
     if slices is None:
         from .endpoints import endpoints_for
         slices = endpoints_for(cluster)
-    pod_names = [f"{p.namespace}/{p.name}" for p in pods]   # Pod.key, without a property call each
     s_pod, s_proto, s_port, s_hk, s_hv = served_listeners(
-        slices, pod_by_ip, node_by_ip, {k: i for i, k in enumerate(pod_names)}, pod_host, pod_node)
+        endpoint_columns(slices, cols), pod_by_ip, node_by_ip, pod_host, pod_node)
     if s_pod.size:
-        lp_entry = np.unique(np.concatenate([(lp_pod_a << 32) | (lp_proto_a << 16) | lp_port_a,
-                                             (s_pod << 32) | (s_proto << 16) | s_port]))
+        lp_entry = _sorted_unique(np.concatenate([(lp_pod_a << 32) | (lp_proto_a << 16) | lp_port_a,
+                                                  (s_pod << 32) | (s_proto << 16) | s_port]))
         lp_pod_a, lp_proto_a, lp_port_a = lp_entry >> 32, (lp_entry >> 16) & 0xFF, lp_entry & 0xFFFF
     pod_rec, more_off, more_ports = _pod_records(pod_node, lp_pod_a, lp_proto_a, lp_port_a)
     # first hostNetwork pod declaring a port on a node wins, then EndpointSlice entries:
     # build in reverse so the first is the last write
     hk = np.concatenate([hk, s_hk])[::-1]
     host_listen = ExactTable.build(hk, np.concatenate([hv, s_hv])[::-1])
-    portmap, hostport_bits = portmap_table(nodes, pods, pod_node)
+    portmap, hostport_bits = portmap_table(nodes, cols, pod_node)
 
     return ForwardingTables(
-        node_names=[n.name for n in nodes],
-        pod_names=pod_names,
-        ns_names=list(ns_index),
+        node_names=list(cols.node_names),
+        pod_names=list(cols.names),
+        ns_names=list(cols.ns_names),
         node_ip=node_ip, pod_ip=pod_ip, pod_node=pod_node, pod_ns=pod_ns,
         pod_by_ip=pod_by_ip, pod_rec=pod_rec, more_off=more_off, more_ports=more_ports, node_by_ip=node_by_ip, routes=routes,
         neighbours=neighbours, fdb=fdb, port_pod=port_pod, port_veth=port_veth,
         host_listen=host_listen, route_notes=notes, portmap=portmap, hostport_bits=hostport_bits,
     )
+
+
+def _sorted_unique(a: np.ndarray) -> np.ndarray:
+    """``np.unique`` of an integer array by one sort (numpy 2's hashing ``unique`` is slower here)."""
+    a = np.sort(a)
+    if a.size > 1:
+        a = a[np.concatenate(([True], a[1:] != a[:-1]))]
+    return a
 
 
 def _pod_records(pod_node: np.ndarray, pod: np.ndarray, proto: np.ndarray, port: np.ndarray

@@ -32,6 +32,7 @@ import numpy as np
 from ..addr import prefix_mask
 from ..tables.exact import AddressTable, ExactTable, pack3_np
 from ..tables.lpm import RouteTable
+from .columns import EndpointColumns, PodColumns
 from .model import Cluster, Node
 
 #: Host-listen value of a port that something in the node's host namespace serves, no pod known.
@@ -43,10 +44,13 @@ NH_NO_MASQUERADE = 0xFFFFFFFC
 LINK_LOCAL = (0xA9FE0000, 16)
 
 
-def served_listeners(slices, pod_by_ip: AddressTable, node_by_ip: ExactTable, pod_index: dict[str, int],
+def served_listeners(ends: EndpointColumns, pod_by_ip: AddressTable, node_by_ip: ExactTable,
                      pod_host: np.ndarray, pod_node: np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Listening entries that EndpointSlices add (see the module docstring).
+
+    ``ends``: the endpoints of every slice, given and derived, as columns
+    (:func:`fastpath.cluster.columns.endpoint_columns`).
 
     Returns
     -------
@@ -54,29 +58,25 @@ def served_listeners(slices, pod_by_ip: AddressTable, node_by_ip: ExactTable, po
         int64 arrays: bridged pod ``pods[k]`` listens on ``(protos[k], ports[k])``.
     host_keys, host_values
         ``pack3(node, proto, port)`` -> hostNetwork pod index or :data:`HOST_PROCESS`.
+        In order of slice, endpoint, address, port (the first of a repeated key wins).
     """
-    addr, target, proto, port = [], [], [], []
-    for sl in slices:
-        sports = [(p.proto, p.port) for p in sl.ports if p.port]
-        if not sports:
-            continue
-        for e in sl.endpoints:
-            if not e.serving or not e.addresses:
-                continue
-            t = pod_index.get(e.target_pod, -1) if e.target_pod else -1
-            for a in e.addresses:
-                for pr, po in sports:
-                    addr.append(a)
-                    target.append(t)
-                    proto.append(pr)
-                    port.append(po)
     empty = np.zeros(0, np.int64)
-    if not addr:
+    # every address of a serving endpoint, once per numbered port of its slice
+    ep_slice = np.repeat(np.arange(ends.slice_start.shape[0] - 1, dtype=np.int64), np.diff(ends.slice_start))
+    serving = ends.serving[ends.addr_ep] if ends.addr_ep.size else np.zeros(0, bool)
+    a_ep = ends.addr_ep[serving]
+    a_slice = ep_slice[a_ep]
+    lo, hi = ends.port_off[a_slice], ends.port_off[a_slice + 1]
+    per = hi - lo
+    total = int(per.sum())
+    if total == 0:
         return empty, empty, empty, np.zeros(0, np.uint64), empty
-    addr_a = np.array(addr, dtype=np.uint32)
-    target_a = np.array(target, dtype=np.int64)
-    proto_a = np.array(proto, dtype=np.int64)
-    port_a = np.array(port, dtype=np.int64)
+    row = np.repeat(np.arange(a_ep.shape[0], dtype=np.int64), per)
+    take = np.repeat(lo - (np.cumsum(per) - per), per) + np.arange(total, dtype=np.int64)
+    addr_a = ends.addr[serving][row].astype(np.uint32)
+    target_a = ends.pod[a_ep][row].astype(np.int64)
+    proto_a = ends.port_proto[take]
+    port_a = ends.port_num[take]
     pod = pod_by_ip.lookup(addr_a).astype(np.int64)
     bridged = pod >= 0
     node = node_by_ip.lookup(addr_a.astype(np.uint64)).astype(np.int64)
@@ -89,45 +89,46 @@ def served_listeners(slices, pod_by_ip: AddressTable, node_by_ip: ExactTable, po
     return pod[bridged], proto_a[bridged], port_a[bridged], hkey, hval
 
 
-def portmap_table(nodes: list[Node], pods, pod_node: np.ndarray) -> tuple[ExactTable, np.ndarray]:
+def portmap_table(nodes: list[Node], pods: PodColumns, pod_node: np.ndarray) -> tuple[ExactTable, np.ndarray]:
     """The CNI portmap DNAT of every hostPort, and the bit set of hostPorts (uint8[8192]).
 
     Only pods on a node of the input with an IP and not ``hostNetwork`` (a
     hostNetwork pod's port already is its node's). Where two pods claim one
     (address, protocol, hostPort), the first in input order wins.
     """
-    keys, vals = [], []
     bits = np.zeros(8192, dtype=np.uint8)
-    for i, p in enumerate(pods):
-        if p.host_network or p.ip is None or pod_node[i] < 0:
-            continue
-        for cp in p.ports:
-            hp = getattr(cp, "host_port", None)
-            if not hp:
-                continue
-            n = nodes[int(pod_node[i])]
-            for a in (n.internal_ip, n.external_ip):
-                if a is not None:
-                    keys.append((a, cp.proto, hp))
-                    vals.append((int(p.ip) << 16) | int(cp.port))
-            bits[hp >> 3] |= np.uint8(1 << (hp & 7))
-    if not keys:
+    k = np.flatnonzero(pods.port_host != 0)
+    if k.size:
+        pod = pods.port_pod[k]
+        ok = ~pods.host[pod] & pods.has_ip[pod] & (pod_node[pod] >= 0)
+        k, pod = k[ok], pod[ok]
+    if not k.size:
         return ExactTable.build(np.zeros(0, np.uint64), np.zeros(0, np.int64)), bits
-    k = np.array(keys, dtype=np.int64)
-    packed = pack3_np(k[:, 0], k[:, 1], k[:, 2])[::-1]        # reversed: the first claim is the last write
-    return ExactTable.build(packed, np.array(vals, dtype=np.int64)[::-1]), bits
+    hp = pods.port_host[k]
+    np.bitwise_or.at(bits, hp >> 3, (1 << (hp & 7)).astype(np.uint8))
+    # each port at the node's InternalIP, then its ExternalIP (where the node has them)
+    internal = np.array([-1 if n.internal_ip is None else n.internal_ip for n in nodes], dtype=np.int64)
+    external = np.array([-1 if n.external_ip is None else n.external_ip for n in nodes], dtype=np.int64)
+    nd = pod_node[pod].astype(np.int64)
+    addr = np.stack([internal[nd], external[nd]], axis=1).reshape(-1)
+    has = addr >= 0
+    proto = np.repeat(pods.port_proto[k], 2)[has]
+    port = np.repeat(hp, 2)[has]
+    vals = np.repeat((pods.ip[pod].astype(np.int64) << 16) | pods.port_num[k], 2)[has]
+    packed = pack3_np(addr[has], proto, port)[::-1]          # reversed: the first claim is the last write
+    return ExactTable.build(packed, vals[::-1]), bits
 
 
-def orphan_routes(routes: RouteTable, pods, node_index: dict[str, int], taken: np.ndarray) -> int:
+def orphan_routes(routes: RouteTable, pods: PodColumns, taken: np.ndarray) -> int:
     """Add a /32 ``NH_NODE_NOT_IN_INPUT`` route per address of a pod whose node is not in the input.
 
     ``taken``: addresses that stay what they are (node addresses, bridged pods).
     Returns how many routes were added.
     """
-    ips = {p.ip for p in pods if p.ip is not None and p.node is not None and p.node not in node_index}
-    if not ips:
+    orphan = pods.has_ip & pods.node_given & (pods.node < 0)
+    if not orphan.any():
         return 0
-    a = np.array(sorted(ips), dtype=np.uint32)
+    a = np.unique(pods.ip[orphan])
     a = a[~np.isin(a, taken)]
     for ip in a.tolist():
         routes.insert((ip, 32), NH_NODE_NOT_IN_INPUT)

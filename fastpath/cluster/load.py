@@ -24,8 +24,8 @@ import gc
 import json
 import math
 import socket
-from bisect import bisect_right
 from contextlib import contextmanager
+from itertools import repeat
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -132,7 +132,7 @@ def load_cluster(path: str | Path, *, expand_workloads: bool = False) -> Cluster
                 problems.add("skipped-files", str(f.relative_to(p)))  # a bundle's version.json, ...
                 continue
             items.extend((src, obj) for obj in objs)
-        cluster = _build(items, problems)
+        cluster = _build(items, problems, by_identity=False)
     if expand_workloads:
         from .workloads import expand_workloads as _expand
         cluster = _expand(cluster)
@@ -193,19 +193,37 @@ def read_objects(path: str | Path) -> list:
     """Parse one file into its top-level objects (not yet flattened or validated)."""
     p = Path(path)
     data = read_input(p, "cluster")  # a regular file under the size limit; FIFOs and devices refused
+    suffix = p.suffix.lower()
+    if _fast_json is not None and (suffix == ".json" or (suffix not in (".yaml", ".yml")
+                                                         and _first_char(data) in (b"{", b"["))):
+        # JSON read straight from the bytes (no 139 MB text copy); anything the decoder refuses
+        # (not UTF-8, a byte-order mark, NaN, ...) takes the path below, which says why
+        try:
+            doc = _fast_json(data)
+        except Exception:  # noqa: BLE001
+            pass
+        else:
+            return doc if isinstance(doc, list) else [doc]
     if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16 with a byte-order mark (PowerShell's `>`)
         data = _utf16_to_utf8(data, p)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise FastpathError(f"{p}: not UTF-8 text (bad byte at offset {e.start})") from None
-    stripped = text.lstrip()
-    if not stripped:
+    first = _first_char(text)
+    if not first:
         raise FastpathError(f"{p}: file is empty")
-    suffix = p.suffix.lower()
-    if suffix == ".json" or (suffix not in (".yaml", ".yml") and stripped[0] in "{["):
+    if suffix == ".json" or (suffix not in (".yaml", ".yml") and first in "{["):
         return _parse_json(text, p)
     return _parse_yaml(text, p)
+
+
+def _first_char(text: str | bytes) -> str | bytes:
+    """The first character that is not whitespace (as ``text.lstrip()[:1]``, without copying ``text``)."""
+    i, n = 0, len(text)
+    while i < n and text[i:i + 1].isspace():
+        i += 1
+    return text[i:i + 1]
 
 
 def _utf16_to_utf8(data: bytes, p: Path) -> bytes:
@@ -272,6 +290,11 @@ def _flatten(items: Iterable[tuple[str, object]]) -> Iterator[tuple[str, dict, s
         if not isinstance(sub, list):
             raise FastpathError(f"{src}: {kind}: items is not a list")
         for it in sub:
+            if type(it) is dict:            # the usual item: a mapping with a kind that is no List
+                k = it.get("kind")
+                if type(k) is str and k and not k.endswith("List"):
+                    yield src, it, k
+                    continue
             if item_kind and isinstance(it, dict) and "kind" not in it:
                 it = {**it, "kind": item_kind}
             k = _kind(src, it)
@@ -399,17 +422,24 @@ def _node(obj: dict, name: str) -> Node:
 class _PodParser:
     """Pods, with container ports shared across replicas of one template."""
 
-    def __init__(self) -> None:
+    def __init__(self, by_identity: bool = True) -> None:
         self.port_sets: dict[tuple, tuple[tuple[ContainerPort, ...], str | None]] = {}
-        self._by_list: dict[int, tuple] = {}    # id(containers list) -> (it, initContainers, ports)
+        #: id(containers list) -> (it, initContainers, ports); None: objects parsed from a
+        #: file, where no two pods share a list (each entry would only cost time and memory)
+        self._by_list: dict[int, tuple] | None = {} if by_identity else None
+        self._one: dict[tuple, tuple] = {}      # (container, first port, count) -> (port list, ports)
         self.terminal: list[str] = []
         self.shared_port: list[str] = []     # pods whose containers declare one port twice
-        self.node_names: set[str] = set()    # every spec.nodeName given
+        #: every spec.nodeName given, each once: pods on one node share one name string
+        #: (a dict lookup by it later hashes it once and compares by identity)
+        self.node_names: dict[str, str] = {}
 
     def ports(self, spec: dict) -> tuple[tuple[ContainerPort, ...], str | None]:
         """The pod's container ports, and a note when two containers declare one port."""
         # objects built in memory (synth_cluster) share one containers list per template:
         # that list, kept alive here so its id stays its own, answers at once
+        if self._by_list is None:
+            return self._one_container_ports(spec)
         containers, inits = spec.get("containers"), spec.get("initContainers")
         same = self._by_list.get(id(containers))
         if same is not None and same[0] is containers and same[1] is inits:
@@ -418,6 +448,26 @@ class _PodParser:
         if containers is not None:
             self._by_list[id(containers)] = (containers, inits, found)
         return found
+
+    def _one_container_ports(self, spec: dict) -> tuple[tuple[ContainerPort, ...], str | None]:
+        """:meth:`_ports`, answered at once for the usual pod of a file: one container whose port
+        list equals (``==``, as the cache key's entries compare) the last one seen with the
+        same container name, first containerPort and length."""
+        containers = spec.get("containers")
+        if type(containers) is list and len(containers) == 1 and not spec.get("initContainers"):
+            c = containers[0]
+            ps = c.get("ports") if type(c) is dict else None
+            if type(ps) is list and ps and type(ps[0]) is dict:
+                name, first = c.get("name"), ps[0].get("containerPort")
+                if (name is None or type(name) is str) and type(first) is int:
+                    key = (name, first, len(ps))
+                    seen = self._one.get(key)
+                    if seen is not None and seen[0] == ps:
+                        return seen[1]
+                    found = self._ports(spec)
+                    self._one[key] = (ps, found)
+                    return found
+        return self._ports(spec)
 
     def _ports(self, spec: dict) -> tuple[tuple[ContainerPort, ...], str | None]:
         # the key is the raw port entries: replicas of one template hit the cache
@@ -493,14 +543,16 @@ class _PodParser:
         if node is not None:
             if type(node) is not str:
                 raise _Invalid(f"spec.nodeName: expected a string, found {show(node)}")
-            self.node_names.add(node)
+            node = self.node_names.setdefault(node, node)
         ports, shared = self.ports(spec)
         if shared is not None:
             self.shared_port.append(f"{ns}/{name} {shared}")
-        return Pod(namespace=ns, name=name, node=node,
-                   host_network=bool(spec.get("hostNetwork", False)), ip=ip, ready=ready,
-                   terminating=meta.get("deletionTimestamp") is not None,
-                   ports=ports, labels=_labels(meta.get("labels"), "metadata.labels"))
+        # every field as Pod(...) sets it, without the frozen dataclass's per-field __setattr__
+        pod = _object_new(Pod)
+        pod.__dict__.update(namespace=ns, name=name, node=node, host_network=bool(spec.get("hostNetwork", False)),
+                            ip=ip, ready=ready, terminating=meta.get("deletionTimestamp") is not None,
+                            ports=ports, labels=_labels(meta.get("labels"), "metadata.labels"), node_known=True)
+        return pod
 
 
 def _service(obj: dict, ns: str, name: str) -> Service:
@@ -578,33 +630,124 @@ def _slice(obj: dict, ns: str, name: str, service: str, portless: list[str]) -> 
                                        proto=_proto(p.get("protocol"), f"{what}.protocol")))
     endpoints = []
     for i, e in enumerate(obj.get("endpoints") or ()):
-        what = f"endpoints[{i}]"
-        addrs = _list(e.get("addresses"), f"{what}.addresses")
-        if not addrs:
-            raise _Invalid(f"{what} has no addresses")
-        cond = e.get("conditions") or {}
-        # as kube-proxy reads them (pkg/proxy/endpointslicecache.go): a missing ready or
-        # serving is true, a missing terminating false
+        ep = _endpoint_fast(e, ns) if type(e) is dict else None
+        endpoints.append(ep if ep is not None else _endpoint(e, ns, i))
+    return EndpointSlice(namespace=ns, name=name, service=service, ports=tuple(ports), endpoints=tuple(endpoints))
+
+
+def _new_endpoint(**fields) -> Endpoint:
+    """An :class:`Endpoint` from every field, without the frozen dataclass's per-field
+    ``object.__setattr__`` (125,000 endpoints at 5,000 nodes); equal to ``Endpoint(**fields)``."""
+    ep = _object_new(Endpoint)
+    ep.__dict__.update(fields)
+    return ep
+
+
+_object_new = object.__new__
+
+
+def _endpoint_fast(e: dict, ns: str) -> Endpoint | None:
+    """An endpoint whose fields all have their usual types, else None (:func:`_endpoint` decides)."""
+    get = e.get
+    addrs = get("addresses")
+    if type(addrs) is not list or not addrs:
+        return None
+    try:
+        if len(addrs) == 1:
+            ips = (int.from_bytes(_inet_pton(_AF_INET, addrs[0]), "big"),)
+        else:
+            ips = tuple([int.from_bytes(_inet_pton(_AF_INET, a), "big") for a in addrs])
+    except (OSError, TypeError, ValueError):
+        return None
+    cond = get("conditions")
+    if cond is None:
+        ready = serving = True
+        term = False
+    elif type(cond) is dict:
         ready = cond.get("ready")
         ready = True if ready is None else bool(ready)
         serving = cond.get("serving")
         serving = True if serving is None else bool(serving)
         term = bool(cond.get("terminating") or False)
-        zone = e.get("zone")
-        if zone is None and isinstance(e.get("topology"), dict):  # discovery.k8s.io/v1beta1
-            zone = e["topology"].get(ZONE_LABEL)
-        zone = _str(zone, f"{what}.zone")
-        hint = e.get("hints") or {}
-        hints = tuple(_str(z.get("name"), f"{what}.hints.forZones[].name")
-                      for z in hint.get("forZones") or () if z.get("name"))
-        node_hints = tuple(_str(z.get("name"), f"{what}.hints.forNodes[].name")
-                           for z in hint.get("forNodes") or () if z.get("name"))
-        endpoints.append(Endpoint(addresses=tuple(_ip(a, f"{what} address") for a in addrs), ready=ready,
-                                  serving=serving, terminating=term,
-                                  node=_str(e.get("nodeName"), f"{what}.nodeName") or None,
-                                  zone=zone or None, hint_zones=hints, target_pod=_target(e, ns, what),
-                                  hint_nodes=node_hints))
-    return EndpointSlice(namespace=ns, name=name, service=service, ports=tuple(ports), endpoints=tuple(endpoints))
+    else:
+        return None
+    zone = get("zone")
+    node = get("nodeName")
+    if (zone is not None and type(zone) is not str) or (node is not None and type(node) is not str) \
+            or (zone is None and "topology" in e):
+        return None
+    hints = node_hints = ()
+    hint = get("hints")
+    if hint:
+        if type(hint) is not dict:
+            return None
+        hints = _hint_names(hint.get("forZones"))
+        node_hints = _hint_names(hint.get("forNodes"))
+        if hints is None or node_hints is None:
+            return None
+    target = None
+    ref = get("targetRef")
+    if ref:
+        if type(ref) is not dict:
+            return None
+        if ref.get("kind") == "Pod":
+            rname = ref.get("name")
+            if rname:
+                rns = ref.get("namespace")
+                if type(rname) is not str or (rns is not None and type(rns) is not str):
+                    return None
+                target = f"{rns or ns}/{rname}"
+    return _new_endpoint(addresses=ips, ready=ready, serving=serving, terminating=term, node=node or None,
+                         zone=zone or None, hint_zones=hints, target_pod=target, hint_nodes=node_hints)
+
+
+def _hint_names(entries) -> tuple | None:
+    """``hints.forZones`` / ``forNodes`` names when every entry is a mapping with a string name
+    or none (the names kept), else None."""
+    if not entries:
+        return ()
+    if type(entries) is not list:
+        return None
+    out = []
+    for z in entries:
+        if type(z) is not dict:
+            return None
+        n = z.get("name")
+        if n:
+            if type(n) is not str:
+                return None
+            out.append(n)
+    return tuple(out)
+
+
+def _endpoint(e: dict, ns: str, i: int) -> Endpoint:
+    """One endpoint, every field checked (naming the field where one is wrong)."""
+    what = f"endpoints[{i}]"
+    addrs = _list(e.get("addresses"), f"{what}.addresses")
+    if not addrs:
+        raise _Invalid(f"{what} has no addresses")
+    cond = e.get("conditions") or {}
+    # as kube-proxy reads them (pkg/proxy/endpointslicecache.go): a missing ready or
+    # serving is true, a missing terminating false
+    ready = cond.get("ready")
+    ready = True if ready is None else bool(ready)
+    serving = cond.get("serving")
+    serving = True if serving is None else bool(serving)
+    term = bool(cond.get("terminating") or False)
+    zone = e.get("zone")
+    if zone is None and isinstance(e.get("topology"), dict):  # discovery.k8s.io/v1beta1
+        zone = e["topology"].get(ZONE_LABEL)
+    zone = _str(zone, f"{what}.zone")
+    hint = e.get("hints") or {}
+    hints = tuple(_str(z.get("name"), f"{what}.hints.forZones[].name")
+                  for z in hint.get("forZones") or () if z.get("name"))
+    node_hints = tuple(_str(z.get("name"), f"{what}.hints.forNodes[].name")
+                       for z in hint.get("forNodes") or () if z.get("name"))
+    return Endpoint(addresses=tuple(_ip(a, f"{what} address") for a in addrs), ready=ready,
+                    serving=serving, terminating=term,
+                    node=_str(e.get("nodeName"), f"{what}.nodeName") or None,
+                    zone=zone or None, hint_zones=hints, target_pod=_target(e, ns, what),
+                    hint_nodes=node_hints)
 
 
 def _target(e: dict, ns: str, what: str) -> str | None:
@@ -618,7 +761,10 @@ def _target(e: dict, ns: str, what: str) -> str | None:
 
 # --------------------------------------------------------------------------- assembly
 
-def _build(items: Iterable[tuple[str, object]], problems: Problems | None = None) -> Cluster:
+def _build(items: Iterable[tuple[str, object]], problems: Problems | None = None, *,
+           by_identity: bool = True) -> Cluster:
+    """The cluster of ``items`` (``(source, object)``). ``by_identity``: pods may share one
+    ``containers`` list (objects built in memory), so their ports are read once per list."""
     from . import objects
 
     nodes: list[Node] = []
@@ -633,9 +779,10 @@ def _build(items: Iterable[tuple[str, object]], problems: Problems | None = None
     portless: list[str] = []
     legacy: dict[tuple[str, str], tuple[str, dict]] = {}   # Endpoints by (ns, name)
     namespaces: dict[str, dict] = {}
+    ns_names: dict[str, str] = {}
     masq = cluster_cidr = None
     problems = problems if problems is not None else Problems()
-    parse_pod = _PodParser()
+    parse_pod = _PodParser(by_identity)
     extra = ExtraKinds()        # NetworkPolicy, Namespace, workloads (fastpath.cluster.netpol)
     extra_kinds = extra.KINDS
 
@@ -654,8 +801,12 @@ def _build(items: Iterable[tuple[str, object]], problems: Problems | None = None
             ns = meta.get("namespace") or "default"
             if type(ns) is not str:
                 raise FastpathError(f"{src}: {kind} {name}: metadata.namespace: expected a string, found {show(ns)}")
-            if ns not in namespaces:
+            same = ns_names.get(ns)     # one string per namespace, shared by its objects
+            if same is None:
+                ns_names[ns] = ns
                 namespaces[ns] = {NAMESPACE_NAME_LABEL: ns}
+            else:
+                ns = same
         ident = f"{ns}/{name}" if ns else name
         key = (kind, ident)
         first = origin.get(key)
@@ -784,40 +935,49 @@ def _check_pods(pods: list[Pod], pod_src: list[str], nodes: list[Node], warnings
     """Pod addresses against nodes; returns the node names pods give that no Node has (-> pod count).
 
     Pods on such nodes are kept with ``node_known=False`` (a namespace-scoped dump has no Nodes).
+    Column by column (150,000 pods at 5,000 nodes); a repeated pod IP is then found by
+    :func:`_repeated_ip`, which names the pods as a walk in pod order would.
     """
-    node_cidrs = {n.name: n.pod_cidrs for n in nodes}
+    import numpy as np
+
+    node_pos = {n.name: i for i, n in enumerate(nodes)}
     missing: dict[str, int] = {}
+    node_list = [p.node for p in pods]
+    for i in [i for i, nd in enumerate(node_list) if nd is not None and nd not in node_pos]:
+        p = pods[i]
+        missing[p.node] = missing.get(p.node, 0) + 1
+        problems.add("node-not-in-input", f"{p.key} on {p.node}")
+        pods[i] = replace(p, node_known=False)
+    ips = [p.ip for p in pods]
+    host = [p.host_network for p in pods]
+    owned = [i for i, (ip, h) in enumerate(zip(ips, host)) if ip is not None and not h]
+    if len({ips[i] for i in owned}) != len(owned):
+        _repeated_ip(pods, pod_src, owned)
+    if not owned:
+        return missing
+    node = np.fromiter(map(node_pos.get, [node_list[i] for i in owned], repeat(-1)), dtype=np.int64,
+                       count=len(owned))
+    placed = node >= 0
+    rows = np.array(owned, dtype=np.int64)[placed]
+    ip = np.array([ips[i] for i in rows.tolist()], dtype=np.int64)
+    node = node[placed]
+    # inside one of its own node's pod CIDRs: compare with each node's k-th CIDR in turn
+    width = max((len(n.pod_cidrs) for n in nodes), default=0)
+    inside = np.zeros(ip.shape[0], dtype=bool)
+    for k in range(width):
+        net = np.array([n.pod_cidrs[k][0] if len(n.pod_cidrs) > k else -1 for n in nodes], dtype=np.int64)
+        mask = np.array([prefix_mask(n.pod_cidrs[k][1]) if len(n.pod_cidrs) > k else 0 for n in nodes],
+                        dtype=np.int64)
+        inside |= (ip & mask[node]) == net[node]
     spans = sorted((net, net | (~prefix_mask(length) & 0xFFFFFFFF)) for n in nodes for net, length in n.pod_cidrs)
-    starts = [s for s, _ in spans]
-    by_ip: dict[int, int] = {}
-    outside: list[int] = []
-    foreign: list[int] = []
-    for i, p in enumerate(pods):
-        own = ()
-        if p.node is not None:
-            own = node_cidrs.get(p.node)
-            if own is None:
-                missing[p.node] = missing.get(p.node, 0) + 1
-                problems.add("node-not-in-input", f"{p.key} on {p.node}")
-                p = pods[i] = replace(p, node_known=False)
-        if p.ip is None or p.host_network:
-            continue
-        j = by_ip.setdefault(p.ip, i)
-        if j != i:
-            q = pods[j]
-            raise FastpathError(f"{pod_src[i]}: Pod {p.key}: IP {int_to_ip(p.ip)} is also Pod {q.key}'s")
-        if p.node is None or not p.node_known:
-            continue
-        ip = p.ip
-        for net, length in own:
-            if ip & prefix_mask(length) == net:
-                break
-        else:
-            k = bisect_right(starts, ip) - 1
-            if k >= 0 and ip <= spans[k][1]:
-                foreign.append(i)
-            else:
-                outside.append(i)
+    starts = np.array([a for a, _ in spans], dtype=np.int64)
+    ends = np.array([b for _, b in spans], dtype=np.int64)
+    stray = rows[~inside]
+    s_ip = ip[~inside]
+    k = np.searchsorted(starts, s_ip, side="right") - 1
+    in_other = (k >= 0) & (s_ip <= ends[np.maximum(k, 0)]) if k.size and starts.size else \
+        np.zeros(k.shape[0], dtype=bool)
+    outside, foreign = stray[~in_other].tolist(), stray[in_other].tolist()
     if outside:
         p = pods[outside[0]]
         warnings.append(f"{len(outside)} pod IP{'s' * (len(outside) != 1)} outside every node's pod CIDR "
@@ -828,6 +988,16 @@ def _check_pods(pods: list[Pod], pod_src: list[str], nodes: list[Node], warnings
         warnings.append(f"{len(foreign)} pod IP{'s' * (len(foreign) != 1)} inside another node's pod CIDR "
                         f"(e.g. Pod {p.key} {int_to_ip(p.ip)} on {p.node}): borrowed addresses, routed by host routes")
     return missing
+
+
+def _repeated_ip(pods: list[Pod], pod_src: list[str], owned: list[int]) -> None:
+    """Raise for the first pod (in pod order) whose IP an earlier pod has."""
+    by_ip: dict[int, int] = {}
+    for i in owned:
+        p = pods[i]
+        j = by_ip.setdefault(p.ip, i)
+        if j != i:
+            raise FastpathError(f"{pod_src[i]}: Pod {p.key}: IP {int_to_ip(p.ip)} is also Pod {pods[j].key}'s")
 
 
 def _check_services(services: list[Service], origin: dict) -> None:

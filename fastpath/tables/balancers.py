@@ -44,15 +44,19 @@ in ``(IP, port)`` order:
 ``least-connection``
     IPVS ``lc``: fewest active connections of the receiving node to each backend,
     the first such backend in list order on ties (as ``ip_vs_lc_schedule``). Every
-    flow is a new connection living ``conn_duration`` seconds from its ``ts``;
-    with one duration for all, connections end in the order they started, so a
-    single FIFO of (end time, node, backend) retires them. Without ``ts``
-    connections never end: lc balances the connections each node has opened.
+    flow is a new connection living its own lifetime from its ``ts``
+    (:func:`fastpath.lifetimes.lifetimes_ns`: the trace's ``duration``, else
+    the per-protocol default), the one time model conntrack uses too; a heap
+    of (end time, node, backend) retires them. Without ``ts`` connections never
+    end: lc balances the connections each node has opened.
 
 ``sessionAffinity: ClientIP`` wraps any balancer: a table keyed (client IP,
-service port) keeps the backend while the client's previous flow to that
-service port is at most ``timeoutSeconds`` old (every use refreshes it, as
-iptables' ``recent --rcheck --seconds``); a remembered backend that is not
+service port) keeps the backend for ``timeoutSeconds`` after its last use,
+and a connection uses it until it ends: a flow at ``ts`` finds the remembered
+backend if ``ts`` is at most ``timeoutSeconds`` past the end of the client's
+latest-ending connection there (connection lifetimes as least-connection's;
+with no ``duration`` column a UDP exchange ends at once, as iptables'
+``recent --rcheck --seconds`` from the last new connection); a remembered backend that is not
 eligible for this flow (another node under a Local policy) is chosen anew.
 Without ``ts`` an affinity never expires. An affinity hit does not advance
 round-robin.
@@ -88,11 +92,10 @@ import numpy as np
 
 from .._jit import GROUP, UGROUP, chunk_bounds, jit, pjit, prefetch
 from ..codes import DROPPED, PENDING, REJECTED
+from .balancer_state import (BALANCERS, LB_LEAST_CONN, LB_MAGLEV, LB_RANDOM, LB_ROUND_ROBIN,  # noqa: F401
+                             LB_SOURCE_HASH, BalancerState, StateArrays, _add, _count, _open, _retire, _AFF_USED,
+                             _RR_USED)
 from .exact import EMPTY, ht_find, ht_home, ht_place, ht_probe, pack2, pack3
-
-#: Balancer names, indexed by their code.
-BALANCERS = ("random", "round-robin", "source-hash", "maglev", "least-connection")
-LB_RANDOM, LB_ROUND_ROBIN, LB_SOURCE_HASH, LB_MAGLEV, LB_LEAST_CONN = range(5)
 
 #: Frontend kinds, indexed by code (bits 32-35 of a frontend value).
 FRONTEND_KINDS = ("ClusterIP", "externalIP", "LoadBalancer", "NodePort")
@@ -119,8 +122,6 @@ C1, C2 = 0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53
 #: 2^64 / golden ratio, spreads seeds.
 GOLDEN = 0x9E3779B97F4A7C15
 
-#: Largest node x column counter array kept dense (int64: 256 MiB); beyond, a hash table.
-DENSE_LIMIT = 1 << 25
 #: Rows per sequential-kernel call: state tables grow between calls.
 SEQ_CHUNK = 1 << 20
 #: Flows per parallel work item.
@@ -152,17 +153,6 @@ MapArrays = namedtuple("MapArrays", [
     "set_backend",                 # u64 per set member: IP | port << 32 (one read for the rewrite)
 ])
 
-#: Balancer state the sequential kernel reads and writes (see :class:`BalancerState`).
-StateArrays = namedtuple("StateArrays", [
-    "rr_dense",                    # int64[nodes, S] round-robin counters, or [0, 0]: use the hash table
-    "rr_keys", "rr_vals",          # pack2(node, sp) -> [counter]
-    "lc_dense",                    # int64[nodes, E] active connections, or [0, 0]: use the hash table
-    "lc_keys", "lc_vals",          # pack2(node, endpoint) -> [active connections]
-    "aff_keys", "aff_vals",        # pack2(sp, client ip) -> [endpoint, last use ns]
-    "fifo_end", "fifo_key",        # ring of open connections: end ns, lc key
-    "meta",                        # i64: rr used, lc used, aff used, fifo head, fifo count
-])
-_RR_USED, _LC_USED, _AFF_USED, _FIFO_HEAD, _FIFO_COUNT = range(5)
 
 
 # --------------------------------------------------------------------------- hashes (Python side)
@@ -246,136 +236,6 @@ def client_hash(key, src_ip):
 def modn(h, n):
     """32-bit hash ``h`` taken into ``[0, n)``: ``h mod n`` in 32-bit arithmetic (``n`` < 2^32)."""
     return np.int64(np.uint32(h) % np.uint32(n))
-
-
-# --------------------------------------------------------------------------- state tables
-
-@jit
-def _rehash(old_keys, old_vals, new_keys, new_vals):
-    for i in range(old_keys.shape[0]):
-        k = old_keys[i]
-        if k != np.uint64(0xFFFFFFFFFFFFFFFF):
-            j = ht_place(new_keys, k)
-            new_keys[j] = k
-            for c in range(old_vals.shape[1]):
-                new_vals[j, c] = old_vals[i, c]
-
-
-def _grown(keys: np.ndarray, vals: np.ndarray, need: int) -> tuple[np.ndarray, np.ndarray]:
-    """The table, re-hashed into a capacity of at least ``2 * need`` if it has less."""
-    cap = keys.shape[0]
-    if cap >= 2 * need:
-        return keys, vals
-    while cap < 2 * need:
-        cap *= 2
-    nk = np.full(cap, EMPTY, dtype=np.uint64)
-    nv = np.zeros((cap, vals.shape[1]), dtype=np.int64)
-    _rehash(keys, vals, nk, nv)
-    return nk, nv
-
-
-class BalancerState:
-    """Round-robin counters, least-connection counts and FIFO, and the affinity table.
-
-    Counters per (node, service port) and (node, endpoint) live in a dense
-    ``[nodes, columns]`` array when it has at most :data:`DENSE_LIMIT` cells
-    (pass its shape), else in an open-addressing table. The tables are flat
-    arrays (keys ``uint64``, values ``int64[cap, w]``), grown between kernel
-    calls so each call has room for every flow it may add.
-    """
-
-    def __init__(self, rr_shape: tuple[int, int] = (0, 0), lc_shape: tuple[int, int] = (0, 0)) -> None:
-        def dense(shape):
-            return np.zeros(shape if 0 < shape[0] * shape[1] <= DENSE_LIMIT else (0, 0), np.int64)
-
-        self.arrays = StateArrays(
-            rr_dense=dense(rr_shape),
-            rr_keys=np.full(8, EMPTY, np.uint64), rr_vals=np.zeros((8, 1), np.int64),
-            lc_dense=dense(lc_shape),
-            lc_keys=np.full(8, EMPTY, np.uint64), lc_vals=np.zeros((8, 1), np.int64),
-            aff_keys=np.full(8, EMPTY, np.uint64), aff_vals=np.zeros((8, 2), np.int64),
-            fifo_end=np.zeros(8, np.int64), fifo_key=np.zeros(8, np.uint64),
-            meta=np.zeros(8, np.int64),
-        )
-
-    def reserve(self, rows: int, lb: int, affinity: bool, timed: bool) -> None:
-        """Make room for ``rows`` more flows in the tables balancer ``lb`` (and affinity) will write."""
-        a = self.arrays
-        m = a.meta
-        rr_k, rr_v, lc_k, lc_v = a.rr_keys, a.rr_vals, a.lc_keys, a.lc_vals
-        af_k, af_v = a.aff_keys, a.aff_vals
-        if lb == LB_ROUND_ROBIN and a.rr_dense.shape[0] == 0:
-            rr_k, rr_v = _grown(rr_k, rr_v, int(m[_RR_USED]) + rows)
-        if lb == LB_LEAST_CONN and a.lc_dense.shape[0] == 0:
-            lc_k, lc_v = _grown(lc_k, lc_v, int(m[_LC_USED]) + rows)
-        if affinity:
-            af_k, af_v = _grown(af_k, af_v, int(m[_AFF_USED]) + rows)
-        fe, fk = a.fifo_end, a.fifo_key
-        count = int(m[_FIFO_COUNT])
-        if lb == LB_LEAST_CONN and timed and fe.shape[0] < count + rows:
-            cap = fe.shape[0]
-            while cap < count + rows:
-                cap *= 2
-            order = (int(m[_FIFO_HEAD]) + np.arange(count)) % fe.shape[0]
-            fe2 = np.zeros(cap, np.int64)
-            fk2 = np.zeros(cap, np.uint64)
-            fe2[:count] = fe[order]
-            fk2[:count] = fk[order]
-            fe, fk = fe2, fk2
-            m[_FIFO_HEAD] = 0
-        self.arrays = StateArrays(a.rr_dense, rr_k, rr_v, a.lc_dense, lc_k, lc_v, af_k, af_v, fe, fk, m)
-
-    def copy(self) -> "BalancerState":
-        """An independent copy (explain works on one, so it never disturbs a replay)."""
-        other = BalancerState.__new__(BalancerState)
-        other.arrays = StateArrays(*(x.copy() for x in self.arrays))
-        return other
-
-    def active_connections(self, node: int, endpoint: int) -> int:
-        """Open connections of ``node`` to ``endpoint`` (least-connection state)."""
-        a = self.arrays
-        return int(_count(a.lc_dense, a.lc_keys, a.lc_vals, node, endpoint))
-
-    def rr_counter(self, node: int, sp: int) -> int:
-        """Flows ``node`` has sent to service port ``sp`` by round-robin."""
-        a = self.arrays
-        return int(_count(a.rr_dense, a.rr_keys, a.rr_vals, node, sp))
-
-    def affinity(self, sp: int, client: int) -> tuple[int, int] | None:
-        """(endpoint, last use ns) remembered for ``client`` on service port ``sp``."""
-        a = self.arrays
-        i = ht_place(a.aff_keys, pack2(sp, client))
-        if a.aff_keys[i] == EMPTY:
-            return None
-        return int(a.aff_vals[i, 0]), int(a.aff_vals[i, 1])
-
-
-@jit(inline="always")
-def _count(dense, keys, vals, row, col):
-    """Counter (row, col): from the dense array when there is one, else the hash table (0 if absent)."""
-    if dense.shape[0] > 0:
-        return dense[row, col]
-    key = pack2(row, col)
-    slot = ht_place(keys, key)
-    return vals[slot, 0] if keys[slot] == key else np.int64(0)
-
-
-@jit(inline="always")
-def _add(dense, keys, vals, meta, used, row, col, delta):
-    """Add ``delta`` to counter (row, col); returns the value before. ``meta[used]`` counts hash keys."""
-    if dense.shape[0] > 0:
-        old = dense[row, col]
-        dense[row, col] = old + delta
-        return old
-    key = pack2(row, col)
-    slot = ht_place(keys, key)
-    if keys[slot] != key:
-        keys[slot] = key
-        vals[slot, 0] = 0
-        meta[used] += 1
-    old = vals[slot, 0]
-    vals[slot, 0] = old + delta
-    return old
 
 
 # --------------------------------------------------------------------------- the per-flow body
@@ -477,34 +337,6 @@ def _balance(lb, s, lo, n, rn, sp, s_ip, d, sport, dport, p, keys, set_table, ma
             fewest = c
             best = j
     return best
-
-
-@jit(inline="always")
-def _retire(lc_dense, lc_keys, lc_vals, fifo_end, fifo_key, meta, t):
-    """Close every connection that ended at or before ``t`` (least-connection FIFO)."""
-    cap = fifo_end.shape[0]
-    head = meta[_FIFO_HEAD]
-    count = meta[_FIFO_COUNT]
-    while count > 0 and fifo_end[head] <= t:
-        key = fifo_key[head]
-        _add(lc_dense, lc_keys, lc_vals, meta, _LC_USED, np.int64(key >> np.uint64(32)),
-             np.int64(key & np.uint64(0xFFFFFFFF)), -1)
-        head = (head + 1) % cap
-        count -= 1
-    meta[_FIFO_HEAD] = head
-    meta[_FIFO_COUNT] = count
-
-
-@jit(inline="always")
-def _open(lc_dense, lc_keys, lc_vals, fifo_end, fifo_key, meta, node, ep, end, has_ts):
-    """Count a new connection for least-connection (and queue its end when timed)."""
-    _add(lc_dense, lc_keys, lc_vals, meta, _LC_USED, node, ep, 1)
-    if has_ts:
-        cap = fifo_end.shape[0]
-        tail = (meta[_FIFO_HEAD] + meta[_FIFO_COUNT]) % cap
-        fifo_end[tail] = end
-        fifo_key[tail] = pack2(node, ep)
-        meta[_FIFO_COUNT] += 1
 
 
 #: Bits in the address filter (2^20 bits = 128 KiB, stays in L2): one load tells almost
@@ -843,29 +675,32 @@ def _stage_hash(T: MapArrays, lb: int, chunk: int, *columns: np.ndarray) -> None
     _STAGE_HASH[lb](T, chunk, *columns)
 
 
-@pjit
-def _pick_in_order(T, S, lb, has_ts, conn_ns, pend, lo, hi, src_ip, ts, src_node, service, dnat_ip, dnat_port,
-                   snat_ip):
+@jit(_nrt=False)
+def _pick_in_order(T, S, lb, has_ts, life, pend, lo, hi, src_ip, ts, src_node, service, dnat_ip, dnat_port,
+                   snat_ip, at):
     """The counters' pick for rows ``[lo, hi)`` that :func:`_stage_hash` left in ``pend``, in trace order.
 
     Round-robin advances the counter of (receiving node, service port) once a
     row; least-connection closes the connections that ended by the row's ``ts``,
     takes the first backend with the fewest open ones and opens one there. In
     groups of :data:`GROUP` rows the counters are prefetched first and the chosen
-    backends before the rewrite, so their cache misses overlap.
+    backends before the rewrite, so their cache misses overlap. ``at``: scratch of
+    :data:`GROUP` int64.
+
+    Sequential kernels compile without numba's reference counting (``_nrt=False``:
+    they allocate nothing): arrays pass through the inlined helpers with no atomic
+    count per use, and the kernel compiles in seconds, not minutes as in a
+    one-item parallel loop.
     """
     node_ip, set_backend, set_ep, set_table, maglev, keys = T.node_ip, T.set_backend, T.set_ep, T.set_table, \
         T.maglev, T.keys
     rr_dense, rr_keys, rr_vals, lc_dense, lc_keys, lc_vals = S.rr_dense, S.rr_keys, S.rr_vals, S.lc_dense, \
         S.lc_keys, S.lc_vals
-    fifo_end, fifo_key, meta = S.fifo_end, S.fifo_key, S.meta
-    rr_flat = rr_dense.ravel()
-    lc_flat = lc_dense.ravel()
+    conn_end, conn_key, meta = S.conn_end, S.conn_key, S.meta
     rr_width = np.uint64(rr_dense.shape[1])
     lc_width = np.uint64(lc_dense.shape[1])
     dense = (rr_dense.shape[0] if lb == LB_ROUND_ROBIN else lc_dense.shape[0]) > 0
-    for _ in numba.prange(1):                      # one thread (see _stage)
-        at = np.empty(GROUP, dtype=np.int64)
+    for _ in range(1):
         for g in range(np.uint64(lo), np.uint64(hi), UGROUP):
             ge = min(np.uint64(hi), g + UGROUP)
             if dense:
@@ -875,11 +710,11 @@ def _pick_in_order(T, S, lb, has_ts, conn_ns, pend, lo, hi, src_ip, ts, src_node
                         continue
                     rn = np.uint64(src_node[i])
                     if lb == LB_ROUND_ROBIN:
-                        prefetch(rr_flat, rn * rr_width + np.uint64(service[i]))
+                        prefetch(rr_dense, rn * rr_width + np.uint64(service[i]))
                     else:
                         first = p >> 33
-                        prefetch(lc_flat, rn * lc_width + np.uint64(set_ep[first]))
-                        prefetch(lc_flat, rn * lc_width + np.uint64(set_ep[first + ((p >> 1) & 0xFFFFFFFF) - 1]))
+                        prefetch(lc_dense, rn * lc_width + np.uint64(set_ep[first]))
+                        prefetch(lc_dense, rn * lc_width + np.uint64(set_ep[first + ((p >> 1) & 0xFFFFFFFF) - 1]))
             for i in range(g, ge):                 # level 2: the pick, in order (prefetch the backend)
                 p = pend[i]
                 at[i - g] = -1
@@ -889,12 +724,12 @@ def _pick_in_order(T, S, lb, has_ts, conn_ns, pend, lo, hi, src_ip, ts, src_node
                 rn = np.int64(src_node[i])
                 t = ts[i] if has_ts else np.int64(0)
                 if lb == LB_LEAST_CONN and has_ts:
-                    _retire(lc_dense, lc_keys, lc_vals, fifo_end, fifo_key, meta, t)
+                    _retire(lc_dense, lc_keys, lc_vals, conn_end, conn_key, meta, t)
                 pos = _balance(lb, 0, first, (p >> 1) & 0xFFFFFFFF, rn, np.int64(service[i]), 0, 0, 0, 0, 0, keys,
                                set_table, maglev, set_ep, rr_dense, rr_keys, rr_vals, lc_dense, lc_keys, lc_vals, meta)
                 if lb == LB_LEAST_CONN:
-                    _open(lc_dense, lc_keys, lc_vals, fifo_end, fifo_key, meta, rn, np.int64(set_ep[first + pos]),
-                          t + conn_ns, has_ts)
+                    _open(lc_dense, lc_keys, lc_vals, conn_end, conn_key, meta, rn, np.int64(set_ep[first + pos]),
+                          t + life[i], has_ts)
                 k = first + pos
                 at[i - g] = k
                 prefetch(set_backend, k)
@@ -905,23 +740,21 @@ def _pick_in_order(T, S, lb, has_ts, conn_ns, pend, lo, hi, src_ip, ts, src_node
                              dnat_port, snat_ip)
 
 
-@pjit
-def _stage(T, S, lb, has_ts, conn_ns, rows, src_ip, dst_ip, src_port, dst_port, proto, ts,
-           src_node, verdict, service, dnat_ip, dnat_port, snat_ip):
+@jit(_nrt=False)
+def _stage(T, S, lb, has_ts, life, rows, src_ip, dst_ip, src_port, dst_port, proto, ts,
+           src_node, verdict, service, dnat_ip, dnat_port, snat_ip, no_defer):
     """The stateful pass: the rows listed in ``rows``, in that order, reading and writing the balancer state ``S``.
 
     Every row under least-connection when some service port has ClientIP
     affinity (affinity rows and the others open and close connections in one
     time order); otherwise the affinity rows :func:`_stage_hash` deferred.
+    ``no_defer``: an empty uint8 array. Compiled as :func:`_pick_in_order` is.
     """
     (fe_slots, np_slots, nip_slots, cip_slots, sp_flags, sp_set, sp_zone_row, zone_sets, zone_width, node_zone,
      node_ip, loc_slots, lbn_off, lbn_node, set_off, set_ep, _set_ip, _set_port, set_table, maglev,
      affinity_ns, keys, addr_filter, _sp_span, _sp_table, set_backend) = T
-    rr_dense, rr_keys, rr_vals, lc_dense, lc_keys, lc_vals, aff_keys, aff_vals, fifo_end, fifo_key, meta = S
-    no_defer = np.zeros(0, dtype=np.uint8)
-    # one work item: one thread walks the rows in trace order; inside a parallel loop body
-    # numba passes the unpacked arrays on without reference counting every use (3x faster)
-    for _ in numba.prange(1):
+    rr_dense, rr_keys, rr_vals, lc_dense, lc_keys, lc_vals, aff_keys, aff_vals, conn_end, conn_key, meta = S
+    for _ in range(1):                                 # one thread walks the rows in trace order
         for r in range(rows.shape[0]):
             i = np.uint64(rows[r])                     # unsigned: no wrap-around per access
             if verdict[i] != PENDING:
@@ -943,9 +776,10 @@ def _stage(T, S, lb, has_ts, conn_ns, rows, src_ip, dst_ip, src_port, dst_port, 
             n = np.int64(set_off[s + 1]) - lo
             t = ts[i] if has_ts else np.int64(0)
             if lb == LB_LEAST_CONN and has_ts:
-                _retire(lc_dense, lc_keys, lc_vals, fifo_end, fifo_key, meta, t)
+                _retire(lc_dense, lc_keys, lc_vals, conn_end, conn_key, meta, t)
             pos = np.int64(-1)
             slot = np.int64(0)
+            hit = False
             akey = pack2(sp, s_ip)
             if affinity:
                 slot = ht_place(aff_keys, akey)
@@ -954,6 +788,7 @@ def _stage(T, S, lb, has_ts, conn_ns, rows, src_ip, dst_ip, src_port, dst_port, 
                     for j in range(n):
                         if set_ep[lo + j] == ep:
                             pos = j
+                            hit = True
                             break
             if pos < 0:
                 pos = _balance(lb, s, lo, n, rn, sp, s_ip, d, src_port[i], dst_port[i], proto[i], keys, set_table,
@@ -962,10 +797,13 @@ def _stage(T, S, lb, has_ts, conn_ns, rows, src_ip, dst_ip, src_port, dst_port, 
                 if aff_keys[slot] != akey:
                     aff_keys[slot] = akey
                     meta[_AFF_USED] += 1
+                end = t + life[i]                      # in use until the connection ends
+                if hit and aff_vals[slot, 1] > end:
+                    end = aff_vals[slot, 1]
                 aff_vals[slot, 0] = set_ep[lo + pos]
-                aff_vals[slot, 1] = t
+                aff_vals[slot, 1] = end
             if lb == LB_LEAST_CONN:
-                _open(lc_dense, lc_keys, lc_vals, fifo_end, fifo_key, meta, rn, np.int64(set_ep[lo + pos]),
-                      t + conn_ns, has_ts)
+                _open(lc_dense, lc_keys, lc_vals, conn_end, conn_key, meta, rn, np.int64(set_ep[lo + pos]),
+                      t + life[i], has_ts)
             _rewrite(i, lo + pos, rn, masquerades(flags, (v >> 32) & 0xF, external), set_backend, node_ip, src_ip,
                      dnat_ip, dnat_port, snat_ip)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import numpy as np
 
@@ -48,6 +49,8 @@ from ..addr import int_to_ip
 from ..cluster.model import PROTO_NAMES, Cluster, node_addresses
 from ..codes import DROPPED, REJECTED
 from ..errors import FastpathError
+from .._jit import GROUP
+from ..lifetimes import lifetimes_ns
 from .balancers import (BALANCERS, F_AFFINITY, F_ETP_LOCAL, F_HAS_ANY, F_HAS_READY, F_ITP_LOCAL, F_NODE_HINTS,
                         NODE_HINT_KEY,
                         FE_CLUSTER_IP, FE_EXTERNAL_IP, FE_LOAD_BALANCER, FE_NODE_PORT, FRONTEND_KINDS,
@@ -258,11 +261,12 @@ def compile_services(cluster: Cluster, *, lb: str = "random", seed: int = 0,
     cip_table = ExactTable.build(cip, np.ones(cip.shape[0], np.int64))
 
     # endpoints
-    pod_names = [f"{p.namespace}/{p.name}" for p in cluster.pods]   # Pod.key, without a property call each
-    pod_index = dict(zip(pod_names, range(len(pod_names))))
+    from ..cluster.columns import endpoint_columns, pod_columns
+    cols = pod_columns(cluster.pods, nodes)      # the pass compile_forwarding made (or makes now)
+    pod_names = list(cols.names)
     hint_nodes: list = []
-    ep = _gather_endpoints(_all_slices(cluster) if slices is None else slices, sp_by_svc, sp_pname, sp_proto, node_index, zones, zone_index,
-                           pod_index, hint_nodes)
+    ends = endpoint_columns(_all_slices(cluster) if slices is None else slices, cols)
+    ep = _gather_endpoints(ends, sp_by_svc, sp_pname, sp_proto, zones, zone_index, hint_nodes)
     ep_sp, ep_ip, ep_port, ep_node, ep_pod, ep_zone, ep_ready, ep_serving, ep_term, ep_hints, all_zones = ep
     ep_off = np.zeros(n_sp + 1, dtype=np.int64)
     np.cumsum(np.bincount(ep_sp, minlength=n_sp), out=ep_off[1:])
@@ -439,46 +443,47 @@ def _node_hint_sets(ep_off: np.ndarray, ready: np.ndarray, hints: list, node_ind
             np.array(keys, dtype=np.uint64), np.array(sets, dtype=np.int64))
 
 
-def _gather_endpoints(slices: list, sp_by_svc: dict, sp_pname: list[str], sp_proto: list, node_index: dict,
-                      zones: list[str], zone_index: dict, pod_index: dict, node_hints: list | None = None):
+def _gather_endpoints(ends, sp_by_svc: dict, sp_pname: list[str], sp_proto: list,
+                      zones: list[str], zone_index: dict, node_hints: list | None = None):
     """Endpoint arrays of every service port, sorted by (sp, IP, port), duplicates dropped.
 
-    ``node_hints``, when given, gets each kept endpoint's ``hint_nodes`` (a list in
+    ``ends``: every endpoint of every slice, as :func:`fastpath.cluster.columns.endpoint_columns`
+    gives them. ``node_hints``, when given, gets each kept endpoint's ``hint_nodes`` (a list in
     endpoint order) appended, where any endpoint carries node hints.
     """
-    # every endpoint of every slice once, in slice order, as one record each (a column at a
-    # time: 125,000 endpoints at 5,000 nodes)
+    # every endpoint of every slice once, in slice order, as one record each
     all_zones = list(zones)
     extra_zones: dict[str, int] = {}
-    eps = [e for sl in slices for e in sl.endpoints]
-    slice_start = np.zeros(len(slices) + 1, dtype=np.int64)
-    np.cumsum([len(sl.endpoints) for sl in slices], out=slice_start[1:])
-    slice_start = slice_start.tolist()
+    eps = ends.endpoints
+    slices = ends.slices
+    slice_start = ends.slice_start.tolist()
     rec = np.zeros(len(eps), dtype=_ENDPOINT_RECORD)
-    addrs = [e.addresses for e in eps]
-    rec["ip"] = [a[0] if a else 0 for a in addrs]
-    rec["valid"] = [bool(a) for a in addrs]
-    rec["ready"] = [bool(e.ready) for e in eps]
-    rec["serving"] = [bool(e.serving) for e in eps]
-    rec["terminating"] = [bool(e.terminating) for e in eps]
-    node_get, pod_get = node_index.get, pod_index.get
-    rec["node"] = [node_get(nd, -1) if nd else -1 for nd in [e.node for e in eps]]
-    rec["pod"] = [pod_get(t, -1) if t else -1 for t in [e.target_pod for e in eps]]
-    zone_of = [e.zone for e in eps]
-    zi = np.full(len(eps), -1, dtype=np.int32)
-    for i in [i for i, z in enumerate(zone_of) if z]:          # in endpoint order: extra zones numbered so
-        z = zone_of[i]
-        k = zone_index.get(z)
-        zi[i] = k if k is not None else extra_zones.setdefault(z, len(zones) + len(extra_zones))
-    rec["zone"] = zi
-    hint_of = [e.hint_zones for e in eps]
-    for i in [i for i, h in enumerate(hint_of) if h]:
-        hint = 1 << 63
-        for z in hint_of[i]:
-            k = zone_index.get(z)
-            if k is not None:
-                hint |= 1 << k
-        rec["hints"][i] = hint
+    rec["ip"] = ends.ip
+    rec["valid"] = ends.valid
+    rec["ready"] = ends.ready
+    rec["serving"] = ends.serving
+    rec["terminating"] = ends.terminating
+    rec["node"] = ends.node
+    rec["pod"] = ends.pod
+    zone_of = ends.zone
+    # zones no node has, numbered after the nodes' in order of first use
+    for z in dict.fromkeys(zone_of):
+        if z and z not in zone_index:
+            extra_zones[z] = len(zones) + len(extra_zones)
+    number = {**zone_index, **extra_zones}
+    rec["zone"] = np.fromiter(map(number.get, zone_of, repeat(-1)), dtype=np.int32, count=len(zone_of))
+    hint_of = ends.hint_zones
+    bits: dict[tuple, int] = {}                 # each distinct forZones tuple once
+    for h in dict.fromkeys(hint_of):
+        if h:
+            hint = 1 << 63
+            for z in h:
+                k = zone_index.get(z)
+                if k is not None:
+                    hint |= 1 << k
+            bits[h] = hint
+    if bits:
+        rec["hints"] = np.fromiter(map(bits.get, hint_of, repeat(0)), dtype=np.uint64, count=len(hint_of))
     all_zones.extend(sorted(extra_zones, key=extra_zones.get))
 
     # which slices (and which of their ports) serve each service port
@@ -649,6 +654,10 @@ def _maglev_tables(set_off: np.ndarray, set_ip: np.ndarray, set_port: np.ndarray
 
 # --------------------------------------------------------------------------- the stage
 
+#: ``_stage``'s empty deferral column.
+_NO_DEFER = np.zeros(0, np.uint8)
+
+
 def _column(name: str, x, dtype, n: int | None, writable: bool = False) -> np.ndarray:
     """A flat contiguous array of ``dtype`` (zero-copy when it already is one), or a one-line error."""
     if writable:
@@ -684,10 +693,9 @@ class ServiceStage:
         self.smap = smap
         self.lb = balancer_code(smap.lb)
         self.reset()
-        self.conn_ns = np.int64(round(smap.conn_duration * 1e9))
 
     def run(self, src_ip, dst_ip, src_port, dst_port, proto, ts, src_pod, src_node, verdict, service,
-            dnat_ip, dnat_port, snat_ip) -> None:
+            dnat_ip, dnat_port, snat_ip, duration=None) -> None:
         """Resolve the service stage of one batch, in place (``docs/dataplane.md`` §4).
 
         Only rows whose ``verdict`` is ``PENDING`` are looked at.
@@ -716,6 +724,10 @@ class ServiceStage:
             Service-port id of the frontend hit (caller pre-fills -1).
         dnat_ip, dnat_port, snat_ip : out
             Rewritten destination and source (caller pre-fills the inputs).
+        duration : float64 seconds (NaN: not given), or None
+            Each connection's lifetime, for least-connection and ClientIP
+            affinity (:func:`fastpath.lifetimes.lifetimes_ns`: without it, the
+            per-protocol default).
         """
         n = _column("src_ip", src_ip, np.uint32, None).shape[0]
         src_ip = _column("src_ip", src_ip, np.uint32, n)
@@ -732,6 +744,9 @@ class ServiceStage:
             return
         T = self.smap.arrays
         affinity = self.smap.has_affinity
+        stateful = affinity or self.lb == LB_LEAST_CONN
+        life = lifetimes_ns(proto, None if duration is None else _column("duration", duration, np.float64, n),
+                            self.smap.conn_duration) if stateful and has_ts else np.zeros(n, np.int64)
         if self.lb == LB_LEAST_CONN and affinity:
             # affinity rows and the others open and close connections in one time order: one pass
             rows = np.arange(n, dtype=np.int64)
@@ -745,8 +760,9 @@ class ServiceStage:
                 for start in range(0, n, SEQ_CHUNK):
                     stop = min(n, start + SEQ_CHUNK)
                     self.state.reserve(stop - start, self.lb, False, has_ts)
-                    _pick_in_order(T, self.state.arrays, self.lb, has_ts, self.conn_ns, pend, start, stop, src_ip,
-                                   ts, src_node_out, service_out, dnat_ip_out, dnat_port_out, snat_ip_out)
+                    _pick_in_order(T, self.state.arrays, self.lb, has_ts, life, pend, start, stop, src_ip,
+                                   ts, src_node_out, service_out, dnat_ip_out, dnat_port_out, snat_ip_out,
+                                   np.empty(GROUP, np.int64))
             if not affinity:
                 return
             rows = np.flatnonzero(deferred).astype(np.int64)
@@ -754,7 +770,7 @@ class ServiceStage:
         for start in range(0, rows.shape[0], SEQ_CHUNK):
             chunk = rows[start:start + SEQ_CHUNK]
             self.state.reserve(chunk.shape[0], self.lb, self.smap.has_affinity, has_ts)
-            _stage(T, self.state.arrays, self.lb, has_ts, self.conn_ns, chunk, *cols)   # one thread, in trace order
+            _stage(T, self.state.arrays, self.lb, has_ts, life, chunk, *cols, _NO_DEFER)  # one thread, in order
 
     def reset(self) -> None:
         """Forget round-robin counters, open connections and affinities."""

@@ -264,14 +264,25 @@ class NaiveServices:
             timeout = (svc.affinity_timeout or 10800) * 10**9
             if prev is not None and (ts is None or ts - prev[1] <= timeout):
                 chosen = next((e for e in elig if (e["ip"], e["port"]) == prev[0]), None)
+        hit = chosen is not None
         if chosen is None:
             chosen = elig[self._balance(flow, sp, node, elig)]
+        end = ts + self.lifetime(flow) if ts is not None else None
         if svc.session_affinity:
-            self.affinity[(sp, flow["src_ip"])] = ((chosen["ip"], chosen["port"]), ts or 0)
+            last = end or 0                          # in use until the connection ends
+            if hit:
+                last = max(last, prev[1])
+            self.affinity[(sp, flow["src_ip"])] = ((chosen["ip"], chosen["port"]), last)
         if self.lb == "least-connection":
-            end = ts + self.conn_ns if ts is not None else None
             self.conns.append((end, node, sp, (chosen["ip"], chosen["port"])))
         return chosen
+
+    def lifetime(self, flow: dict) -> int:
+        """The connection's lifetime, ns: its ``duration``, else 0 for UDP and ``conn_duration`` for the rest."""
+        d = flow.get("duration")
+        if d is None or d != d:
+            return 0 if flow["proto"] == 17 else self.conn_ns
+        return int(min(d, 100 * 365 * 86400.0) * 1e9 + 0.5)
 
     def _balance(self, flow: dict, sp: str, node: str, elig: list[dict]) -> int:
         n = len(elig)
@@ -373,8 +384,10 @@ def random_cluster(rng: random.Random, n_nodes: int = 4, n_services: int = 10, m
     return Cluster(nodes=nodes, pods=pods, services=services, slices=slices)
 
 
-def random_flows(rng: random.Random, cluster: Cluster, n: int, with_ts: bool = True) -> list[dict]:
-    """Flows to every kind of frontend and elsewhere, from pods, hosts and outside, in time order."""
+def random_flows(rng: random.Random, cluster: Cluster, n: int, with_ts: bool = True,
+                 durations: bool = False) -> list[dict]:
+    """Flows to every kind of frontend and elsewhere, from pods, hosts and outside, in time order
+    (with ``durations``, each timed flow has a ``duration``: seconds, or None for the default)."""
     dsts = []
     for s in cluster.services:
         for p in s.ports:
@@ -401,5 +414,7 @@ def random_flows(rng: random.Random, cluster: Cluster, n: int, with_ts: bool = T
              "proto": proto}
         if with_ts:
             f["ts"] = t
+            if durations:
+                f["duration"] = rng.choice([None, 0.0, 0.05, 0.5, 3.0, 40.0, 300.0])
         flows.append(f)
     return flows
