@@ -167,6 +167,7 @@ class ConntrackStage:
         self.ct32 = np.zeros((0, 6), np.int32)
         self.ct_free = np.zeros(1, np.int32)
         self.ct_heads = self._heads()
+        self.ct_lanes = np.full((K.N_LANES, 4), -1, np.int64)
         self.ch_key = np.full(16, K.EMPTY, np.int64)
         self.ch_val = np.zeros(16, np.int32)
         self.nb64 = np.zeros((0, 3), np.int64)
@@ -186,25 +187,20 @@ class ConntrackStage:
         return h
 
     @staticmethod
-    def _grow(rec: tuple[np.ndarray, ...], free: np.ndarray, need: int) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
-        """Records ``rec`` (2-D arrays, a row each) and their free list, with at least ``need`` free."""
-        have = int(free[0])
-        if have >= need:
-            return rec, free
-        old = rec[0].shape[0]
-        cap = max(1024, old)
-        while cap - old + have < need:
-            cap *= 2
-        grown = []
+    def _grow(rec: tuple[np.ndarray, ...], free: np.ndarray, hw: int, need: int) -> None:
+        """Grow records ``rec`` (2-D arrays, a row each) and their free list in place until ``need`` more fit.
+
+        A pool grows by a quarter at a time, in place (``ndarray.resize``: the
+        allocator moves pages rather than copying, and nothing else holds the
+        arrays), so memory follows the live entries, never twice them.
+        """
+        cap = rec[0].shape[0]
+        if cap - hw + int(free[0]) >= need:
+            return
+        new = max(1024, cap + cap // 4, hw + need)
         for a in rec:
-            b = np.zeros((cap, a.shape[1]), a.dtype)
-            b[:old] = a
-            grown.append(b)
-        fl = np.zeros(cap + 1, np.int32)
-        fl[1:have + 1] = free[1:have + 1]
-        fl[have + 1:have + 1 + cap - old] = np.arange(cap - 1, old - 1, -1, dtype=np.int32)
-        fl[0] = have + cap - old
-        return tuple(grown), fl
+            a.resize((new, a.shape[1]), refcheck=False)
+        free.resize(new + 1, refcheck=False)
 
     @staticmethod
     def _room(key: np.ndarray, val: np.ndarray, need: int) -> tuple[np.ndarray, np.ndarray]:
@@ -219,8 +215,8 @@ class ConntrackStage:
     def _reserve(self, rows: int) -> None:
         """Room for ``rows`` more flows: three conntrack records and three neighbour records each."""
         need = 3 * rows
-        (self.ct64, self.ct32), self.ct_free = self._grow((self.ct64, self.ct32), self.ct_free, need)
-        (self.nb64, self.nb32), self.nb_free = self._grow((self.nb64, self.nb32), self.nb_free, need)
+        self._grow((self.ct64, self.ct32), self.ct_free, int(self.meta[K.M_CT_HW]), need)
+        self._grow((self.nb64, self.nb32), self.nb_free, int(self.meta[K.M_NB_HW]), need)
         self.ch_key, self.ch_val = self._room(self.ch_key, self.ch_val, int(self.meta[K.M_CHAINS]) + need)
         self.ix_key, self.ix_val = self._room(self.ix_key, self.ix_val, int(self.meta[K.M_NB_USED]) + need)
 
@@ -231,8 +227,8 @@ class ConntrackStage:
             self._rows.append(tl[:k])
 
     def _call(self, tl: np.ndarray, cols: tuple, results: tuple, finish: bool) -> None:
-        K.track(self.ct64, self.ct32, self.ct_free, self.ct_heads, self.ch_key, self.ch_val, self.nb64, self.nb32,
-                self.nb_free, self.nb_heads, self.ix_key, self.ix_val, self.nd, tl, self.meta, self.params,
+        K.track(self.ct64, self.ct32, self.ct_free, self.ct_heads, self.ct_lanes, self.ch_key, self.ch_val, self.nb64,
+                self.nb32, self.nb_free, self.nb_heads, self.ix_key, self.ix_val, self.nd, tl, self.meta, self.params,
                 *cols, *results, self.node_ip, self.pod_node, self.pod_bridged, self.fdb_last, self.timeline,
                 finish)
         self._keep(tl)

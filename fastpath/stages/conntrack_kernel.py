@@ -14,10 +14,12 @@ twenty array arguments costs more than the work it does):
   ``nb32[e] = (node, heap next)``, found through an index on the same key;
 * per node: ``nd[n]`` holds the table size, occupancy and every counter (the
   current interval's and the whole replay's);
-* expiries sit in two radix heaps (monotone priority queues: a key is never
-  below the last one taken, which holds because time only moves forward)
-  threaded through the records' ``heap next``, so taking the due entries costs a
-  few list walks, not a log-n sift.
+* conntrack expiries sit in FIFO lanes, one per lifetime (entries of one
+  lifetime filed in time order expire in that order: O(1) each, and the record
+  is touched only when filed and when due), and the rest, with the neighbour
+  entries, in radix heaps (monotone priority queues: a key is never below the
+  last one taken, which holds because time only moves forward); both are
+  threaded through the records' ``heap next``.
 
 Every helper is a plain compiled function (no ``inline="always"``, no parallel
 passes): LLVM inlines the small ones, and the kernel compiles in seconds.
@@ -51,8 +53,9 @@ TL_COLS = ("t", "node", "entries", "new", "drops", "floods", "bin", "bout", "nen
 #: ``params`` slots (ns, except the hash key).
 (P_INTERVAL, P_KEY, P_TIME_WAIT, P_SYN_SENT, P_CLOSE, P_UDP, P_UDP_STREAM, P_GENERIC, P_STREAM_AFTER,
  P_FDB_AGE, P_NB_LIFE) = range(11)
-#: ``meta`` slots: current interval, started, chains in use, neighbour records in use, timeline rows.
-M_IV, M_STARTED, M_CHAINS, M_NB_USED, M_ROWS = range(5)
+#: ``meta`` slots: current interval, started, chains in use, neighbour records in use, timeline rows, and
+#: the high-water marks of the two pools (records at or above it were never used).
+M_IV, M_STARTED, M_CHAINS, M_NB_USED, M_ROWS, M_CT_HW, M_NB_HW = range(7)
 #: Buckets a full table looks through for an entry to evict (``early_drop``'s 8 buckets).
 EARLY_DROP_BUCKETS = 8
 #: Neighbour table hard cap per node (``gc_thresh3``).
@@ -62,6 +65,11 @@ GC_THRESH3 = 1024
 RH_LAST = 65
 RH_BOUND = 66
 RH_SLOTS = 67
+#: FIFO lanes of conntrack expiries: entries of one lifetime, filed in time order, expire in that order, so
+#: a lane per lifetime (up to :data:`N_LANES` lifetimes, the first seen) files and takes them in O(1); other
+#: entries go to the radix heap. ``lanes[k] = (lifetime, head, tail, head's expiry)``, linked by ``CT_HNEXT``.
+N_LANES = 8
+LN_LIFE, LN_HEAD, LN_TAIL, LN_HEAD_EXP = range(4)
 #: An empty index slot.
 EMPTY = np.int64(-1)
 I64_MAX = np.int64(0x7FFFFFFFFFFFFFFF)
@@ -174,6 +182,21 @@ def reindex(ok, ov, nk, nv):
             nv[j] = ov[i]
 
 
+# ----------------------------------------------------------------------------- pools
+
+@jit(_nrt=False, inline="always")
+def _take(free, meta, hw):
+    """A record to use: the last one freed (``free[0]`` of them in ``free[1:]``), else the next never used
+    (``meta[hw]``); the caller reserved room."""
+    k = free[0]
+    if k > 0:
+        free[0] = k - 1
+        return np.int64(free[k])
+    e = meta[hw]
+    meta[hw] = e + 1
+    return e
+
+
 # ----------------------------------------------------------------------------- conntrack entries
 
 @jit(_nrt=False, inline="always")
@@ -239,19 +262,65 @@ def _early_drop(ct64, ct32, ch_key, ch_val, meta, n, nb, bucket, t):
     return -1
 
 
+@jit(_nrt=False, inline="always")
+def _ct_file(ct32, heads, lanes, e, t, expiry):
+    """File record ``e``'s expiry: in the FIFO lane of its lifetime (claiming a free lane for a new
+    lifetime), else in the radix heap."""
+    life = expiry - t
+    for k in range(N_LANES):
+        lk = lanes[k, LN_LIFE]
+        if lk == life or lk == -1:
+            lanes[k, LN_LIFE] = life
+            ct32[e, CT_HNEXT] = -1
+            tail = lanes[k, LN_TAIL]
+            if tail == -1:
+                lanes[k, LN_HEAD] = e
+                lanes[k, LN_HEAD_EXP] = expiry
+            else:
+                ct32[tail, CT_HNEXT] = e
+            lanes[k, LN_TAIL] = e
+            return
+    _rh_push(heads, ct32, CT_HNEXT, e, expiry)
+
+
+@jit(_nrt=False, inline="always")
+def _ct_due(heads, lanes, t):
+    """Whether some conntrack record may be due at ``t`` (a few reads of small arrays)."""
+    for k in range(N_LANES):
+        if lanes[k, LN_HEAD] != -1 and lanes[k, LN_HEAD_EXP] <= t:
+            return True
+    return _rh_due(heads, t)
+
+
+@jit(_nrt=False, inline="always")
+def _ct_release(ct32, ct_free, ch_key, ch_val, nd, meta, e):
+    """Record ``e``'s expiry came: out of its table if still in it, back to the pool."""
+    if ct32[e, CT_STATE] == LIVE:
+        nd[ct32[e, CT_NODE], N_OCC] -= 1
+        if ct32[e, CT_PREV] != OFF_CHAIN:
+            _chain_unlink(ct32, ch_key, ch_val, meta, e)
+    ct32[e, CT_STATE] = FREE
+    ct_free[ct_free[0] + 1] = e                      # ct_free[0]: how many are free
+    ct_free[0] += 1
+
+
 @jit(_nrt=False)
-def _ct_expire(ct64, ct32, ct_free, heads, ch_key, ch_val, nd, meta, t):
-    """Take every conntrack record whose expiry is at or before ``t``."""
+def _ct_expire(ct64, ct32, ct_free, heads, lanes, ch_key, ch_val, nd, meta, t):
+    """Take every conntrack record whose expiry is at or before ``t``: lane heads, then the heap."""
+    for k in range(N_LANES):
+        while lanes[k, LN_HEAD] != -1 and lanes[k, LN_HEAD_EXP] <= t:
+            e = lanes[k, LN_HEAD]
+            nx = ct32[e, CT_HNEXT]
+            lanes[k, LN_HEAD] = nx
+            if nx == -1:
+                lanes[k, LN_TAIL] = -1
+            else:
+                lanes[k, LN_HEAD_EXP] = ct64[nx, CT_EXP]
+            _ct_release(ct32, ct_free, ch_key, ch_val, nd, meta, e)
     while _rh_ready(heads, ct64, CT_EXP, ct32, CT_HNEXT, t):
         e = heads[0]
         heads[0] = ct32[e, CT_HNEXT]
-        if ct32[e, CT_STATE] == LIVE:
-            nd[ct32[e, CT_NODE], N_OCC] -= 1
-            if ct32[e, CT_PREV] != OFF_CHAIN:
-                _chain_unlink(ct32, ch_key, ch_val, meta, e)
-        ct32[e, CT_STATE] = FREE
-        ct_free[ct_free[0] + 1] = e                  # ct_free[0]: how many are free
-        ct_free[0] += 1
+        _ct_release(ct32, ct_free, ch_key, ch_val, nd, meta, e)
 
 
 @jit(_nrt=False)
@@ -267,12 +336,12 @@ def _evict(ct64, ct32, ch_key, ch_val, nd, meta, n, t, bucket):
 
 
 @jit(_nrt=False, inline="always")
-def _ct_insert(ct64, ct32, ct_free, heads, ch_key, ch_val, nd, meta, n, t, expiry, assured_at, bucket):
+def _ct_insert(ct64, ct32, ct_free, heads, lanes, ch_key, ch_val, nd, meta, n, t, expiry, assured_at,
+               bucket):
     """A new entry on node ``n``: its record, or -1 if the table is full and nothing could be evicted."""
     if nd[n, N_OCC] >= nd[n, N_MAX] and not _evict(ct64, ct32, ch_key, ch_val, nd, meta, n, t, bucket):
         return -1
-    e = ct_free[ct_free[0]]
-    ct_free[0] -= 1
+    e = _take(ct_free, meta, M_CT_HW)
     ct64[e, CT_EXP] = expiry
     ct64[e, CT_ASSURED] = assured_at
     ct32[e, CT_NODE] = n
@@ -283,7 +352,7 @@ def _ct_insert(ct64, ct32, ct_free, heads, ch_key, ch_val, nd, meta, n, t, expir
     else:
         ct32[e, CT_PREV] = OFF_CHAIN
         ct32[e, CT_NEXT] = OFF_CHAIN
-    _rh_push(heads, ct32, CT_HNEXT, e, expiry)
+    _ct_file(ct32, heads, lanes, e, t, expiry)
     occ = nd[n, N_OCC] + 1
     nd[n, N_OCC] = occ
     nd[n, N_NEW] += 1
@@ -342,8 +411,7 @@ def _nb_add(nb64, nb32, nb_free, heads, ix_key, ix_val, nd, meta, n, key, i, exp
         nd[n, N_NOVER] += 1
         nd[n, N_IV_NOVER] += 1
         return
-    e = nb_free[nb_free[0]]
-    nb_free[0] -= 1
+    e = _take(nb_free, meta, M_NB_HW)
     nb64[e, NB_KEY] = key
     nb64[e, NB_EXP] = expiry
     nb64[e, NB_HKEY] = expiry
@@ -425,8 +493,8 @@ def _bucket(h, nd, n):
 
 
 @jit(_nrt=False)
-def track(ct64, ct32, ct_free, ct_heads, ch_key, ch_val, nb64, nb32, nb_free, nb_heads, ix_key, ix_val, nd, tl,
-          meta, P, ts, proto, src_ip, dst_ip, src_port, dst_port, life_ns, nbytes, has_bytes,
+def track(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nb64, nb32, nb_free, nb_heads, ix_key, ix_val,
+          nd, tl, meta, P, ts, proto, src_ip, dst_ip, src_port, dst_port, life_ns, nbytes, has_bytes,
           verdict, reason, path, src_node, dst_node, src_pod, dst_pod, src_kind, hops, dnat_ip,
           node_ip, pod_node, pod_bridged, fdb_last, timeline, finish):
     """Walk rows in time order: conntrack entries, FDB ageing, neighbour entries, counters.
@@ -456,11 +524,11 @@ def track(ct64, ct32, ct_free, ct_heads, ch_key, ch_val, nb64, nb32, nb_free, nb
                 _emit(nd, tl, meta, interval)
             meta[M_IV] += 1
             start = meta[M_IV] * interval
-            _ct_expire(ct64, ct32, ct_free, ct_heads, ch_key, ch_val, nd, meta, start)
+            _ct_expire(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nd, meta, start)
             _nb_expire(nb64, nb32, nb_free, nb_heads, ix_key, ix_val, nd, meta, start)
             _next_interval(nd)
-        if _rh_due(ct_heads, t):
-            _ct_expire(ct64, ct32, ct_free, ct_heads, ch_key, ch_val, nd, meta, t)
+        if _ct_due(ct_heads, ct_lanes, t):
+            _ct_expire(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nd, meta, t)
         if _rh_due(nb_heads, t):
             _nb_expire(nb64, nb32, nb_free, nb_heads, ix_key, ix_val, nd, meta, t)
         pa_ = path[i]
@@ -487,8 +555,8 @@ def track(ct64, ct32, ct_free, ct_heads, ch_key, ch_val, nb64, nb32, nb_free, nb
             expiry, assured_at = _lifetime(v, tcp, pr, t, d, P)
             h = flow_hash(np.uint64(P[P_KEY]), src_ip[i], dst_ip[i], src_port[i], dst_port[i], proto[i])
             src_part = 2 if kind == 0 else (0 if kind == 1 else 1)
-            mine = _ct_insert(ct64, ct32, ct_free, ct_heads, ch_key, ch_val, nd, meta, sn, t, expiry, assured_at,
-                              _bucket(h, nd, sn))
+            mine = _ct_insert(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nd, meta, sn, t, expiry,
+                              assured_at, _bucket(h, nd, sn))
             if mine < 0:
                 nd[sn, N_DROPS] += 1
                 nd[sn, N_IV_DROPS] += 1
@@ -500,7 +568,7 @@ def track(ct64, ct32, ct_free, ct_heads, ch_key, ch_val, nb64, nb32, nb_free, nb
                 hops[i] = src_part
                 dn = -1
                 v = DROPPED
-            elif both and _ct_insert(ct64, ct32, ct_free, ct_heads, ch_key, ch_val, nd, meta, dn, t, expiry,
+            elif both and _ct_insert(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nd, meta, dn, t, expiry,
                                      assured_at, _bucket(h, nd, dn)) < 0:
                 nd[dn, N_DROPS] += 1
                 nd[dn, N_IV_DROPS] += 1
@@ -512,7 +580,7 @@ def track(ct64, ct32, ct_free, ct_heads, ch_key, ch_val, nb64, nb32, nb_free, nb
                 v = DROPPED
                 # the client's entry stays, unanswered: its record is retired and a new one filed
                 _ct_retire(ct32, ch_key, ch_val, nd, meta, mine)
-                _ct_insert(ct64, ct32, ct_free, ct_heads, ch_key, ch_val, nd, meta, sn, t,
+                _ct_insert(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nd, meta, sn, t,
                            t + _unanswered(tcp, pr, P), I64_MAX, _bucket(h, nd, sn))
                 nd[sn, N_NEW] -= 1
                 nd[sn, N_IV_NEW] -= 1
@@ -547,4 +615,5 @@ def track(ct64, ct32, ct_free, ct_heads, ch_key, ch_val, nb64, nb32, nb_free, nb
                 if v == DELIVERED or v == REFUSED:
                     _nb_use(nb64, nb32, nb_free, nb_heads, ix_key, ix_val, nd, meta, dn, np.int64(node_ip[sn]), t, life)
             if v == EGRESS or (kind == 2 and (v == DELIVERED or v == REFUSED)):
-                _nb_use(nb64, nb32, nb_free, nb_heads, ix_key, ix_val, nd, meta, sn, np.int64(0), t, life)  # the gateway
+                # the default gateway
+                _nb_use(nb64, nb32, nb_free, nb_heads, ix_key, ix_val, nd, meta, sn, np.int64(0), t, life)

@@ -29,7 +29,7 @@ policy map:
   rules, the address entry are read. A rule's named ports are resolved per
   destination pod.
 
-Per flow (:func:`_policy_kernel`): the destination pod by address, then the egress
+Per flow (:mod:`fastpath.stages.policy_kernel`): the destination pod by address, then the egress
 check of the source pod and the ingress check of the destination pod, each one pass
 over the subject's run and a scan of a few ranges. Exempt: a pod to itself, and a pod
 and its own node (either way). hostNetwork pods are never selected (they are their
@@ -39,14 +39,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numba
 import numpy as np
 
-from .._jit import GROUP, UGROUP, chunk_bounds, jit, pjit, prefetch
 from ..cluster.model import PROTO_NAMES, Cluster
 from ..cluster.netpol import LabelSelector, NetworkPolicy, Peer, PolicyPort, Rule, namespace_labels
-from ..codes import DENIED, PENDING, R_POLICY_EGRESS, R_POLICY_INGRESS
-from ..tables.exact import EMPTY, at_find, at_home, at_probe, ht_find
+from ..tables.exact import EMPTY
+from .policy_kernel import SCAN, _address_class, _policy_kernel  # noqa: F401 (SCAN, _address_class: re-exported)
 
 #: Every port of every protocol, as ``proto << 16 | port`` ranges.
 ALL_PORTS = ((6 << 16, (6 << 16) | 0xFFFF), (17 << 16, (17 << 16) | 0xFFFF), (132 << 16, (132 << 16) | 0xFFFF))
@@ -183,20 +181,6 @@ def _address_classes(blocks: list) -> tuple[np.ndarray, np.ndarray, list[frozens
     return starts.astype(np.uint32), cls, list(classes)
 
 
-@jit(inline="always")
-def _address_class(starts, cls, ip):
-    """Class of the interval holding ``ip`` (binary search over ``starts``; ``starts[0] == 0``)."""
-    lo = 0
-    hi = starts.shape[0]
-    while hi - lo > 1:
-        mid = (lo + hi) >> 1
-        if starts[mid] <= ip:
-            lo = mid
-        else:
-            hi = mid
-    return np.int64(cls[lo])
-
-
 # --------------------------------------------------------------------------- compiled stage
 
 @dataclass
@@ -261,10 +245,6 @@ class PolicyMap:
         a = a[order]
         off = np.searchsorted(a[:, 0], np.arange(subjects + 1)).astype(np.int64)
         return cls(off, a[:, 1].astype(np.uint32), a[:, 2].astype(np.int32))
-
-
-#: Entries of a subject read one by one; a longer run is binary-searched.
-SCAN = 16
 
 
 class _PortSets:
@@ -538,192 +518,6 @@ def compile_policies(cluster: Cluster, tables) -> PolicyTables | None:
                         addr_in=ad_in, addr_eg=ad_eg, ps_off=off, ps_lo=lo, ps_hi=hi, ps_pol=pol,
                         addr_start=addr_start, addr_cls=addr_cls, ingress_subjects=in_subjects,
                         egress_subjects=eg_subjects, blocks=blocks)
-
-
-# --------------------------------------------------------------------------- kernel
-
-@jit(inline="always")
-def _allowed_by(ps_off, ps_lo, ps_hi, ps_pol, ps, key):
-    """The first policy (input order) whose range in port set ``ps`` holds ``key``; -3 (NO_RULE) if none.
-
-    Every range of the set is read (a set has a few): no exit branch inside the loop.
-    """
-    best = np.int64(0x7FFFFFFF)
-    for k in range(np.uint64(ps_off[ps]), np.uint64(ps_off[ps + 1])):
-        hit = (ps_lo[k] <= key) & (key <= ps_hi[k])
-        best = min(best, np.int64(ps_pol[k]) if hit else np.int64(0x7FFFFFFF))
-    return best if best != 0x7FFFFFFF else np.int64(-3)
-
-
-@jit(inline="always")
-def _lookup(m_key, m_ps, lo, hi, k1, k2, k3):
-    """Port sets under keys ``k1``, ``k2``, ``k3`` in a subject's sorted run ``[lo, hi)`` (-1 where absent).
-
-    A short run is read whole, one pass for the three keys; a long one is binary-searched.
-    """
-    r1 = np.int64(-1)
-    r2 = np.int64(-1)
-    r3 = np.int64(-1)
-    if hi - lo <= np.uint64(SCAN):
-        for k in range(lo, hi):
-            kk = m_key[k]
-            p = np.int64(m_ps[k])
-            r1 = p if kk == k1 else r1
-            r2 = p if kk == k2 else r2
-            r3 = p if kk == k3 else r3
-        return r1, r2, r3
-    return _bsearch(m_key, m_ps, lo, hi, k1), _bsearch(m_key, m_ps, lo, hi, k2), _bsearch(m_key, m_ps, lo, hi, k3)
-
-
-@jit(inline="always")
-def _bsearch(m_key, m_ps, lo, hi, want):
-    while lo < hi:
-        mid = (lo + hi) >> np.uint64(1)
-        if m_key[mid] < want:
-            lo = mid + np.uint64(1)
-        else:
-            hi = mid
-    if lo < m_key.shape[0] and m_key[lo] == want:
-        return np.int64(m_ps[lo])
-    return np.int64(-1)
-
-
-@jit(inline="always")
-def _side(m_off, m_key, m_ps, fallback, has_addr, s, peer, n_peer, addr_base, peer_addr, pod_rec,
-          addr_start, addr_cls, ip, key, ps_off, ps_lo, ps_hi, ps_pol):
-    """The policy allowing ``key`` for subject ``s`` and the other end (``peer`` a pod, or -1 and ``ip``), else -3.
-
-    A pod peer: its class's entry (every rule that applies to it, folded) if the subject
-    has one, else its namespace's entry or the subject's any-pod set, and with ipBlock
-    rules its address class's entry too. Not a pod: the address class's entry, else the
-    subject's any-peer set.
-    """
-    lo = np.uint64(m_off[s])
-    hi = np.uint64(m_off[s + 1])
-    none = np.uint32(0xFFFFFFFF)
-    if peer >= 0:
-        pc = np.int64(pod_rec[4 * peer + 2])
-        k1 = np.uint32(pc)
-        k2 = np.uint32(n_peer + np.int64(pod_rec[4 * peer + 3]))
-        k3 = np.uint32(addr_base + np.int64(peer_addr[pc])) if has_addr[s] else none
-    else:
-        k1 = none
-        k2 = none
-        k3 = np.uint32(addr_base + _address_class(addr_start, addr_cls, ip))
-    r1, r2, r3 = _lookup(m_key, m_ps, lo, hi, k1, k2, k3)
-    if peer >= 0:
-        if r1 >= 0:
-            return _allowed_by(ps_off, ps_lo, ps_hi, ps_pol, r1, key)
-        a = _allowed_by(ps_off, ps_lo, ps_hi, ps_pol, r2 if r2 >= 0 else np.int64(fallback[2 * s + 1]), key)
-        if r3 >= 0:
-            b = _allowed_by(ps_off, ps_lo, ps_hi, ps_pol, r3, key)
-            if b >= 0 and (a < 0 or b < a):
-                a = b
-        return a
-    return _allowed_by(ps_off, ps_lo, ps_hi, ps_pol, r3 if r3 >= 0 else np.int64(fallback[2 * s]), key)
-
-
-@pjit
-def _policy_kernel(src_ip, proto, src_pod, dnat_ip, dnat_port, snat_ip,
-                   pod_slots, node_slots, pod_node, pod_rec, peer_addr, n_peer, addr_base,
-                   in_off, in_key, in_ps, eg_off, eg_key, eg_ps, fb_in, fb_eg, ad_in, ad_eg,
-                   ps_off, ps_lo, ps_hi, ps_pol, addr_start, addr_cls,
-                   verdict, reason, dst_pod, dst_node, last_in, last_eg, chunk):
-    """Decide every PENDING flow: egress of the source pod, ingress of the destination pod.
-
-    Walks a chunk in groups, one level at a time (the destination pod's slot; the pod
-    and both pods' records; each end's subject and the other end, exemptions; the
-    decision), prefetching what the next level reads. Writes ``DENIED`` with the reason,
-    and ``dst_pod``/``dst_node`` of a denied flow's pod; ``last_in``/``last_eg`` get the
-    allowing policy (or NOT_ISOLATED -1, EXEMPT -2, NO_RULE -3).
-    """
-    n = src_ip.shape[0]
-    for c in numba.prange((n + chunk - 1) // chunk):
-        lo, hi = chunk_bounds(c, chunk, n)
-        dp = np.empty(GROUP, dtype=np.int64)
-        se = np.empty(GROUP, dtype=np.int64)       # egress subject, -1 none, -2 exempt
-        si = np.empty(GROUP, dtype=np.int64)       # ingress subject, likewise
-        qi = np.empty(GROUP, dtype=np.int64)       # the pod ingress sees as the source, -1 none
-        for g in range(lo, hi, UGROUP):
-            ge = min(hi, g + UGROUP)
-            for j in range(g, ge):                       # level 1: the destination pod's slot
-                last_in[j] = -1
-                last_eg[j] = -1
-                if verdict[j] == PENDING:
-                    h = at_home(pod_slots, dnat_ip[j])
-                    dp[j - g] = h
-                    prefetch(pod_slots, h)
-                else:
-                    dp[j - g] = -2
-            for j in range(g, ge):                       # level 2: the pod, and both pods' records
-                p = dp[j - g]
-                if p == -2:
-                    continue
-                p = at_probe(pod_slots, dnat_ip[j], p, -1)
-                dp[j - g] = p
-                if p >= 0:
-                    prefetch(pod_rec, 4 * p)
-                sp = np.int64(src_pod[j])
-                if sp >= 0:
-                    prefetch(pod_rec, 4 * sp)
-            for j in range(g, ge):                       # level 3: subjects, the ends they see, exemptions
-                d = dp[j - g]
-                se[j - g] = -1
-                si[j - g] = -1
-                if d == -2:
-                    continue
-                sp = np.int64(src_pod[j])
-                if sp >= 0 and sp == d:                  # a pod to itself (hairpin)
-                    se[j - g] = -2
-                    si[j - g] = -2
-                    continue
-                if sp >= 0:
-                    s = np.int64(pod_rec[4 * sp + 1])
-                    if s >= 0 and d < 0 and ht_find(node_slots, np.uint64(dnat_ip[j]), -1) == np.int64(pod_node[sp]):
-                        s = -2                           # to the pod's own node
-                    se[j - g] = s
-                    if s >= 0:
-                        prefetch(eg_off, s)
-                if d >= 0:
-                    s = np.int64(pod_rec[4 * d])
-                    if s >= 0:
-                        seen = snat_ip[j]
-                        q = sp if seen == src_ip[j] else at_find(pod_slots, seen, -1)
-                        qi[j - g] = q
-                        if q < 0 and ht_find(node_slots, np.uint64(seen), -1) == np.int64(pod_node[d]):
-                            s = -2                       # from the pod's own node
-                        elif s >= 0:
-                            prefetch(in_off, s)
-                    si[j - g] = s
-            for j in range(g, ge):                       # level 4: the decision
-                d = dp[j - g]
-                if d == -2:
-                    continue
-                key = (np.uint32(proto[j]) << np.uint32(16)) | np.uint32(dnat_port[j])
-                s = se[j - g]
-                a = s
-                if s >= 0:
-                    a = _side(eg_off, eg_key, eg_ps, fb_eg, ad_eg, s, d, n_peer, addr_base, peer_addr, pod_rec,
-                              addr_start, addr_cls, dnat_ip[j], key, ps_off, ps_lo, ps_hi, ps_pol)
-                last_eg[j] = a
-                if a == -3:
-                    verdict[j] = DENIED
-                    reason[j] = R_POLICY_EGRESS
-                    if d >= 0:
-                        dst_pod[j] = d
-                        dst_node[j] = pod_node[d]
-                    continue
-                s = si[j - g]
-                a = s
-                if s >= 0:
-                    a = _side(in_off, in_key, in_ps, fb_in, ad_in, s, qi[j - g], n_peer, addr_base, peer_addr,
-                              pod_rec, addr_start, addr_cls, snat_ip[j], key, ps_off, ps_lo, ps_hi, ps_pol)
-                last_in[j] = a
-                if a == -3:
-                    verdict[j] = DENIED
-                    reason[j] = R_POLICY_INGRESS
-                    dst_pod[j] = d
-                    dst_node[j] = pod_node[d]
 
 
 class PolicyStage:
