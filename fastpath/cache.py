@@ -658,9 +658,28 @@ def _prune(directory: Path) -> None:
 
 # --------------------------------------------------------------------------- the entry point
 
+def _compile_apart(path: Path, folder: Path, load_options: dict, compile_options: dict) -> bool:
+    """Load, compile and store ``path``'s entry in a child process; whether it succeeded."""
+    import pickle
+    import subprocess
+    import sys
+
+    here = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    code = ("import pickle, sys; from fastpath.cache import compile_cached; a = pickle.load(sys.stdin.buffer); "
+            "compile_cached(a['path'], directory=a['dir'], load_options=a['load'], **a['compile'])")
+    args = {"path": str(path), "dir": str(folder), "load": load_options, "compile": compile_options}
+    try:
+        done = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(args), capture_output=True, env=env)
+    except OSError:
+        return False
+    return done.returncode == 0
+
+
 def compile_cached(path: str | os.PathLike, *, cache: bool = True, directory: str | os.PathLike | None = None,
                    load_options: dict | None = None, on_load: Callable[[Cluster], None] | None = None,
-                   stats: dict | None = None, cluster: Cluster | None = None, **compile_options):
+                   stats: dict | None = None, cluster: Cluster | None = None, lean: bool = False,
+                   **compile_options):
     """Load and compile the cluster at ``path``, or take its compiled tables from the cache.
 
     Parameters
@@ -681,6 +700,13 @@ def compile_cached(path: str | os.PathLike, *, cache: bool = True, directory: st
     cluster
         The cluster of ``path`` when the caller has it already (loaded, or a cached plane's
         :class:`LazyCluster`): used on a miss instead of loading the files again.
+    lean
+        On a miss, load, compile and store the entry in a child process, then take
+        it from the cache as a hit would (its cluster a :class:`LazyCluster`): the
+        millions of loaded objects never live in this process, whose memory they
+        would keep (Python does not hand freed small objects back to the system),
+        so a replay needs the same memory on its first run as on later ones. If the
+        child fails, this process loads and compiles (and reports the error).
     **compile_options
         Keyword arguments of :func:`fastpath.cluster.compile.compile_cluster`
         (``lb``, ``seed``, ``maglev_size``, ``conn_duration``); part of the key.
@@ -721,6 +747,18 @@ def compile_cached(path: str | os.PathLike, *, cache: bool = True, directory: st
             stats.update(hit=True, seconds=time.perf_counter() - t0)
             dp.source_name = str(path)
             dp.prepare_s = stats["seconds"]      # replay counts it in its compile time
+            if on_load is not None:
+                on_load(dp.cluster)
+            return dp
+    if lean and key is not None and cluster is None and _compile_apart(p, folder, load_options, compile_options):
+        try:
+            dp = fetch(folder, key, loader)
+        except CacheError:
+            pass                          # (the entry vanished: compile here)
+        else:
+            stats["seconds"] = time.perf_counter() - t0
+            dp.source_name = str(path)
+            dp.prepare_s = stats["seconds"]
             if on_load is not None:
                 on_load(dp.cluster)
             return dp

@@ -374,14 +374,15 @@ def _service_opts(a) -> dict:
     return dict(lb=a.lb, seed=a.seed, maglev_size=a.maglev_size, conn_duration=a.conn_duration)
 
 
-def _compiled(a, path):
+def _compiled(a, path, lean: bool = False):
     """The cluster's DataPlane from the compiled-table cache, else loaded and compiled (then cached).
 
-    Load warnings go to stderr either way (a cached entry keeps them)."""
+    Load warnings go to stderr either way (a cached entry keeps them). ``lean``: a replay, which
+    needs only the tables: free the loaded objects once they are cached."""
     from .cache import compile_cached
     from .cluster.problems import report
 
-    return compile_cached(path, cache=not getattr(a, "no_cache", False),
+    return compile_cached(path, cache=not getattr(a, "no_cache", False), lean=lean,
                           load_options={"expand_workloads": bool(getattr(a, "expand_workloads", False))},
                           on_load=lambda c: report(c, debug=bool(getattr(a, "debug", False))), **_service_opts(a),
                           **({} if getattr(a, "non_masquerade_cidrs", None) is None
@@ -407,7 +408,7 @@ def _cmd_replay(a) -> int:
     opts.update(conntrack=not a.no_conntrack, conntrack_max=a.conntrack_max, interval=a.interval)
     if a.timeline is not None:
         opts["timeline"] = a.timeline
-    dp = _compiled(a, cluster)               # warnings on stderr, with --quiet too
+    dp = _compiled(a, cluster, lean=True)    # warnings on stderr, with --quiet too
     loaded = dp.cluster                      # from the cache: warnings and counts without loading
     summary = replay(dp, trace, a.output, threads=a.threads, progress=not a.quiet, **opts)
     if not a.quiet:

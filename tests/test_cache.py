@@ -242,3 +242,25 @@ def test_cached_replay_leaves_the_pods_unloaded(cluster_file, trace_file, tmp_pa
     s = replay(dp, trace_file, None, progress=False)            # conntrack on: the trace has ts
     assert not dp.cluster.loaded
     assert s.by_verdict == fresh.by_verdict and s.by_path == fresh.by_path
+
+
+def test_lean_miss_compiles_in_a_child_and_answers_as_a_hit(cluster_file, trace_file, tmp_path):
+    """A replay's miss (``lean``): the child process loads, compiles and stores; this process only
+    fetches, so it never holds the loaded objects. Same tables and results as a fresh compile,
+    load warnings reported once; a bad input still fails here with its one-line error."""
+    seen = []
+    st = {}
+    dp = compile_cached(cluster_file, directory=tmp_path, stats=st, lean=True, on_load=seen.append)
+    assert not st["hit"] and (tmp_path / st["key"] / "tables.bin").exists()
+    assert isinstance(dp.cluster, LazyCluster) and not dp.cluster.loaded
+    assert len(seen) == 1 and seen[0].warnings == load_cluster(cluster_file).warnings
+    fresh = compile_cluster(load_cluster(cluster_file))
+    _same_graph(fresh, dp)
+    for r1, r2 in zip(_results(fresh, trace_file), _results(dp, trace_file)):
+        for k in r1:
+            assert np.array_equal(r1[k], r2[k]), k
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"kind": "List", "items": [{"kind": "Pod", "metadata": 7}]}')
+    from fastpath.errors import FastpathError
+    with pytest.raises(FastpathError, match="bad.json"):
+        compile_cached(bad, directory=tmp_path, lean=True)

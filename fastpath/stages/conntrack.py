@@ -204,10 +204,11 @@ class ConntrackStage:
 
     @staticmethod
     def _room(key: np.ndarray, val: np.ndarray, need: int) -> tuple[np.ndarray, np.ndarray]:
-        """An index at most half full once ``need`` entries are in it."""
-        if key.shape[0] >= 2 * need:
+        """An index at most two thirds full once ``need`` entries are in it (``need`` already counts the
+        batch's worst case, so the load seen is lower)."""
+        if 2 * key.shape[0] >= 3 * need:
             return key, val
-        size = _pow2(2 * need)
+        size = _pow2((3 * need + 1) // 2)
         nk, nv = np.full(size, K.EMPTY, np.int64), np.zeros(size, np.int32)
         K.reindex(key, val, nk, nv)
         return nk, nv
