@@ -275,7 +275,7 @@ def test_random_timed_traces(seed, n, ct_max, interval, batches):
     pods = [p.ip for p in c.pods if p.ip is not None]
     t = 0
     for f in flows:
-        t += rng.choice([0, 10**6, 3 * 10**8, S, 31 * S, 130 * S])
+        t += rng.choice([0, 10**6, 3 * 10**8, S, 31 * S, 59 * S, 130 * S, 1000 * S])
         f["ts"] = t
         if rng.random() < 0.3 and pods:                  # pod to pod straight, over the bridge or routed
             f["dst_ip"], f["dst_port"] = rng.choice(pods), rng.choice([8080, 8081])

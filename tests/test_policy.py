@@ -206,6 +206,21 @@ def test_named_ports_resolve_per_pod():
                    None, "policy-egress", None, None, "policy-egress"]
 
 
+def test_subject_with_more_entries_than_a_row():
+    """A subject whose run outgrows the kernel's one-row fast path is read from the CSR map."""
+    from fastpath.stages.policy_kernel import ROW_KEYS
+    clients = [pod("shop", f"c{i}", "n0", f"10.244.0.{20 + i}", {"app": f"c{i}"}) for i in range(ROW_KEYS + 2)]
+    spec = {"podSelector": {"matchLabels": {"app": "db"}},
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": f"c{i}"}}}],
+                         "ports": [{"port": 5000 + i}]} for i in range(ROW_KEYS + 2)]}
+    dp = build(base_objects() + clients + [policy("shop", "db-many", spec)])
+    t = dp.policy.t
+    assert (t.in_rows[:-1, 2 * ROW_KEYS] == -1).any(), "the db subject's run is longer than a row"
+    flows = [(f"10.244.0.{20 + i}", DB, 5000 + k) for i in range(ROW_KEYS + 2) for k in (i, (i + 1) % (ROW_KEYS + 2))]
+    got = check_twin(dp, flows + [(WEB, DB, 5000), (OUTSIDE, DB, 5000)])
+    assert got == [None, "policy-ingress"] * (ROW_KEYS + 2) + ["policy-ingress", "policy-ingress"]
+
+
 def test_end_port_and_protocols():
     spec = {"podSelector": {"matchLabels": {"app": "api"}},
             "ingress": [{"ports": [{"port": 9000, "endPort": 9090}, {"protocol": "UDP", "port": 53}]}]}

@@ -161,7 +161,7 @@ class ConntrackStage:
         self.nd = np.zeros((n, K.N_COLS), np.int64)
         self.nd[:, K.N_MAX] = mx
         self.nd[:, K.N_BUCKETS] = [bucket_count(m) for m in mx]
-        self.meta = np.zeros(8, np.int64)
+        self.meta = np.zeros(K.META_SLOTS, np.int64)
         # pools: records, free lists, heap heads, indexes (grown by _reserve before each batch)
         self.ct64 = np.zeros((0, 2), np.int64)
         self.ct32 = np.zeros((0, 6), np.int32)
@@ -170,10 +170,11 @@ class ConntrackStage:
         self.ct_lanes = np.full((K.N_LANES, 4), -1, np.int64)
         self.ch_key = np.full(16, K.EMPTY, np.int64)
         self.ch_val = np.zeros(16, np.int32)
-        self.nb64 = np.zeros((0, 3), np.int64)
+        self.nb64 = np.zeros((0, 2), np.int64)
+        self.nb_heap = np.zeros((0, 2), np.int64)
         self.nb32 = np.zeros((0, 2), np.int32)
         self.nb_free = np.zeros(1, np.int32)
-        self.nb_heads = self._heads()
+        self.nb_wheel = np.full(K.NB_SLOTS, -1, np.int64)
         self.ix_key = np.full(16, K.EMPTY, np.int64)
         self.ix_val = np.zeros(16, np.int32)
         self._rows: list[np.ndarray] = []
@@ -217,7 +218,7 @@ class ConntrackStage:
         """Room for ``rows`` more flows: three conntrack records and three neighbour records each."""
         need = 3 * rows
         self._grow((self.ct64, self.ct32), self.ct_free, int(self.meta[K.M_CT_HW]), need)
-        self._grow((self.nb64, self.nb32), self.nb_free, int(self.meta[K.M_NB_HW]), need)
+        self._grow((self.nb64, self.nb32, self.nb_heap), self.nb_free, int(self.meta[K.M_NB_HW]), need)
         self.ch_key, self.ch_val = self._room(self.ch_key, self.ch_val, int(self.meta[K.M_CHAINS]) + need)
         self.ix_key, self.ix_val = self._room(self.ix_key, self.ix_val, int(self.meta[K.M_NB_USED]) + need)
 
@@ -229,9 +230,9 @@ class ConntrackStage:
 
     def _call(self, tl: np.ndarray, cols: tuple, results: tuple, finish: bool) -> None:
         K.track(self.ct64, self.ct32, self.ct_free, self.ct_heads, self.ct_lanes, self.ch_key, self.ch_val, self.nb64,
-                self.nb32, self.nb_free, self.nb_heads, self.ix_key, self.ix_val, self.nd, tl, self.meta, self.params,
-                *cols, *results, self.node_ip, self.pod_node, self.pod_bridged, self.fdb_last, self.timeline,
-                finish)
+                self.nb32, self.nb_free, self.nb_wheel, self.nb_heap, self.ix_key, self.ix_val, self.nd, tl, self.meta,
+                self.params, *cols, *results, self.node_ip, self.pod_node, self.pod_bridged, self.fdb_last,
+                self.timeline, finish)
         self._keep(tl)
 
     def _tl(self, intervals: int) -> np.ndarray:

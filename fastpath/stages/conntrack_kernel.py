@@ -10,16 +10,19 @@ twenty array arguments costs more than the work it does):
 * per-(node, hash bucket) chains of the entries that are not ASSURED, newest
   first, found through an open-addressing index on ``node << 32 | bucket``:
   a full table's ``early_drop`` looks at 8 buckets, never at the whole table;
-* neighbour records: ``nb64[e] = (node << 32 | address, expiry, heap key)`` and
-  ``nb32[e] = (node, heap next)``, found through an index on the same key;
+* neighbour records: ``nb64[e] = (node << 32 | address, expiry)`` and
+  ``nb32[e] = (node, wheel next)``, found through an index on the same key;
 * per node: ``nd[n]`` holds the table size, occupancy and every counter (the
   current interval's and the whole replay's);
 * conntrack expiries sit in FIFO lanes, one per lifetime (entries of one
   lifetime filed in time order expire in that order: O(1) each, and the record
   is touched only when filed and when due), and the rest, with the neighbour
-  entries, in radix heaps (monotone priority queues: a key is never below the
-  last one taken, which holds because time only moves forward); both are
-  threaded through the records' ``heap next``.
+  in a radix heap (a monotone priority queue: a key is never below the last one
+  taken, which holds because time only moves forward), threaded through the
+  records' ``heap next``;
+* neighbour expiries (60 s after the last use, refreshed lazily) in a timing
+  wheel of about one-second slots; the slot that time reaches moves into a small
+  binary heap that gives them up in exact order.
 
 Every helper is a plain compiled function (no ``inline="always"``, no parallel
 passes): LLVM inlines the small ones, and the kernel compiles in seconds.
@@ -40,9 +43,13 @@ CT_EXP, CT_ASSURED = 0, 1
 #: ``ct32`` columns.
 CT_NODE, CT_BUCKET, CT_HNEXT, CT_PREV, CT_NEXT, CT_STATE = range(6)
 #: ``nb64`` columns.
-NB_KEY, NB_EXP, NB_HKEY = 0, 1, 2
+NB_KEY, NB_EXP = 0, 1
 #: ``nb32`` columns.
 NB_NODE, NB_HNEXT = 0, 1
+#: The neighbour timing wheel: ``NB_SLOTS`` slots of ``2 ** NB_SLOT_BITS`` ns (1.07 s; 137 s in all,
+#: more than an entry's lifetime), each a list through ``NB_HNEXT``.
+NB_SLOT_BITS = 30
+NB_SLOTS = 128
 #: ``nd`` columns: size, now, the interval's counters, the replay's counters.
 (N_MAX, N_BUCKETS, N_OCC, N_NOCC,
  N_IV_PEAK, N_IV_NEW, N_IV_DROPS, N_IV_FLOODS, N_IV_BIN, N_IV_BOUT, N_IV_NPEAK, N_IV_NOVER,
@@ -55,7 +62,9 @@ TL_COLS = ("t", "node", "entries", "new", "drops", "floods", "bin", "bout", "nen
  P_FDB_AGE, P_NB_LIFE) = range(11)
 #: ``meta`` slots: current interval, started, chains in use, neighbour records in use, timeline rows, and
 #: the high-water marks of the two pools (records at or above it were never used).
-M_IV, M_STARTED, M_CHAINS, M_NB_USED, M_ROWS, M_CT_HW, M_NB_HW = range(7)
+M_IV, M_STARTED, M_CHAINS, M_NB_USED, M_ROWS, M_CT_HW, M_NB_HW, M_NB_SLOT, M_NB_HEAP = range(9)
+#: Slots of ``meta``.
+META_SLOTS = 16
 #: Buckets a full table looks through for an entry to evict (``early_drop``'s 8 buckets).
 EARLY_DROP_BUCKETS = 8
 #: Neighbour table hard cap per node (``gc_thresh3``).
@@ -376,23 +385,94 @@ def _ct_retire(ct32, ch_key, ch_val, nd, meta, e):
 # ----------------------------------------------------------------------------- neighbour entries
 
 @jit(_nrt=False)
-def _nb_expire(nb64, nb32, nb_free, heads, ix_key, ix_val, nd, meta, t):
-    while _rh_ready(heads, nb64, NB_HKEY, nb32, NB_HNEXT, t):
-        e = heads[0]
-        heads[0] = nb32[e, NB_HNEXT]
-        if nb64[e, NB_EXP] > t:                      # used since it was filed: file it again
-            nb64[e, NB_HKEY] = nb64[e, NB_EXP]
-            _rh_push(heads, nb32, NB_HNEXT, e, nb64[e, NB_EXP])
-            continue
-        nd[nb32[e, NB_NODE], N_NOCC] -= 1
-        _delete(ix_key, ix_val, _find(ix_key, nb64[e, NB_KEY]))
-        meta[M_NB_USED] -= 1
-        nb_free[nb_free[0] + 1] = e
-        nb_free[0] += 1
+def _heap_push(heap, meta, key, e):
+    """Binary min-heap of ``(key, record)`` rows in ``heap``, ``meta[M_NB_HEAP]`` of them: add one."""
+    i = meta[M_NB_HEAP]
+    meta[M_NB_HEAP] = i + 1
+    while i > 0:
+        up = (i - 1) >> 1
+        if heap[up, 0] <= key:
+            break
+        heap[i, 0] = heap[up, 0]
+        heap[i, 1] = heap[up, 1]
+        i = up
+    heap[i, 0] = key
+    heap[i, 1] = e
+
+
+@jit(_nrt=False)
+def _heap_pop(heap, meta):
+    """Drop the heap's smallest row (the last row sifts down from the root)."""
+    n = meta[M_NB_HEAP] - 1
+    meta[M_NB_HEAP] = n
+    key = heap[n, 0]
+    e = heap[n, 1]
+    i = np.int64(0)
+    while True:
+        c = 2 * i + 1
+        if c >= n:
+            break
+        if c + 1 < n and heap[c + 1, 0] < heap[c, 0]:
+            c += 1
+        if heap[c, 0] >= key:
+            break
+        heap[i, 0] = heap[c, 0]
+        heap[i, 1] = heap[c, 1]
+        i = c
+    heap[i, 0] = key
+    heap[i, 1] = e
+
+
+@jit(_nrt=False)
+def _nb_file(nb32, wheel, heap, meta, e, key):
+    """File neighbour record ``e`` to be looked at ``key``: the wheel slot of that time, or the heap if
+    time has reached that slot already."""
+    s = key >> NB_SLOT_BITS
+    if s <= meta[M_NB_SLOT]:
+        _heap_push(heap, meta, key, e)
+    else:
+        w = s & (NB_SLOTS - 1)
+        nb32[e, NB_HNEXT] = wheel[w]
+        wheel[w] = e
 
 
 @jit(_nrt=False, inline="always")
-def _nb_use(nb64, nb32, nb_free, heads, ix_key, ix_val, nd, meta, n, addr, t, life):
+def _nb_due(heap, meta, t):
+    """Whether some neighbour record may be due at ``t``, or time has reached a new wheel slot."""
+    return (meta[M_NB_HEAP] > 0 and heap[0, 0] <= t) or meta[M_NB_SLOT] < (t >> NB_SLOT_BITS)
+
+
+@jit(_nrt=False)
+def _nb_expire(nb64, nb32, nb_free, wheel, heap, ix_key, ix_val, nd, meta, t):
+    """Take every neighbour entry not used in its lifetime up to ``t``; file again the ones used since."""
+    while True:
+        if meta[M_NB_HEAP] > 0 and heap[0, 0] <= t:
+            e = heap[0, 1]
+            _heap_pop(heap, meta)
+            if nb64[e, NB_EXP] > t:                  # used since it was filed: file it again
+                _nb_file(nb32, wheel, heap, meta, e, nb64[e, NB_EXP])
+                continue
+            nd[nb32[e, NB_NODE], N_NOCC] -= 1
+            _delete(ix_key, ix_val, _find(ix_key, nb64[e, NB_KEY]))
+            meta[M_NB_USED] -= 1
+            nb_free[nb_free[0] + 1] = e
+            nb_free[0] += 1
+        elif meta[M_NB_SLOT] < (t >> NB_SLOT_BITS):  # time reached the next slot: its entries to the heap
+            s = meta[M_NB_SLOT] + 1
+            meta[M_NB_SLOT] = s
+            w = s & (NB_SLOTS - 1)
+            e = wheel[w]
+            wheel[w] = -1
+            while e != -1:
+                nx = nb32[e, NB_HNEXT]
+                _nb_file(nb32, wheel, heap, meta, e, nb64[e, NB_EXP])
+                e = nx
+        else:
+            return
+
+
+@jit(_nrt=False, inline="always")
+def _nb_use(nb64, nb32, nb_free, wheel, heap, ix_key, ix_val, nd, meta, n, addr, t, life):
     """Node ``n`` resolves ``addr`` at ``t``: refresh its entry, or make one (an overflow if the table is full)."""
     key = (np.int64(n) << np.int64(32)) | np.int64(addr)
     i = _find(ix_key, key)
@@ -401,11 +481,11 @@ def _nb_use(nb64, nb32, nb_free, heads, ix_key, ix_val, nd, meta, n, addr, t, li
         if nb64[e, NB_EXP] < t + life:
             nb64[e, NB_EXP] = t + life
     else:
-        _nb_add(nb64, nb32, nb_free, heads, ix_key, ix_val, nd, meta, n, key, i, t + life)
+        _nb_add(nb64, nb32, nb_free, wheel, heap, ix_key, ix_val, nd, meta, n, key, i, t + life)
 
 
 @jit(_nrt=False)
-def _nb_add(nb64, nb32, nb_free, heads, ix_key, ix_val, nd, meta, n, key, i, expiry):
+def _nb_add(nb64, nb32, nb_free, wheel, heap, ix_key, ix_val, nd, meta, n, key, i, expiry):
     """A new neighbour entry in empty index slot ``i``, or an overflow if node ``n``'s table is full."""
     if nd[n, N_NOCC] >= GC_THRESH3:
         nd[n, N_NOVER] += 1
@@ -414,9 +494,8 @@ def _nb_add(nb64, nb32, nb_free, heads, ix_key, ix_val, nd, meta, n, key, i, exp
     e = _take(nb_free, meta, M_NB_HW)
     nb64[e, NB_KEY] = key
     nb64[e, NB_EXP] = expiry
-    nb64[e, NB_HKEY] = expiry
     nb32[e, NB_NODE] = n
-    _rh_push(heads, nb32, NB_HNEXT, e, expiry)
+    _nb_file(nb32, wheel, heap, meta, e, expiry)
     ix_key[i] = key
     ix_val[i] = e
     meta[M_NB_USED] += 1
@@ -483,6 +562,18 @@ def _lifetime(v, tcp, pr, t, d, P):
 
 
 @jit(_nrt=False, inline="always")
+def _drop_full(nd, n, verdict, reason, path, dst_pod, hops, i, h):
+    """Row ``i`` dropped by node ``n``'s full table (reason ``conntrack-full``), ``h`` hops in."""
+    nd[n, N_DROPS] += 1
+    nd[n, N_IV_DROPS] += 1
+    verdict[i] = DROPPED
+    reason[i] = R_CONNTRACK_FULL
+    path[i] = NONE
+    dst_pod[i] = -1
+    hops[i] = h
+
+
+@jit(_nrt=False, inline="always")
 def _unanswered(tcp, pr, P):
     return P[P_SYN_SENT] if tcp else (P[P_UDP] if pr == 17 else P[P_GENERIC])
 
@@ -493,8 +584,8 @@ def _bucket(h, nd, n):
 
 
 @jit(_nrt=False)
-def track(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nb64, nb32, nb_free, nb_heads, ix_key, ix_val,
-          nd, tl, meta, P, ts, proto, src_ip, dst_ip, src_port, dst_port, life_ns, nbytes, has_bytes,
+def track(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nb64, nb32, nb_free, nb_wheel, nb_heap, ix_key,
+          ix_val, nd, tl, meta, P, ts, proto, src_ip, dst_ip, src_port, dst_port, life_ns, nbytes, has_bytes,
           verdict, reason, path, src_node, dst_node, src_pod, dst_pod, src_kind, hops, dnat_ip,
           node_ip, pod_node, pod_bridged, fdb_last, timeline, finish):
     """Walk rows in time order: conntrack entries, FDB ageing, neighbour entries, counters.
@@ -513,6 +604,7 @@ def track(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nb64, nb32, n
     if meta[M_STARTED] == 0:
         meta[M_STARTED] = 1
         meta[M_IV] = ts[0] // interval
+        meta[M_NB_SLOT] = ts[0] >> NB_SLOT_BITS     # the neighbour wheel starts at the first flow
         for p in range(fdb_last.shape[0]):           # every pod's MAC learned as the replay starts
             fdb_last[p] = ts[0]
     life = P[P_NB_LIFE]
@@ -525,12 +617,12 @@ def track(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nb64, nb32, n
             meta[M_IV] += 1
             start = meta[M_IV] * interval
             _ct_expire(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nd, meta, start)
-            _nb_expire(nb64, nb32, nb_free, nb_heads, ix_key, ix_val, nd, meta, start)
+            _nb_expire(nb64, nb32, nb_free, nb_wheel, nb_heap, ix_key, ix_val, nd, meta, start)
             _next_interval(nd)
         if _ct_due(ct_heads, ct_lanes, t):
             _ct_expire(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nd, meta, t)
-        if _rh_due(nb_heads, t):
-            _nb_expire(nb64, nb32, nb_free, nb_heads, ix_key, ix_val, nd, meta, t)
+        if _nb_due(nb_heap, meta, t):
+            _nb_expire(nb64, nb32, nb_free, nb_wheel, nb_heap, ix_key, ix_val, nd, meta, t)
         pa_ = path[i]
         if pa_ == LOOPBACK:
             continue
@@ -558,25 +650,13 @@ def track(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nb64, nb32, n
             mine = _ct_insert(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nd, meta, sn, t, expiry,
                               assured_at, _bucket(h, nd, sn))
             if mine < 0:
-                nd[sn, N_DROPS] += 1
-                nd[sn, N_IV_DROPS] += 1
-                verdict[i] = DROPPED
-                reason[i] = R_CONNTRACK_FULL
-                path[i] = NONE
+                _drop_full(nd, sn, verdict, reason, path, dst_pod, hops, i, src_part)
                 dst_node[i] = -1
-                dst_pod[i] = -1
-                hops[i] = src_part
                 dn = -1
                 v = DROPPED
             elif both and _ct_insert(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nd, meta, dn, t, expiry,
                                      assured_at, _bucket(h, nd, dn)) < 0:
-                nd[dn, N_DROPS] += 1
-                nd[dn, N_IV_DROPS] += 1
-                verdict[i] = DROPPED
-                reason[i] = R_CONNTRACK_FULL
-                path[i] = NONE
-                dst_pod[i] = -1
-                hops[i] = src_part + (1 if kind == 2 else 2)
+                _drop_full(nd, dn, verdict, reason, path, dst_pod, hops, i, src_part + (1 if kind == 2 else 2))
                 v = DROPPED
                 # the client's entry stays, unanswered: its record is retired and a new one filed
                 _ct_retire(ct32, ch_key, ch_val, nd, meta, mine)
@@ -607,13 +687,16 @@ def track(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nb64, nb32, n
                 fdb_last[dp] = alive
             # the node's neighbour entry for its pod (pod -> pod on one bridge: the pod's own table)
             if pa_ != BRIDGE or kind != 0:
-                _nb_use(nb64, nb32, nb_free, nb_heads, ix_key, ix_val, nd, meta, pn, np.int64(dnat_ip[i]), t, life)
+                _nb_use(nb64, nb32, nb_free, nb_wheel, nb_heap, ix_key, ix_val, nd, meta, pn, np.int64(dnat_ip[i]), t,
+                        life)
         # neighbour entries between nodes (next hop, and the answer back), and to the gateway
         if sn >= 0:
             if dn >= 0 and dn != sn and (v == DELIVERED or v == REFUSED or v == DROPPED or v == DENIED):
-                _nb_use(nb64, nb32, nb_free, nb_heads, ix_key, ix_val, nd, meta, sn, np.int64(node_ip[dn]), t, life)
+                _nb_use(nb64, nb32, nb_free, nb_wheel, nb_heap, ix_key, ix_val, nd, meta, sn, np.int64(node_ip[dn]), t,
+                        life)
                 if v == DELIVERED or v == REFUSED:
-                    _nb_use(nb64, nb32, nb_free, nb_heads, ix_key, ix_val, nd, meta, dn, np.int64(node_ip[sn]), t, life)
+                    _nb_use(nb64, nb32, nb_free, nb_wheel, nb_heap, ix_key, ix_val, nd, meta, dn, np.int64(node_ip[sn]),
+                            t, life)
             if v == EGRESS or (kind == 2 and (v == DELIVERED or v == REFUSED)):
                 # the default gateway
-                _nb_use(nb64, nb32, nb_free, nb_heads, ix_key, ix_val, nd, meta, sn, np.int64(0), t, life)
+                _nb_use(nb64, nb32, nb_free, nb_wheel, nb_heap, ix_key, ix_val, nd, meta, sn, np.int64(0), t, life)

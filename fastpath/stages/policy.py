@@ -44,7 +44,7 @@ import numpy as np
 from ..cluster.model import PROTO_NAMES, Cluster
 from ..cluster.netpol import LabelSelector, NetworkPolicy, Peer, PolicyPort, Rule, namespace_labels
 from ..tables.exact import EMPTY
-from .policy_kernel import SCAN, _address_class, _policy_kernel  # noqa: F401 (SCAN, _address_class: re-exported)
+from .policy_kernel import ROW, ROW_KEYS, SCAN, _address_class, _policy_kernel  # noqa: F401 (re-exported)
 
 #: Every port of every protocol, as ``proto << 16 | port`` ranges.
 ALL_PORTS = ((6 << 16, (6 << 16) | 0xFFFF), (17 << 16, (17 << 16) | 0xFFFF), (132 << 16, (132 << 16) | 0xFFFF))
@@ -188,7 +188,8 @@ class PolicyTables:
     """The compiled policy stage (see the module docstring)."""
 
     policies: list[NetworkPolicy]
-    pod_rec: np.ndarray          #: int32[4 * P]: ingress subject, egress subject, peer class, namespace (-1: none)
+    pod_rec: np.ndarray          #: int32[4 * (P + 1)]: ingress subject, egress subject, peer class, namespace
+                                 #: (-1: none); then a blank record (all -1), read for a flow without a pod
     peer_addr: np.ndarray        #: int32[peer classes]: the address class of the class's pods
     n_peer: int                  #: peer classes (keys below this are peer classes)
     n_ns: int                    #: namespaces: key ``n_peer + ns`` is a whole namespace
@@ -198,6 +199,8 @@ class PolicyTables:
     fallback_eg: np.ndarray
     addr_in: np.ndarray          #: bool[S_in]: the subject has address-class entries (ipBlock rules)
     addr_eg: np.ndarray
+    in_rows: np.ndarray          #: int32[S_in + 1, ROW]: :meth:`PolicyMap.rows` of ``ingress``
+    eg_rows: np.ndarray          #: int32[S_eg + 1, ROW]
     ps_off: np.ndarray           #: int64[sets + 1]: CSR offsets into the ranges
     ps_lo: np.ndarray            #: uint32 range starts (proto << 16 | port)
     ps_hi: np.ndarray            #: uint32 range ends (inclusive)
@@ -245,6 +248,28 @@ class PolicyMap:
         a = a[order]
         off = np.searchsorted(a[:, 0], np.arange(subjects + 1)).astype(np.int64)
         return cls(off, a[:, 1].astype(np.uint32), a[:, 2].astype(np.int32))
+
+    def rows(self, fallback: np.ndarray) -> np.ndarray:
+        """The map as one 64-byte row a subject, plus a blank row (the kernel's fast path).
+
+        Row ``s``: up to :data:`~fastpath.stages.policy_kernel.ROW_KEYS` keys (-2 unused),
+        their port sets (0 unused: the empty set), then ``fallback[2s]`` (-1 where the
+        subject has more entries than a row holds: the kernel reads the CSR run) and
+        ``fallback[2s + 1]``. The last row is blank (no key, empty fallbacks).
+        """
+        subjects = self.off.shape[0] - 1
+        runs = np.diff(self.off)
+        long = runs > ROW_KEYS
+        out = np.full((subjects + 1, ROW), -2, dtype=np.int32)
+        out[:, ROW_KEYS:] = 0
+        subj = np.repeat(np.arange(subjects), runs)
+        pos = np.arange(self.key.shape[0]) - np.repeat(self.off[:-1], runs)
+        ok = ~long[subj]
+        out[subj[ok], pos[ok]] = self.key[ok].astype(np.int32)
+        out[subj[ok], ROW_KEYS + pos[ok]] = self.ps[ok]
+        out[:subjects, 2 * ROW_KEYS] = np.where(long, -1, fallback[0::2])
+        out[:subjects, 2 * ROW_KEYS + 1] = fallback[1::2]
+        return out
 
 
 class _PortSets:
@@ -513,9 +538,10 @@ def compile_policies(cluster: Cluster, tables) -> PolicyTables | None:
     t_in, fb_in, ad_in = build(in_subjects, in_rep, False)
     t_eg, fb_eg, ad_eg = build(eg_subjects, eg_rep, True)
     off, lo, hi, pol = psets.arrays()
-    return PolicyTables(policies=policies, pod_rec=np.ascontiguousarray(pod_rec.reshape(-1)), peer_addr=peer_addr,
+    pod_rec = np.concatenate([pod_rec.reshape(-1), np.full(4, -1, dtype=np.int32)])
+    return PolicyTables(policies=policies, pod_rec=pod_rec, peer_addr=peer_addr,
                         n_peer=n_peer, n_ns=n_ns, ingress=t_in, egress=t_eg, fallback_in=fb_in, fallback_eg=fb_eg,
-                        addr_in=ad_in, addr_eg=ad_eg, ps_off=off, ps_lo=lo, ps_hi=hi, ps_pol=pol,
+                        addr_in=ad_in, addr_eg=ad_eg, in_rows=t_in.rows(fb_in), eg_rows=t_eg.rows(fb_eg), ps_off=off, ps_lo=lo, ps_hi=hi, ps_pol=pol,
                         addr_start=addr_start, addr_cls=addr_cls, ingress_subjects=in_subjects,
                         egress_subjects=eg_subjects, blocks=blocks)
 
@@ -555,7 +581,7 @@ class PolicyStage:
         _policy_kernel(src_ip, proto, src_pod, dnat_ip, dnat_port, snat_ip,
                        f.pod_by_ip.slots, f.node_by_ip.slots, f.pod_node, t.pod_rec, t.peer_addr,
                        np.int64(t.n_peer), np.int64(t.addr_base),
-                       t.ingress.off, t.ingress.key, t.ingress.ps, t.egress.off, t.egress.key, t.egress.ps,
+                       t.in_rows, t.eg_rows, t.ingress.off, t.ingress.key, t.ingress.ps, t.egress.off, t.egress.key, t.egress.ps,
                        t.fallback_in, t.fallback_eg, t.addr_in, t.addr_eg,
                        t.ps_off, t.ps_lo, t.ps_hi, t.ps_pol, t.addr_start, t.addr_cls,
                        verdict, reason, dst_pod, dst_node, li, le, np.int64(chunk))

@@ -21,6 +21,12 @@ from ..tables.exact import at_find, at_home, at_probe, ht_find
 
 #: Entries of a subject read one by one; a longer run is binary-searched.
 SCAN = 16
+#: Words of a subject's row in a policy map's ``rows`` (64 bytes, one cache line):
+#: :data:`ROW_KEYS` keys (-2 unused), their port sets, then the fallback port sets for
+#: a peer that is not a pod (-1: the run is longer, read the CSR map) and for a pod.
+ROW = 16
+#: Keys a row holds.
+ROW_KEYS = 7
 
 
 @jit(_nrt=False)
@@ -97,7 +103,7 @@ def _bsearch(m_key, m_ps, lo, hi, want):
     return np.int64(-1)
 
 
-@jit(_nrt=False, inline="always")
+@jit(_nrt=False)
 def _side(m_off, m_key, m_ps, fallback, has_addr, s, peer, n_peer, addr_base, peer_addr, pod_rec,
           addr_start, addr_cls, ip, key, ps_off, ps_lo, ps_hi, ps_pol):
     """The policy allowing ``key`` for subject ``s`` and the other end (``peer`` a pod, or -1 and ``ip``), else -3.
@@ -130,10 +136,40 @@ def _side(m_off, m_key, m_ps, fallback, has_addr, s, peer, n_peer, addr_base, pe
     return _allowed_by(ps_off, ps_lo, ps_hi, ps_pol, first, second, key)
 
 
+@jit(_nrt=False, inline="always")
+def _side_row(rows, m_off, m_key, m_ps, fallback, has_addr, s, peer, n_peer, addr_base, peer_addr, pod_rec,
+              addr_start, addr_cls, ip, key, ps_off, ps_lo, ps_hi, ps_pol):
+    """:func:`_side` for a pod peer, from subject ``s``'s row of the map (:data:`ROW` words).
+
+    A row holds up to :data:`ROW_KEYS` keys, their port sets, and the two fallback
+    sets; all keys are compared (no branch per entry). A longer run (first fallback < 0) or a
+    peer that is not a pod takes :func:`_side`.
+    """
+    if rows[s, 2 * ROW_KEYS] < 0 or peer < 0:
+        return _side(m_off, m_key, m_ps, fallback, has_addr, s, peer, n_peer, addr_base, peer_addr, pod_rec,
+                     addr_start, addr_cls, ip, key, ps_off, ps_lo, ps_hi, ps_pol)
+    pc = np.int64(pod_rec[4 * peer + 2])
+    k1 = pc
+    k2 = n_peer + np.int64(pod_rec[4 * peer + 3])
+    k3 = addr_base + np.int64(peer_addr[max(pc, 0)]) if pc >= 0 else np.int64(-3)
+    r1 = np.int64(-1)
+    r2 = np.int64(-1)
+    r3 = np.int64(-1)
+    for k in range(ROW_KEYS):
+        kk = np.int64(rows[s, k])
+        p = np.int64(rows[s, ROW_KEYS + k])
+        r1 = p if kk == k1 else r1
+        r2 = p if kk == k2 else r2
+        r3 = p if kk == k3 else r3
+    first = r1 if r1 >= 0 else (r2 if r2 >= 0 else np.int64(rows[s, 2 * ROW_KEYS + 1]))
+    second = np.int64(0) if r1 >= 0 else (r3 if r3 >= 0 else np.int64(0))
+    return _allowed_by(ps_off, ps_lo, ps_hi, ps_pol, first, second, key)
+
+
 @jit(_nrt=False)
 def _policy_rows(lo, hi, dp, se, si, qi, src_ip, proto, src_pod, dnat_ip, dnat_port, snat_ip,
                  pod_slots, node_slots, pod_node, pod_rec, peer_addr, n_peer, addr_base,
-                 in_off, in_key, in_ps, eg_off, eg_key, eg_ps, fb_in, fb_eg, ad_in, ad_eg,
+                 in_rows, eg_rows, in_off, in_key, in_ps, eg_off, eg_key, eg_ps, fb_in, fb_eg, ad_in, ad_eg,
                  ps_off, ps_lo, ps_hi, ps_pol, addr_start, addr_cls,
                  verdict, reason, dst_pod, dst_node, last_in, last_eg):
     """Decide the PENDING flows of rows ``[lo, hi)``: egress of the source pod, ingress of the destination pod.
@@ -144,10 +180,15 @@ def _policy_rows(lo, hi, dp, se, si, qi, src_ip, proto, src_pod, dnat_ip, dnat_p
     with the reason, and ``dst_pod``/``dst_node`` of a denied flow's pod;
     ``last_in``/``last_eg`` get the allowing policy (or NOT_ISOLATED -1, EXEMPT -2,
     NO_RULE -3). ``dp``, ``se``, ``si``, ``qi``: int64 scratch of :data:`GROUP` each.
+    ``pod_rec`` ends with a blank record and each map's ``rows`` with a blank row, read
+    in place of a branch where a flow has no such pod or subject.
 
     Sequential, without reference counting (``_nrt=False``: it allocates nothing), so
     it compiles in seconds; :func:`_policy_kernel` runs it on chunks in parallel.
     """
+    n_pods = pod_rec.shape[0] // 4 - 1                  # the blank record's index
+    n_in = in_rows.shape[0] - 1                          # the blank rows'
+    n_eg = eg_rows.shape[0] - 1
     for g in range(lo, hi, UGROUP):
         ge = min(hi, g + UGROUP)
         for j in range(g, ge):                       # level 1: the destination pod's slot
@@ -172,33 +213,31 @@ def _policy_rows(lo, hi, dp, se, si, qi, src_ip, proto, src_pod, dnat_ip, dnat_p
                 prefetch(pod_rec, 4 * sp)
         for j in range(g, ge):                       # level 3: subjects, the ends they see, exemptions
             d = dp[j - g]
-            se[j - g] = -1
-            si[j - g] = -1
             if d == -2:
                 continue
             sp = np.int64(src_pod[j])
-            if sp >= 0 and sp == d:                  # a pod to itself (hairpin)
-                se[j - g] = -2
-                si[j - g] = -2
-                continue
-            if sp >= 0:
-                s = np.int64(pod_rec[4 * sp + 1])
-                if s >= 0 and d < 0 and ht_find(node_slots, np.uint64(dnat_ip[j]), -1) == np.int64(pod_node[sp]):
-                    s = -2                           # to the pod's own node
-                se[j - g] = s
-                if s >= 0:
-                    prefetch(eg_off, s)
-            if d >= 0:
-                s = np.int64(pod_rec[4 * d])
-                if s >= 0:
-                    seen = snat_ip[j]
-                    q = sp if seen == src_ip[j] else at_find(pod_slots, seen, -1)
-                    qi[j - g] = q
-                    if q < 0 and ht_find(node_slots, np.uint64(seen), -1) == np.int64(pod_node[d]):
-                        s = -2                       # from the pod's own node
-                    elif s >= 0:
-                        prefetch(in_off, s)
-                si[j - g] = s
+            spx = sp if sp >= 0 else n_pods          # a pod's record, else the blank one (no branch)
+            dx = d if d >= 0 else n_pods
+            s_e = np.int64(pod_rec[4 * spx + 1])
+            s_i = np.int64(pod_rec[4 * dx])
+            seen = snat_ip[j]
+            q = sp
+            if seen != src_ip[j]:                    # masqueraded: the pod (if any) behind the address seen
+                q = at_find(pod_slots, seen, -1)
+            if d < 0 and s_e >= 0:
+                if ht_find(node_slots, np.uint64(dnat_ip[j]), -1) == np.int64(pod_node[sp]):
+                    s_e = -2                         # to the pod's own node
+            if q < 0 and s_i >= 0:
+                if ht_find(node_slots, np.uint64(seen), -1) == np.int64(pod_node[d]):
+                    s_i = -2                         # from the pod's own node
+            hair = (sp >= 0) & (sp == d)             # a pod to itself
+            s_e = np.int64(-2) if hair else s_e
+            s_i = np.int64(-2) if hair else s_i
+            se[j - g] = s_e
+            si[j - g] = s_i
+            qi[j - g] = q
+            prefetch(eg_rows, ROW * (s_e if s_e >= 0 else n_eg))
+            prefetch(in_rows, ROW * (s_i if s_i >= 0 else n_in))
         for j in range(g, ge):                       # level 4: the decision
             d = dp[j - g]
             if d == -2:
@@ -207,7 +246,7 @@ def _policy_rows(lo, hi, dp, se, si, qi, src_ip, proto, src_pod, dnat_ip, dnat_p
             s = se[j - g]
             a = s
             if s >= 0:
-                a = _side(eg_off, eg_key, eg_ps, fb_eg, ad_eg, s, d, n_peer, addr_base, peer_addr, pod_rec,
+                a = _side_row(eg_rows, eg_off, eg_key, eg_ps, fb_eg, ad_eg, s, d, n_peer, addr_base, peer_addr, pod_rec,
                           addr_start, addr_cls, dnat_ip[j], key, ps_off, ps_lo, ps_hi, ps_pol)
             last_eg[j] = a
             if a == -3:
@@ -220,7 +259,7 @@ def _policy_rows(lo, hi, dp, se, si, qi, src_ip, proto, src_pod, dnat_ip, dnat_p
             s = si[j - g]
             a = s
             if s >= 0:
-                a = _side(in_off, in_key, in_ps, fb_in, ad_in, s, qi[j - g], n_peer, addr_base, peer_addr,
+                a = _side_row(in_rows, in_off, in_key, in_ps, fb_in, ad_in, s, qi[j - g], n_peer, addr_base, peer_addr,
                           pod_rec, addr_start, addr_cls, snat_ip[j], key, ps_off, ps_lo, ps_hi, ps_pol)
             last_in[j] = a
             if a == -3:
@@ -235,7 +274,7 @@ def _policy_rows(lo, hi, dp, se, si, qi, src_ip, proto, src_pod, dnat_ip, dnat_p
 @pjit
 def _policy_kernel(src_ip, proto, src_pod, dnat_ip, dnat_port, snat_ip,
                    pod_slots, node_slots, pod_node, pod_rec, peer_addr, n_peer, addr_base,
-                   in_off, in_key, in_ps, eg_off, eg_key, eg_ps, fb_in, fb_eg, ad_in, ad_eg,
+                   in_rows, eg_rows, in_off, in_key, in_ps, eg_off, eg_key, eg_ps, fb_in, fb_eg, ad_in, ad_eg,
                    ps_off, ps_lo, ps_hi, ps_pol, addr_start, addr_cls,
                    verdict, reason, dst_pod, dst_node, last_in, last_eg, chunk):
     """Decide every PENDING flow (:func:`_policy_rows`), chunks of ``chunk`` rows in parallel.
@@ -250,6 +289,6 @@ def _policy_kernel(src_ip, proto, src_pod, dnat_ip, dnat_port, snat_ip,
         s = scratch[c]
         _policy_rows(lo, hi, s[0], s[1], s[2], s[3], src_ip, proto, src_pod, dnat_ip, dnat_port, snat_ip,
                      pod_slots, node_slots, pod_node, pod_rec, peer_addr, n_peer, addr_base,
-                     in_off, in_key, in_ps, eg_off, eg_key, eg_ps, fb_in, fb_eg, ad_in, ad_eg,
+                     in_rows, eg_rows, in_off, in_key, in_ps, eg_off, eg_key, eg_ps, fb_in, fb_eg, ad_in, ad_eg,
                      ps_off, ps_lo, ps_hi, ps_pol, addr_start, addr_cls,
                      verdict, reason, dst_pod, dst_node, last_in, last_eg)

@@ -24,7 +24,7 @@ def isolated_without_ingress(stage) -> np.ndarray:
     m = t.ingress
     subj = np.repeat(np.arange(n_sub), np.diff(m.off))
     open_[subj[m.ps != 0]] = True
-    ing = t.pod_rec[0::4]
+    ing = t.pod_rec[0::4][:-1]                   # the last record is the kernel's blank one
     return np.flatnonzero((ing >= 0) & ~open_[np.maximum(ing, 0)])
 
 
