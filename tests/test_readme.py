@@ -44,6 +44,26 @@ def blocks() -> list[tuple[str, str, str | None]]:
     return out
 
 
+def printed() -> dict[int, str]:
+    """{index of a block: the output the README says it prints}: a ``text`` block right after it
+    whose introducing sentence says "which prints"."""
+    text = README.read_text()
+    out = {}
+    listed = blocks()
+    for k in range(len(listed) - 1):
+        lang, body, _ = listed[k]
+        nxt_lang, nxt_body, _ = listed[k + 1]
+        if lang in ("bash", "python") and nxt_lang == "text":
+            between = text.split(body, 1)[1].split(nxt_body, 1)[0]
+            if "which prints" in between:
+                out[k] = nxt_body
+    return out
+
+
+def test_the_walkthrough_output_is_checked():
+    assert any("first full after" in body for body in printed().values())
+
+
 def test_only_the_install_block_is_skipped():
     skipped = [text for lang, text, why in blocks() if why]
     assert len(skipped) == 1 and "pip install" in skipped[0], skipped
@@ -86,9 +106,10 @@ def test_readme_blocks_run_as_written(tmp_path):
         done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, f"README {lang} block failed:\n{text}\nstdout:\n{done.stdout[-3000:]}\n" \
                                      f"stderr:\n{done.stderr[-3000:]}"
-        if k + 1 < len(listed) and listed[k + 1][0] == "text":    # the output the README says it prints
-            assert done.stdout.rstrip().endswith(listed[k + 1][1].rstrip()), \
-                f"README says the block prints\n{listed[k + 1][1]}but it printed\n{done.stdout[-2000:]}"
+        said = printed().get(k)                    # the output the README says this block prints
+        if said is not None:
+            assert done.stdout.rstrip().endswith(said.rstrip()), \
+                f"README says the block prints\n{said}but it printed\n{done.stdout[-2000:]}"
         ran += 1
     assert ran >= 2
     assert (tmp_path / "results.arrow").exists()

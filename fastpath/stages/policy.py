@@ -27,11 +27,13 @@ policy map:
   namespace's, its address's, the any-pod and any-peer rules); without one, the
   namespace entry (or the subject's any-pod set) and, where the subject has ipBlock
   rules, the address entry are read. A rule's named ports are resolved per
-  destination pod.
+  destination pod. The kernel reads a subject's run as one 64-byte row
+  (:meth:`PolicyMap.rows`: keys, and where each port set's ranges are); a run longer
+  than a row, from the sorted CSR form.
 
-Per flow (:mod:`fastpath.stages.policy_kernel`): the destination pod by address, then the egress
-check of the source pod and the ingress check of the destination pod, each one pass
-over the subject's run and a scan of a few ranges. Exempt: a pod to itself, and a pod
+Per flow (:mod:`fastpath.stages.policy_kernel`): the destination pod by address, then the
+egress check of the source pod and the ingress check of the destination pod, each one
+row of the map and a scan of a few ranges. Exempt: a pod to itself, and a pod
 and its own node (either way). hostNetwork pods are never selected (they are their
 node's address).
 """
@@ -249,26 +251,33 @@ class PolicyMap:
         off = np.searchsorted(a[:, 0], np.arange(subjects + 1)).astype(np.int64)
         return cls(off, a[:, 1].astype(np.uint32), a[:, 2].astype(np.int32))
 
-    def rows(self, fallback: np.ndarray) -> np.ndarray:
+    def rows(self, fallback: np.ndarray, ps_off: np.ndarray) -> np.ndarray:
         """The map as one 64-byte row a subject, plus a blank row (the kernel's fast path).
 
         Row ``s``: up to :data:`~fastpath.stages.policy_kernel.ROW_KEYS` keys (-2 unused),
-        their port sets (0 unused: the empty set), then ``fallback[2s]`` (-1 where the
-        subject has more entries than a row holds: the kernel reads the CSR run) and
-        ``fallback[2s + 1]``. The last row is blank (no key, empty fallbacks).
+        their port sets, then the fallback sets ``fallback[2s]`` (-1 where the subject's
+        run does not fit a row: the kernel reads the CSR run) and ``fallback[2s + 1]``.
+        A port set is written as where its ranges are, ``first range << 8 | count``
+        (0: the empty set), so the kernel reads its ranges with no lookup in between.
+        The last row is blank (no key, empty fallbacks).
         """
         subjects = self.off.shape[0] - 1
+        count = np.diff(ps_off)
+        fits = (count < 256) & (ps_off[:-1] < (1 << 23))
+        packed = np.where(fits, (ps_off[:-1] << 8) | count, 0).astype(np.int32)
         runs = np.diff(self.off)
+        subj = np.repeat(np.arange(subjects), runs)
         long = runs > ROW_KEYS
+        long[subj[~fits[self.ps]]] = True
+        long |= ~fits[fallback[0::2]] | ~fits[fallback[1::2]]
         out = np.full((subjects + 1, ROW), -2, dtype=np.int32)
         out[:, ROW_KEYS:] = 0
-        subj = np.repeat(np.arange(subjects), runs)
         pos = np.arange(self.key.shape[0]) - np.repeat(self.off[:-1], runs)
         ok = ~long[subj]
         out[subj[ok], pos[ok]] = self.key[ok].astype(np.int32)
-        out[subj[ok], ROW_KEYS + pos[ok]] = self.ps[ok]
-        out[:subjects, 2 * ROW_KEYS] = np.where(long, -1, fallback[0::2])
-        out[:subjects, 2 * ROW_KEYS + 1] = fallback[1::2]
+        out[subj[ok], ROW_KEYS + pos[ok]] = packed[self.ps[ok]]
+        out[:subjects, 2 * ROW_KEYS] = np.where(long, -1, packed[fallback[0::2]])
+        out[:subjects, 2 * ROW_KEYS + 1] = packed[fallback[1::2]]
         return out
 
 
@@ -541,7 +550,8 @@ def compile_policies(cluster: Cluster, tables) -> PolicyTables | None:
     pod_rec = np.concatenate([pod_rec.reshape(-1), np.full(4, -1, dtype=np.int32)])
     return PolicyTables(policies=policies, pod_rec=pod_rec, peer_addr=peer_addr,
                         n_peer=n_peer, n_ns=n_ns, ingress=t_in, egress=t_eg, fallback_in=fb_in, fallback_eg=fb_eg,
-                        addr_in=ad_in, addr_eg=ad_eg, in_rows=t_in.rows(fb_in), eg_rows=t_eg.rows(fb_eg), ps_off=off, ps_lo=lo, ps_hi=hi, ps_pol=pol,
+                        addr_in=ad_in, addr_eg=ad_eg, in_rows=t_in.rows(fb_in, off),
+                        eg_rows=t_eg.rows(fb_eg, off), ps_off=off, ps_lo=lo, ps_hi=hi, ps_pol=pol,
                         addr_start=addr_start, addr_cls=addr_cls, ingress_subjects=in_subjects,
                         egress_subjects=eg_subjects, blocks=blocks)
 
@@ -581,7 +591,8 @@ class PolicyStage:
         _policy_kernel(src_ip, proto, src_pod, dnat_ip, dnat_port, snat_ip,
                        f.pod_by_ip.slots, f.node_by_ip.slots, f.pod_node, t.pod_rec, t.peer_addr,
                        np.int64(t.n_peer), np.int64(t.addr_base),
-                       t.in_rows, t.eg_rows, t.ingress.off, t.ingress.key, t.ingress.ps, t.egress.off, t.egress.key, t.egress.ps,
+                       t.in_rows, t.eg_rows, t.ingress.off, t.ingress.key, t.ingress.ps,
+                       t.egress.off, t.egress.key, t.egress.ps,
                        t.fallback_in, t.fallback_eg, t.addr_in, t.addr_eg,
                        t.ps_off, t.ps_lo, t.ps_hi, t.ps_pol, t.addr_start, t.addr_cls,
                        verdict, reason, dst_pod, dst_node, li, le, np.int64(chunk))

@@ -141,9 +141,10 @@ def _side_row(rows, m_off, m_key, m_ps, fallback, has_addr, s, peer, n_peer, add
               addr_start, addr_cls, ip, key, ps_off, ps_lo, ps_hi, ps_pol):
     """:func:`_side` for a pod peer, from subject ``s``'s row of the map (:data:`ROW` words).
 
-    A row holds up to :data:`ROW_KEYS` keys, their port sets, and the two fallback
-    sets; all keys are compared (no branch per entry). A longer run (first fallback < 0) or a
-    peer that is not a pod takes :func:`_side`.
+    A row holds up to :data:`ROW_KEYS` keys, their port sets (as ``first range << 8 |
+    count``: no ``ps_off`` read), and the two fallback sets; all keys are compared (no
+    branch per entry). A longer run (first fallback < 0) or a peer that is not a pod
+    takes :func:`_side`.
     """
     if rows[s, 2 * ROW_KEYS] < 0 or peer < 0:
         return _side(m_off, m_key, m_ps, fallback, has_addr, s, peer, n_peer, addr_base, peer_addr, pod_rec,
@@ -163,7 +164,14 @@ def _side_row(rows, m_off, m_key, m_ps, fallback, has_addr, s, peer, n_peer, add
         r3 = p if kk == k3 else r3
     first = r1 if r1 >= 0 else (r2 if r2 >= 0 else np.int64(rows[s, 2 * ROW_KEYS + 1]))
     second = np.int64(0) if r1 >= 0 else (r3 if r3 >= 0 else np.int64(0))
-    return _allowed_by(ps_off, ps_lo, ps_hi, ps_pol, first, second, key)
+    best = np.int64(0x7FFFFFFF)
+    for k in range(np.uint64(first >> 8), np.uint64((first >> 8) + (first & 255))):
+        hit = (ps_lo[k] <= key) & (key <= ps_hi[k])
+        best = min(best, np.int64(ps_pol[k]) if hit else np.int64(0x7FFFFFFF))
+    for k in range(np.uint64(second >> 8), np.uint64((second >> 8) + (second & 255))):
+        hit = (ps_lo[k] <= key) & (key <= ps_hi[k])
+        best = min(best, np.int64(ps_pol[k]) if hit else np.int64(0x7FFFFFFF))
+    return best if best != 0x7FFFFFFF else np.int64(-3)
 
 
 @jit(_nrt=False)
