@@ -28,7 +28,7 @@ def run() -> None:
 
 #: About how long a replay's first run compiles its kernels on a 2-core machine (numba, LLVM),
 #: quoted in the first-run message; later runs load them from numba's cache in about a second.
-COLD_COMPILE_S = 30
+COLD_COMPILE_S = 45
 #: Marker files in numba's cache folder, one per (fastpath, numba, CPU, sources) key.
 _MARKER_PREFIX = "fastpath-kernels-"
 
