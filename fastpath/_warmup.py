@@ -16,12 +16,16 @@ def run() -> None:
     rt = RouteTable.from_cidrs(["10.0.0.0/8"], [1])
     rt.lookup(np.zeros(4, np.uint32))
     rt.lookup_parallel(np.zeros(4, np.uint32))
-    cluster = cluster_from_objects(synth_cluster(2, 3, 2, seed=0)["items"], "warm-up")
+    from .stages.conntrack import ConntrackStage
+
+    cluster = cluster_from_objects(synth_cluster(2, 3, 2, seed=0, policies=2)["items"], "warm-up")
     flows = normalize_batch({"src_ip": np.zeros(2, np.uint32), "dst_ip": np.zeros(2, np.uint32),
                              "src_port": np.zeros(2, np.uint16), "dst_port": np.zeros(2, np.uint16),
                              "proto": np.full(2, 6, np.uint8), "ts": np.arange(2, dtype=np.int64)}, "warm-up")
     for lb in ("random", "round-robin", "source-hash", "maglev", "least-connection"):
-        compile_cluster(cluster, lb=lb).resolve_flows(flows)
+        dp = compile_cluster(cluster, lb=lb)
+        r = dp.resolve_flows(flows)                 # sources, the service stage, policy, forwarding
+    ConntrackStage(dp).run(flows, r)                # connection tracking over time
 
 
 # --------------------------------------------------------------------------- first run

@@ -42,23 +42,24 @@ def served_listeners(slices, pod_by_ip: AddressTable, node_by_ip: ExactTable, po
                     target.append(t)
                     proto.append(pr)
                     port.append(po)
-    empty = np.zeros(0, np.int64)
-    if not addr:
-        return empty, empty, empty, np.zeros(0, np.uint64), empty
-    addr_a = np.array(addr, dtype=np.uint32)
-    target_a = np.array(target, dtype=np.int64)
-    proto_a = np.array(proto, dtype=np.int64)
-    port_a = np.array(port, dtype=np.int64)
-    pod = pod_by_ip.lookup(addr_a).astype(np.int64)
-    bridged = pod >= 0
-    node = node_by_ip.lookup(addr_a.astype(np.uint64)).astype(np.int64)
-    host = ~bridged & (node >= 0)
-    own = np.zeros(addr_a.shape[0], dtype=bool)
-    has_t = target_a >= 0
-    own[has_t] = pod_host[target_a[has_t]] & (pod_node[target_a[has_t]] == node[has_t])
-    hval = np.where(own, target_a, HOST_PROCESS)[host]
-    hkey = pack3_np(node[host], proto_a[host], port_a[host])
-    return pod[bridged], proto_a[bridged], port_a[bridged], hkey, hval
+    # one entry at a time: a bridged pod's address listens in that pod; a node's address on that
+    # node's host (its hostNetwork target pod when it runs there, else "something in the host")
+    pods_out, protos_out, ports_out, hkeys, hvals = [], [], [], [], []
+    for a, t, pr, po in zip(addr, target, proto, port):
+        pod = int(pod_by_ip.lookup(np.array([a], np.uint32))[0])
+        if pod >= 0:
+            pods_out.append(pod)
+            protos_out.append(pr)
+            ports_out.append(po)
+            continue
+        node = int(node_by_ip.lookup(np.array([a], np.uint64))[0])
+        if node < 0:
+            continue
+        own = t >= 0 and bool(pod_host[t]) and int(pod_node[t]) == node
+        hkeys.append((node << 24) | (pr << 16) | po)           # pack3: a << 24 | proto << 16 | port
+        hvals.append(t if own else HOST_PROCESS)
+    return (np.array(pods_out, np.int64), np.array(protos_out, np.int64), np.array(ports_out, np.int64),
+            np.array(hkeys, np.uint64), np.array(hvals, np.int64))
 
 
 def portmap_table(nodes: list[Node], pods, pod_node: np.ndarray) -> tuple[ExactTable, np.ndarray]:
