@@ -170,9 +170,12 @@ class ConntrackStage:
         self.ct_lanes = np.full((K.N_LANES, 4), -1, np.int64)
         self.ch_key = np.full(16, K.EMPTY, np.int64)
         self.ch_val = np.zeros(16, np.int32)
-        self.nb64 = np.zeros((0, 2), np.int64)
-        self.nb_heap = np.zeros((0, 2), np.int64)
-        self.nb32 = np.zeros((0, 2), np.int32)
+        pods = self.pod_node.shape[0]            # records [0, pods): each pod's entry on its node
+        self.nb64 = np.zeros((pods, 2), np.int64)
+        self.nb64[:, K.NB_KEY] = -1
+        self.nb_heap = np.zeros((pods, 2), np.int64)
+        self.meta[K.M_NB_HW] = self.meta[K.M_NB_PODS] = pods
+        self.nb32 = np.zeros((pods, 2), np.int32)
         self.nb_free = np.zeros(1, np.int32)
         self.nb_wheel = np.full(K.NB_SLOTS, -1, np.int64)
         self.ix_key = np.full(16, K.EMPTY, np.int64)

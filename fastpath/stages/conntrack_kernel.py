@@ -11,7 +11,9 @@ twenty array arguments costs more than the work it does):
   first, found through an open-addressing index on ``node << 32 | bucket``:
   a full table's ``early_drop`` looks at 8 buckets, never at the whole table;
 * neighbour records: ``nb64[e] = (node << 32 | address, expiry)`` and
-  ``nb32[e] = (node, wheel next)``, found through an index on the same key;
+  ``nb32[e] = (node, wheel next)``. A node's entry for one of its own pods is
+  record number ``pod`` (the first ``meta[M_NB_PODS]`` records; key -1 while
+  absent); the others (next hops, gateways) are found through an index on the key;
 * per node: ``nd[n]`` holds the table size, occupancy and every counter (the
   current interval's and the whole replay's);
 * conntrack expiries sit in FIFO lanes, one per lifetime (entries of one
@@ -62,7 +64,7 @@ TL_COLS = ("t", "node", "entries", "new", "drops", "floods", "bin", "bout", "nen
  P_FDB_AGE, P_NB_LIFE) = range(11)
 #: ``meta`` slots: current interval, started, chains in use, neighbour records in use, timeline rows, and
 #: the high-water marks of the two pools (records at or above it were never used).
-M_IV, M_STARTED, M_CHAINS, M_NB_USED, M_ROWS, M_CT_HW, M_NB_HW, M_NB_SLOT, M_NB_HEAP = range(9)
+M_IV, M_STARTED, M_CHAINS, M_NB_USED, M_ROWS, M_CT_HW, M_NB_HW, M_NB_SLOT, M_NB_HEAP, M_NB_PODS = range(10)
 #: Slots of ``meta``.
 META_SLOTS = 16
 #: Buckets a full table looks through for an entry to evict (``early_drop``'s 8 buckets).
@@ -453,6 +455,9 @@ def _nb_expire(nb64, nb32, nb_free, wheel, heap, ix_key, ix_val, nd, meta, t):
                 _nb_file(nb32, wheel, heap, meta, e, nb64[e, NB_EXP])
                 continue
             nd[nb32[e, NB_NODE], N_NOCC] -= 1
+            if e < meta[M_NB_PODS]:                  # a pod's own record: absent again
+                nb64[e, NB_KEY] = -1
+                continue
             _delete(ix_key, ix_val, _find(ix_key, nb64[e, NB_KEY]))
             meta[M_NB_USED] -= 1
             nb_free[nb_free[0] + 1] = e
@@ -472,6 +477,35 @@ def _nb_expire(nb64, nb32, nb_free, wheel, heap, ix_key, ix_val, nd, meta, t):
 
 
 @jit(_nrt=False, inline="always")
+def _nb_use_pod(nb64, nb32, wheel, heap, nd, meta, n, pod, addr, t, life):
+    """Node ``n`` resolves its own pod ``pod`` (address ``addr``) at ``t``: record number ``pod``."""
+    if nb64[pod, NB_KEY] >= 0:                       # present: a refresh
+        if nb64[pod, NB_EXP] < t + life:
+            nb64[pod, NB_EXP] = t + life
+    elif _nb_room(nd, n):
+        nb64[pod, NB_KEY] = (np.int64(n) << np.int64(32)) | np.int64(addr)
+        nb64[pod, NB_EXP] = t + life
+        nb32[pod, NB_NODE] = n
+        _nb_file(nb32, wheel, heap, meta, pod, t + life)
+
+
+@jit(_nrt=False, inline="always")
+def _nb_room(nd, n):
+    """Count a new entry on node ``n``'s table: False (an overflow, counted) if it holds ``gc_thresh3``."""
+    if nd[n, N_NOCC] >= GC_THRESH3:
+        nd[n, N_NOVER] += 1
+        nd[n, N_IV_NOVER] += 1
+        return False
+    c = nd[n, N_NOCC] + 1
+    nd[n, N_NOCC] = c
+    if c > nd[n, N_IV_NPEAK]:
+        nd[n, N_IV_NPEAK] = c
+    if c > nd[n, N_NPEAK]:
+        nd[n, N_NPEAK] = c
+    return True
+
+
+@jit(_nrt=False, inline="always")
 def _nb_use(nb64, nb32, nb_free, wheel, heap, ix_key, ix_val, nd, meta, n, addr, t, life):
     """Node ``n`` resolves ``addr`` at ``t``: refresh its entry, or make one (an overflow if the table is full)."""
     key = (np.int64(n) << np.int64(32)) | np.int64(addr)
@@ -487,9 +521,7 @@ def _nb_use(nb64, nb32, nb_free, wheel, heap, ix_key, ix_val, nd, meta, n, addr,
 @jit(_nrt=False)
 def _nb_add(nb64, nb32, nb_free, wheel, heap, ix_key, ix_val, nd, meta, n, key, i, expiry):
     """A new neighbour entry in empty index slot ``i``, or an overflow if node ``n``'s table is full."""
-    if nd[n, N_NOCC] >= GC_THRESH3:
-        nd[n, N_NOVER] += 1
-        nd[n, N_IV_NOVER] += 1
+    if not _nb_room(nd, n):
         return
     e = _take(nb_free, meta, M_NB_HW)
     nb64[e, NB_KEY] = key
@@ -499,12 +531,6 @@ def _nb_add(nb64, nb32, nb_free, wheel, heap, ix_key, ix_val, nd, meta, n, key, 
     ix_key[i] = key
     ix_val[i] = e
     meta[M_NB_USED] += 1
-    c = nd[n, N_NOCC] + 1
-    nd[n, N_NOCC] = c
-    if c > nd[n, N_IV_NPEAK]:
-        nd[n, N_IV_NPEAK] = c
-    if c > nd[n, N_NPEAK]:
-        nd[n, N_NPEAK] = c
 
 
 # ----------------------------------------------------------------------------- intervals
@@ -687,8 +713,7 @@ def track(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nb64, nb32, n
                 fdb_last[dp] = alive
             # the node's neighbour entry for its pod (pod -> pod on one bridge: the pod's own table)
             if pa_ != BRIDGE or kind != 0:
-                _nb_use(nb64, nb32, nb_free, nb_wheel, nb_heap, ix_key, ix_val, nd, meta, pn, np.int64(dnat_ip[i]), t,
-                        life)
+                _nb_use_pod(nb64, nb32, nb_wheel, nb_heap, nd, meta, pn, dp, np.int64(dnat_ip[i]), t, life)
         # neighbour entries between nodes (next hop, and the answer back), and to the gateway
         if sn >= 0:
             if dn >= 0 and dn != sn and (v == DELIVERED or v == REFUSED or v == DROPPED or v == DENIED):
