@@ -112,6 +112,34 @@ def cni_mac(ip: np.ndarray | int) -> np.ndarray | int:
 
 # --------------------------------------------------------------------------- columns
 
+@jit(inline="always")
+def _dotted_quad(data, p, end):
+    """Read ``a.b.c.d`` from ``data[p:end]``: (value, the position after it, whether it is one).
+
+    Each octet 1-3 digits, at most 255, no leading zero (inet_aton would read it as
+    octal); what follows the fourth octet is the caller's.
+    """
+    value = np.uint32(0)
+    octets = 0
+    while True:
+        digits = 0
+        octet = 0
+        lead = p
+        while p < end and data[p] >= 48 and data[p] <= 57:
+            octet = octet * 10 + (data[p] - 48)
+            digits += 1
+            p += 1
+        if digits == 0 or digits > 3 or octet > 255 or (digits > 1 and data[lead] == 48):
+            return value, p, False
+        value = np.uint32((value << np.uint32(8)) | np.uint32(octet))
+        octets += 1
+        if octets == 4:
+            return value, p, True
+        if p >= end or data[p] != 46:  # '.'
+            return value, p, False
+        p += 1
+
+
 @jit
 def _parse_ipv4_buffer(offsets, data, valid, out):
     """Parse dotted quads from an Arrow string buffer. Returns the first bad row or -1."""
@@ -120,28 +148,8 @@ def _parse_ipv4_buffer(offsets, data, valid, out):
         if not valid[i]:
             out[i] = 0
             continue
-        p = offsets[i]
-        end = offsets[i + 1]
-        value = np.uint32(0)
-        octets = 0
-        while True:
-            digits = 0
-            octet = 0
-            lead = p
-            while p < end and data[p] >= 48 and data[p] <= 57:
-                octet = octet * 10 + (data[p] - 48)
-                digits += 1
-                p += 1
-            if digits == 0 or digits > 3 or octet > 255 or (digits > 1 and data[lead] == 48):
-                return i  # empty, too long, too big, or a leading zero (inet_aton reads octal)
-            value = np.uint32((value << np.uint32(8)) | np.uint32(octet))
-            octets += 1
-            if octets == 4:
-                break
-            if p >= end or data[p] != 46:  # '.'
-                return i
-            p += 1
-        if p != end:
+        value, p, ok = _dotted_quad(data, offsets[i], offsets[i + 1])
+        if not ok or p != offsets[i + 1]:
             return i
         out[i] = value
     return -1
@@ -197,30 +205,9 @@ def _parse_cidr_buffer(offsets, data, net, length):
     n = net.shape[0]
     odd = np.zeros(n, dtype=np.bool_)
     for i in range(n):
-        p = offsets[i]
         end = offsets[i + 1]
-        value = np.uint32(0)
-        octets = 0
-        bad = False
-        while True:
-            digits = 0
-            octet = 0
-            lead = p
-            while p < end and data[p] >= 48 and data[p] <= 57:
-                octet = octet * 10 + (data[p] - 48)
-                digits += 1
-                p += 1
-            if digits == 0 or digits > 3 or octet > 255 or (digits > 1 and data[lead] == 48):
-                bad = True
-                break
-            value = np.uint32((value << np.uint32(8)) | np.uint32(octet))
-            octets += 1
-            if octets == 4:
-                break
-            if p >= end or data[p] != 46:  # '.'
-                bad = True
-                break
-            p += 1
+        value, p, ok = _dotted_quad(data, offsets[i], end)
+        bad = not ok
         plen = 32
         if not bad and p < end:
             if data[p] != 47:  # '/'

@@ -297,9 +297,8 @@ def _add_conntrack(ex: Explanation, dp: DataPlane, proto: int) -> None:
     dn = index.get(row.get("dst_node"), -1)
     for line in explain_conntrack(None, proto, VERDICTS.index(row["verdict"]), sn, dn,
                                   default_duration=getattr(dp.services, "conn_duration", 30.0),
-                                  node_names=list(dp.tables.node_names)):
-        if line.startswith("conntrack: an entry"):      # a flow that leaves none says nothing more
-            ex.conntrack.append(line.removeprefix("conntrack: "))
+                                  node_names=list(dp.tables.node_names), say_none=False):
+        ex.conntrack.append(line.removeprefix("conntrack: "))
 
 
 def _stage_copy(stage):

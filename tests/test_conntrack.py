@@ -260,6 +260,7 @@ def test_explain_lines():
     lines = explain_conntrack(None, TCP, 0, 0, 1, duration=5.0)
     assert len(lines) == 2 and "125 s" in lines[0] and "TIME_WAIT" in lines[0]
     assert "no entry" in explain_conntrack(None, UDP, 2, 0, -1)[0]
+    assert explain_conntrack(None, UDP, 2, 0, -1, say_none=False) == []
 
 
 # --------------------------------------------------------------------------- random timed traces

@@ -36,7 +36,6 @@ from ..errors import FastpathError
 from ..lifetimes import UDP_DEFAULT_DURATION, lifetimes_ns
 from ..tables.balancers import seed_key
 from . import conntrack_kernel as K
-from .conntrack_kernel import EARLY_DROP_BUCKETS, GC_THRESH3  # noqa: F401  (documented constants)
 
 NS = 1_000_000_000
 #: Conntrack timeouts, seconds (kernel defaults with kube-proxy's overrides, spec §5 item 3).
@@ -332,13 +331,13 @@ class ConntrackStage:
         })
 
 
+def conntrack_max_of(cpu: int | None) -> int:
+    """:func:`conntrack_max` under a name ``ConntrackStage``'s ``conntrack_max`` argument does not hide."""
+    return conntrack_max(cpu)
+
+
 #: Placeholder for a trace without ``bytes`` (read-only, like the columns).
 _NO_BYTES = read_only(np.zeros(1, np.uint64))
-
-
-def conntrack_max_of(cpu: int | None) -> int:
-    """Alias of :func:`conntrack_max` (the stage's per-node sizing)."""
-    return conntrack_max(cpu)
 
 
 def _dst_of(flows, r) -> np.ndarray:
@@ -353,10 +352,11 @@ def _dst_of(flows, r) -> np.ndarray:
 
 def explain_conntrack(stage: ConntrackStage | None, proto: int, verdict: int, src_node: int, dst_node: int,
                       duration: float | None = None, default_duration: float = 30.0,
-                      node_names: list[str] | None = None) -> list[str]:
+                      node_names: list[str] | None = None, say_none: bool = True) -> list[str]:
     """What a connection leaves in the conntrack tables, as lines of text (``fastpath explain``).
 
     With a ``stage`` (a replay's), each line also says how full that node's table is now.
+    A connection that leaves no entry gets a line saying so, or none with ``say_none=False``.
     """
     names = stage.node_names if stage is not None else node_names
     tcp = proto in _TCPLIKE
@@ -379,7 +379,8 @@ def explain_conntrack(stage: ConntrackStage | None, proto: int, verdict: int, sr
         state = "no answer from the far node: SYN_SENT 120 s" if tcp else "no answer: 30 s unreplied"
         dst_node = -1
     else:
-        return ["conntrack: no entry (the packet never left the client's node, or stayed inside a pod)"]
+        return ["conntrack: no entry (the packet never left the client's node, or stayed inside a pod)"] \
+            if say_none else []
     where = [n for n in (src_node, dst_node) if n >= 0]
     where = list(dict.fromkeys(where))
     for n in where:

@@ -742,8 +742,14 @@ class ServiceStage:
         T = self.smap.arrays
         affinity = self.smap.has_affinity
         stateful = affinity or self.lb == LB_LEAST_CONN
-        life = lifetimes_ns(proto, None if duration is None else _column("duration", duration, np.float64, n),
-                            self.smap.conn_duration) if stateful and has_ts else np.zeros(n, np.int64)
+        # connection lifetimes: the kernels read them only under least-connection and affinity
+        if not stateful:
+            life = np.zeros(1, np.int64)
+        elif has_ts:
+            life = lifetimes_ns(proto, None if duration is None else _column("duration", duration, np.float64, n),
+                                self.smap.conn_duration)
+        else:
+            life = np.zeros(n, np.int64)
         if self.lb == LB_LEAST_CONN and affinity:
             # affinity rows and the others open and close connections in one time order: one pass
             rows = np.arange(n, dtype=np.int64)
