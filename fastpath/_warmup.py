@@ -18,7 +18,8 @@ def run() -> None:
     rt.lookup_parallel(np.zeros(4, np.uint32))
     from .stages.conntrack import ConntrackStage
 
-    cluster = cluster_from_objects(synth_cluster(2, 3, 2, seed=0, policies=2)["items"], "warm-up")
+    items = synth_cluster(2, 3, 2, seed=0, policies=2)["items"]
+    cluster = cluster_from_objects(items, "warm-up")
     flows = normalize_batch({"src_ip": np.zeros(2, np.uint32), "dst_ip": np.zeros(2, np.uint32),
                              "src_port": np.zeros(2, np.uint16), "dst_port": np.zeros(2, np.uint16),
                              "proto": np.full(2, 6, np.uint8), "ts": np.arange(2, dtype=np.int64)}, "warm-up")
@@ -26,6 +27,30 @@ def run() -> None:
         dp = compile_cluster(cluster, lb=lb)
         r = dp.resolve_flows(flows)                 # sources, the service stage, policy, forwarding
     ConntrackStage(dp).run(flows, r)                # connection tracking over time
+    _events(cluster, items, flows)
+
+
+def _events(cluster, items: list, flows) -> None:
+    """A replay with events: a pod turns not-ready, another goes (the in-place table updates)."""
+    import copy
+
+    from .events import events_from_lines
+    from .live import LivePlane
+
+    pods = [o for o in items if o["kind"] == "Pod" and o.get("status", {}).get("podIP")
+            and not o["spec"].get("hostNetwork")]
+    if len(pods) < 2:
+        return
+    flip = copy.deepcopy(pods[0])
+    for c in flip["status"].get("conditions", []):
+        if c.get("type") == "Ready":
+            c["status"] = "False"
+    lp = LivePlane(cluster, events_from_lines([{"type": "MODIFIED", "ts": 0, "object": flip},
+                                               {"type": "DELETED", "ts": 1, "object": pods[1]}], "warm-up"),
+                   lb="maglev")
+    r = lp.resolve(flows, None)
+    lp.departures.add(flows, r, 30.0)
+    lp.finish()
 
 
 # --------------------------------------------------------------------------- first run

@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    syn = sub.add_parser("synth", help="make a synthetic cluster or trace")
+    syn = sub.add_parser("synth", help="make a synthetic cluster, trace or events file")
     ssub = syn.add_subparsers(dest="what", metavar="WHAT", parser_class=_Parser)
     ssub.required = True
     sc = ssub.add_parser("cluster", help="a synthetic cluster as a kubectl v1 List (JSON)")
@@ -201,6 +201,26 @@ def build_parser() -> argparse.ArgumentParser:
                          "2%% long-lived streams (TraceMix.duration_mix) (default: off)")
     st.add_argument("-o", "--output", required=True, type=Path,
                     help="trace file: .arrow/.feather (Arrow IPC) or .parquet (required)")
+    se = ssub.add_parser("events", help="cluster changes for replay --events: rollouts, drains, scaling (JSON lines)",
+                         epilog="rollouts as the Deployment controller runs them (maxSurge 25%, maxUnavailable "
+                                "25%); a pod turns Ready 2 s after its IP and is deleted 30 s after it starts "
+                                "terminating; slices given for a service are updated as the EndpointSlice "
+                                "controller would")
+    se.add_argument("cluster", type=Path, metavar="CLUSTER", help="cluster file or directory")
+    se.add_argument("--rollouts", type=_nonneg, default=1, metavar="N",
+                    help="workloads to roll out, preferring ones a Service selects (default 1)")
+    se.add_argument("--drains", type=_nonneg, default=0, metavar="N",
+                    help="nodes to drain: cordon, evict their pods, reschedule them elsewhere (default 0)")
+    se.add_argument("--scale", type=_nonneg, default=0, metavar="N",
+                    help="workloads to scale up or down by 1 to half their replicas (default 0)")
+    se.add_argument("--start", type=_nonneg, default=1_700_000_000_000_000_000, metavar="NS",
+                    help="ts the span starts at, ns since the epoch (default 1700000000000000000, "
+                         "where synth trace starts)")
+    se.add_argument("--span", type=float, default=60.0, metavar="S",
+                    help="seconds the events spread over, evenly around the changes (default 60)")
+    se.add_argument("--seed", type=_seed, default=0, help="random seed: same seed, same bytes (default 0)")
+    se.add_argument("-o", "--output", required=True, type=Path,
+                    help="events file, one JSON watch event a line ('-' for stdout; required)")
 
     rp = sub.add_parser("replay", help="resolve every flow of a trace; write results and a summary")
     rp.add_argument("cluster", nargs="?", type=Path, metavar="CLUSTER", help="cluster file or directory (default: bundled sample)")
@@ -212,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "beside the result columns")
     rp.add_argument("--wide", action="store_true",
                     help="on a terminal, never cut names in the summary (piped output is always full width)")
+    rp.add_argument("--events", type=Path, metavar="EVENTS",
+                    help="cluster changes while the trace plays: JSON lines of watch events with a ts each "
+                         "(docs/events.md; fastpath synth events writes them); needs a trace with ts "
+                         "(default: none, the cluster stands still)")
     _service_args(rp)
     rp.add_argument("--batch-size", type=_positive, default=None, help="flows per batch (default 65536)")
     rp.add_argument("--threads", type=_positive, default=None, help="kernel threads (default: all cores)")
@@ -342,6 +366,25 @@ def _cmd_synth(a) -> int:
         write_cluster(obj, a.output)
         print(f"wrote {a.output}: {len(obj['items'])} objects")
         return 0
+    if a.what == "events":
+        from collections import Counter
+
+        from .cluster.synth_events import synth_events, write_events
+        from .outputs import is_stdout, write_text
+
+        events = synth_events(a.cluster, rollouts=a.rollouts, drains=a.drains, scale=a.scale, start_ns=a.start,
+                              span_s=a.span, seed=a.seed)
+        if is_stdout(a.output):
+            if events:
+                write_text("-", "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events))
+        else:
+            write_events(events, a.output)
+        kinds = Counter(e["type"] for e in events)
+        span = f"{(events[-1]['ts'] - events[0]['ts']) / 1e9:.1f} s from ts {events[0]['ts']}" if events else "no time"
+        print(f"wrote {'stdout' if is_stdout(a.output) else a.output}: {len(events)} events ("
+              f"{', '.join(f'{kinds[t]} {t}' for t in ('ADDED', 'MODIFIED', 'DELETED'))}) over {span}",
+              file=sys.stderr if is_stdout(a.output) else sys.stdout)
+        return 0
     from .cluster.load import load_cluster
     from .outputs import output_format
     from .traces import synth_trace
@@ -408,9 +451,15 @@ def _cmd_replay(a) -> int:
     opts.update(conntrack=not a.no_conntrack, conntrack_max=a.conntrack_max, interval=a.interval)
     if a.timeline is not None:
         opts["timeline"] = a.timeline
-    dp = _compiled(a, cluster, lean=True)    # warnings on stderr, with --quiet too
-    loaded = dp.cluster                      # from the cache: warnings and counts without loading
+    if a.events is not None:
+        dp, loaded = _live_inputs(a, cluster, opts)
+    else:
+        dp = _compiled(a, cluster, lean=True)    # warnings on stderr, with --quiet too
+        loaded = dp.cluster                      # from the cache: warnings and counts without loading
     summary = replay(dp, trace, a.output, threads=a.threads, progress=not a.quiet, **opts)
+    for line in summary.event_warnings or ():
+        if line not in opts["events"].warnings:          # the events file's own were said before
+            print(f"fastpath: warning: {line}", file=sys.stderr)
     if not a.quiet:
         # with --summary-json -, stdout is the JSON alone: the table goes to stderr
         summary.render(console(stderr=is_stdout(a.summary_json), wide=a.wide))
@@ -419,6 +468,24 @@ def _cmd_replay(a) -> int:
 
         write_text(a.summary_json, json.dumps({**summary.to_dict(), **counts(loaded)}, indent=2))
     return 0
+
+
+def _live_inputs(a, cluster: Path, opts: dict):
+    """``--events``: the cluster loaded (warnings on stderr) and the events read and checked, before any
+    work; the replay compiles both itself (the compiled-table cache holds still clusters only)."""
+    from .cluster.load import load_cluster
+    from .cluster.problems import report
+    from .events import read_events
+
+    log = read_events(a.events)
+    loaded = load_cluster(cluster, expand_workloads=bool(getattr(a, "expand_workloads", False)))
+    report(loaded, debug=bool(getattr(a, "debug", False)))
+    for line in log.warnings:
+        print(f"fastpath: warning: {line}", file=sys.stderr)
+    opts["events"] = log
+    if getattr(a, "non_masquerade_cidrs", None) is not None:
+        opts["non_masquerade_cidrs"] = a.non_masquerade_cidrs
+    return loaded, loaded
 
 
 def _cmd_explain(a) -> int:

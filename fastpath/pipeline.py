@@ -381,6 +381,8 @@ class DataPlane:
         self.seed = seed
         #: fastpath.stages.policy.PolicyStage, or None without NetworkPolicies (the stage is skipped)
         self.policy = None
+        #: the destination column of the last batch resolved (after DNS)
+        self.last_dst = None
         t = tables
         self._dicts = {
             "verdict": pa.array(VERDICTS, pa.string()),
@@ -435,6 +437,7 @@ class DataPlane:
         dst = flows.dst_ip
         if flows.name_code is not None:
             dst = self._resolve_names(flows, r.verdict)
+        self.last_dst = dst                      # the destinations the stages saw (fastpath.live's churn)
         l0, nodes, leaves, hosts = t.routes.arrays
         chunk = np.int64(CHUNK)
         # cache blocking: the three passes run block by block, so the columns a pass

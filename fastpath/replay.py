@@ -129,6 +129,14 @@ class Summary:
     fdb_floods: int | None = None
     neigh_overflows: int | None = None
     nodes: dict | None = None
+    #: cluster events (``--events``, docs/events.md; None without): TCP/SCTP connections whose pod went
+    #: away first, UDP flows flushed, groups of events, and one record per group (churn)
+    broken_connections: int | None = None
+    udp_flushed: int | None = None
+    event_groups: int | None = None
+    events: list | None = None
+    #: notes about the events (skipped kinds, endpoints derived from pods), said once
+    event_warnings: list | None = None
     table: pa.Table | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -195,6 +203,9 @@ class Summary:
             from .stages.conntrack import render_nodes
             group = Group(group, render_nodes(self.nodes, self.conntrack_drops, self.fdb_floods,
                                               self.neigh_overflows or 0))
+        if self.events is not None:
+            from .live import render_events
+            group = Group(group, render_events(self))
         console.print(group)
         return group
 
@@ -318,6 +329,63 @@ class _ResultsWriter:
         self.tmp.unlink(missing_ok=True)
 
 
+def _event_log(events, cluster):
+    """``events`` (a path, an EventLog, a list of dicts, or None) as an EventLog, read and checked."""
+    if events is None:
+        return None
+    from .events import EventLog, events_from_lines, read_events
+
+    if hasattr(cluster, "resolve_flows"):
+        raise FastpathError("events: give the cluster as a path or a Cluster, not a compiled DataPlane "
+                            "(the replay compiles it over every object the events will add)")
+    if isinstance(events, EventLog):
+        return events
+    if isinstance(events, (str, os.PathLike)):
+        return read_events(events)
+    return events_from_lines(list(events))
+
+
+def _ct_follows(ct, live) -> None:
+    """The conntrack stage keeps its own copy of the pods' nodes (updated group by group on its
+    thread) and each node's address from its first appearance."""
+    if ct is None:
+        return
+    st = ct.stage
+    st.pod_node = st.pod_node.copy()
+    for i, n in enumerate(live.live.nodes):
+        if not n.present and st.node_ip[i] == 0:
+            first = next((o for e, o in zip(live.log.events, live.live.parsed)
+                          if e.kind == "Node" and e.name == n.name and o is not None), None)
+            st.node_ip[i] = (first.internal_ip or 0) if first is not None else 0
+    ct.next_group = 0
+
+
+def _ct_run_live(ct, live, flows, r) -> None:
+    """Conntrack over a batch, the pods' nodes updated at each group of events inside it."""
+    from .pipeline import Results
+
+    st = ct.stage
+    ts = flows.ts
+    pos, n = 0, flows.n
+    while pos < n:
+        g = ct.next_group
+        while g < len(live.group_ts) and live.group_ts[g] <= ts[pos]:
+            upd = live.ct_updates.get(g)
+            if upd is not None:
+                pods, nodes, bridged = upd
+                st.pod_node[pods] = nodes
+                st.pod_bridged[pods] = bridged
+            g += 1
+        ct.next_group = g
+        cut = n if g >= len(live.group_ts) else int(np.searchsorted(ts, live.group_ts[g], side="left"))
+        cut = max(cut, pos + 1)
+        if pos == 0 and cut == n:
+            st.run(flows, r)
+        else:
+            st.run(flows.slice(pos, cut), Results(**{k: v[pos:cut] for k, v in vars(r).items()}))
+        pos = cut
+
+
 def _ready_backends(dp) -> tuple[np.ndarray, np.ndarray]:
     """Per service port, the pods of its Ready endpoints (CSR: offsets, pod indices).
 
@@ -361,7 +429,7 @@ def _progress(show: bool | None, total: int):
 def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "random", seed: int = 0,
            batch_size: int = DEFAULT_BATCH_SIZE, threads: int | None = None, progress: bool | None = None,
            return_table: bool = False, top: int = TOP_SERVICES, pipelined: bool = True, on_batch=None,
-           **service_opts: Any) -> Summary:
+           events=None, **service_opts: Any) -> Summary:
     """Resolve every flow of a trace; write the results; return a :class:`Summary`.
 
     Parameters
@@ -404,6 +472,12 @@ def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "r
         Read batch k+1 and write batch k-1 on two more threads while batch k is
         resolved (see :mod:`fastpath._stream`); ``False``: one step after the
         other on this thread. The results are the same either way.
+    events
+        Cluster events (``docs/events.md``): a path to a JSON-lines watch stream, a
+        :class:`~fastpath.events.EventLog`, or a list of event dicts. Each flow then
+        sees the cluster as it stands at its ``ts`` (:mod:`fastpath.live`); the summary
+        adds ``broken_connections``, ``udp_flushed``, ``event_groups`` and ``events``.
+        ``cluster`` must then be a path or a :class:`Cluster`, not a compiled plane.
 
     Raises
     ------
@@ -428,8 +502,18 @@ def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "r
                       [("trace", trace), *(("trace", f) for f in reader.files), ("cluster", cluster_path)])
         check_free_space(out_path, reader.num_rows * RESULT_BYTES_PER_ROW[output_format(out_path)], "results file")
     from ._warmup import FirstRun
+    log = _event_log(events, cluster)        # before any work: a bad line stops the run here
     first_run = FirstRun(progress).start()   # a cold numba cache: say what the wait is for (stderr)
-    if hasattr(cluster, "resolve_flows"):
+    live = None
+    if log is not None:
+        from .cluster.load import load_cluster
+        from .live import LivePlane
+
+        base = cluster if isinstance(cluster, Cluster) else load_cluster(cluster)
+        cluster_name = (base.source or "<Cluster>") if isinstance(cluster, Cluster) else str(cluster)
+        live = first_run.during(LivePlane, base, log, lb=lb, seed=seed, **service_opts)
+        dp = live.dp
+    elif hasattr(cluster, "resolve_flows"):
         dp = cluster
         dp.reset()
         cluster_name = getattr(dp, "source_name", None) or f"<{type(dp).__name__}>"   # set by fastpath.cache
@@ -440,6 +524,10 @@ def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "r
         cluster_name = (cluster.source or "<Cluster>") if isinstance(cluster, Cluster) else str(cluster)
         dp = first_run.during(compile_cluster, cluster, lb=lb, seed=seed, **service_opts)
     ct = ReplayConntrack.start(dp, reader, ct_opts)   # None: no ts, or --no-conntrack
+    if live is not None:
+        if reader.schema.get_field_index("ts") < 0:
+            raise FastpathError(f"{trace}: --events needs a trace with a ts column (when each flow starts)")
+        _ct_follows(ct, live)
     compile_s = time.perf_counter() - t0
 
     from .pipeline import RESULT_SCHEMA, Results
@@ -482,7 +570,12 @@ def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "r
             # on the writer thread when pipelined, in trace order: connection tracking (its kernel
             # releases the GIL, so it runs beside the next batch's resolve), sum up, encode, write
             if ct is not None:
-                ct.stage.run(flows, r)
+                if live is not None:
+                    _ct_run_live(ct, live, flows, r)
+                else:
+                    ct.stage.run(flows, r)
+            if live is not None:
+                live.departures.add(flows, r, dp.services.conn_duration)
             tally.add(r, flows)
             if ptally is not None:
                 ptally.add(r)
@@ -505,11 +598,14 @@ def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "r
             bar.update(bar.task_ids[0], completed=n)
 
         t1 = time.perf_counter()
-        done = stream(reader, lambda flows, out: dp.resolve_flows(flows, out=out), finish,
+        resolve = live.resolve if live is not None else (lambda flows, out: dp.resolve_flows(flows, out=out))
+        done = stream(reader, resolve, finish,
                       buffers=None if return_table else Results.empty, size=min(reader.batch_size, reader.num_rows),
                       pipelined=pipelined, first=warm, resolved=resolved if bar is not None else None)
         compile_s += warm_s[0]
         t1 += warm_s[0]
+        if live is not None:
+            live.finish()                        # groups after the last flow; churn shares
         if ct is not None:
             ct.finish()                          # the last interval; the timeline file
         if writer is not None:
@@ -545,5 +641,6 @@ def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "r
         lb=lb, seed=seed, batch_size=reader.batch_size, threads=used,
         policy=ptally.result() if ptally is not None else None,
         **(ct.summary_fields() if ct is not None else {}),
+        **(live.summary_fields() if live is not None else {}),
         table=pa.Table.from_batches(kept, schema=out_schema) if return_table else None,
     )

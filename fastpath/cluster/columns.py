@@ -26,7 +26,7 @@ class PodColumns:
     ns_names: list[str]       #: namespaces in order of first use
     ns: np.ndarray            #: int32[P] index into ``ns_names``
     node_names: list[str]     #: the cluster's nodes
-    node_index: dict[str, int]  #: node name -> node
+    node_index: dict[str, int]  #: node name -> node (nodes present only)
     node: np.ndarray          #: int32[P] node index (-1: unscheduled, or a node not in the input)
     node_given: np.ndarray    #: bool[P] ``spec.nodeName`` set
     ip: np.ndarray            #: uint32[P] (0 where none)
@@ -100,7 +100,8 @@ def pod_columns(pods: list, nodes: list) -> PodColumns:
 def _pod_columns(pods: list, nodes: list) -> PodColumns:
     n = len(pods)
     node_names = [nd.name for nd in nodes]
-    node_index = {name: i for i, name in enumerate(node_names)}
+    # a node kept in place while absent (fastpath.live) holds no pod
+    node_index = {nd.name: i for i, nd in enumerate(nodes) if getattr(nd, "present", True)}
     ns_list = [p.namespace for p in pods]
     names = [f"{ns}/{p.name}" for ns, p in zip(ns_list, pods)]
     ns_names = list(dict.fromkeys(ns_list))

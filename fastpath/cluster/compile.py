@@ -86,7 +86,7 @@ class ForwardingTables:
         """The (proto << 16 | port) entries pod ``pod`` listens on, sorted."""
         first = self.pod_rec[4 * pod + 1: 4 * pod + 4]
         more = self.more_ports[int(self.more_off[pod]):int(self.more_off[pod + 1])]
-        return np.concatenate([first[first != NO_PORT], more])
+        return np.concatenate([first[first != NO_PORT], more[more != NO_PORT]])   # (live updates pad with it)
 
     def listens(self, pod: int, proto: int, port: int) -> bool:
         """Whether pod ``pod`` listens on ``port`` for ``proto`` (declared, or served in an EndpointSlice)."""
@@ -110,8 +110,8 @@ def compile_forwarding(cluster: Cluster, *, slices=None, non_masquerade_cidrs=No
     else every pod's egress is masqueraded). See :mod:`fastpath.cluster.hostside`.
     """
     from .columns import endpoint_columns, pod_columns
-    from .hostside import (masquerade_exceptions, no_masquerade_routes, orphan_routes, portmap_table,
-                           served_listeners)
+    from .hostside import (NH_NODE_NOT_IN_INPUT, masquerade_exceptions, no_masquerade_routes, orphan_routes,
+                           portmap_table, served_listeners)
     nodes, pods = cluster.nodes, cluster.pods
     cols = pod_columns(pods, nodes)          # one pass over the pods, shared with the service map
     node_index = cols.node_index
@@ -136,7 +136,7 @@ def compile_forwarding(cluster: Cluster, *, slices=None, non_masquerade_cidrs=No
         for net, length in n.pod_cidrs:
             r_net.append(net)
             r_len.append(length)
-            r_nh.append(i)
+            r_nh.append(i if n.present else NH_NODE_NOT_IN_INPUT)   # a deleted node's range: to nowhere
     routes = RouteTable.from_arrays(np.array(r_net, dtype=np.uint32), np.array(r_len, dtype=np.uint8),
                                     np.array(r_nh, dtype=np.uint32))
     notes: list[str] = []

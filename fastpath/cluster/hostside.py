@@ -45,8 +45,7 @@ LINK_LOCAL = (0xA9FE0000, 16)
 
 
 def served_listeners(ends: EndpointColumns, pod_by_ip: AddressTable, node_by_ip: ExactTable,
-                     pod_host: np.ndarray, pod_node: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                     pod_host: np.ndarray, pod_node: np.ndarray, with_slice: bool = False) -> tuple:
     """Listening entries that EndpointSlices add (see the module docstring).
 
     ``ends``: the endpoints of every slice, given and derived, as columns
@@ -59,6 +58,8 @@ def served_listeners(ends: EndpointColumns, pod_by_ip: AddressTable, node_by_ip:
     host_keys, host_values
         ``pack3(node, proto, port)`` -> hostNetwork pod index or :data:`HOST_PROCESS`.
         In order of slice, endpoint, address, port (the first of a repeated key wins).
+    slices
+        Only ``with_slice``: the slice each of ``pods`` comes from (index into ``ends.slices``).
     """
     empty = np.zeros(0, np.int64)
     # every address of a serving endpoint, once per numbered port of its slice
@@ -70,7 +71,7 @@ def served_listeners(ends: EndpointColumns, pod_by_ip: AddressTable, node_by_ip:
     per = hi - lo
     total = int(per.sum())
     if total == 0:
-        return empty, empty, empty, np.zeros(0, np.uint64), empty
+        return (empty, empty, empty, np.zeros(0, np.uint64), empty) + ((empty,) if with_slice else ())
     row = np.repeat(np.arange(a_ep.shape[0], dtype=np.int64), per)
     take = np.repeat(lo - (np.cumsum(per) - per), per) + np.arange(total, dtype=np.int64)
     addr_a = ends.addr[serving][row].astype(np.uint32)
@@ -86,7 +87,8 @@ def served_listeners(ends: EndpointColumns, pod_by_ip: AddressTable, node_by_ip:
     own[has_t] = pod_host[target_a[has_t]] & (pod_node[target_a[has_t]] == node[has_t])
     hval = np.where(own, target_a, HOST_PROCESS)[host]
     hkey = pack3_np(node[host], proto_a[host], port_a[host])
-    return pod[bridged], proto_a[bridged], port_a[bridged], hkey, hval
+    out = (pod[bridged], proto_a[bridged], port_a[bridged], hkey, hval)
+    return out + (a_slice[row][bridged],) if with_slice else out
 
 
 def portmap_table(nodes: list[Node], pods: PodColumns, pod_node: np.ndarray) -> tuple[ExactTable, np.ndarray]:

@@ -27,6 +27,11 @@ class Node:
     #: ``status.capacity.cpu`` as whole CPUs (millicores rounded up; None: not given).
     #: kube-proxy sizes the node's conntrack table from it.
     cpu: int | None = None
+    #: False for a node a replay with cluster events (:mod:`fastpath.live`) keeps a place
+    #: for while it does not exist (not added yet, or deleted): it has no addresses, pods
+    #: bound to it are on a node not in the input, and a deleted node's pod CIDRs route
+    #: to nowhere (``docs/events.md``).
+    present: bool = True
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,27 @@ class BalancerState:
             ce, ck = ce2, ck2
         self.arrays = StateArrays(a.rr_dense, rr_k, rr_v, a.lc_dense, lc_k, lc_v, af_k, af_v, ce, ck, m)
 
+    def endpoints(self, n: int) -> None:
+        """Room in the dense least-connection counters for endpoint indices below ``n`` (cluster events
+        append endpoints): the columns double, or the counters move to the hash table past
+        :data:`DENSE_LIMIT` cells."""
+        a = self.arrays
+        d = a.lc_dense
+        if d.shape[0] == 0 or d.shape[1] >= n:
+            return
+        cols = max(n, 2 * d.shape[1])
+        if d.shape[0] * cols <= DENSE_LIMIT:
+            grown = np.zeros((d.shape[0], cols), np.int64)
+            grown[:, :d.shape[1]] = d
+            self.arrays = a._replace(lc_dense=grown)
+            return
+        rows, cols_nz = np.nonzero(d)
+        keys = (rows.astype(np.uint64) << np.uint64(32)) | cols_nz.astype(np.uint64)
+        lk, lv = _grown(np.full(8, EMPTY, np.uint64), np.zeros((8, 1), np.int64), max(1, keys.shape[0]))
+        _rehash(keys, d[rows, cols_nz].reshape(-1, 1), lk, lv)
+        a.meta[_LC_USED] = keys.shape[0]
+        self.arrays = a._replace(lc_dense=np.zeros((0, 0), np.int64), lc_keys=lk, lc_vals=lv)
+
     def copy(self) -> "BalancerState":
         """An independent copy (explain works on one, so it never disturbs a replay)."""
         other = BalancerState.__new__(BalancerState)

@@ -151,6 +151,7 @@ MapArrays = namedtuple("MapArrays", [
     "sp_span",                     # i64[S] first << 32 | size of the eligible set every in-cluster client gets, or -1
     "sp_table",                    # i32[S] Maglev table row of that set (-1: none)
     "set_backend",                 # u64 per set member: IP | port << 32 (one read for the rewrite)
+    "node_pool",                   # i32: the nodes present, in order (an external client's flow lands on one)
 ])
 
 
@@ -276,16 +277,18 @@ def eligible_set(sp_flags, sp_set, sp_zone_row, zone_sets, zone_width, node_zone
 
 
 @jit(inline="always")
-def receiving_node(sp_flags, lbn_off, lbn_node, n_nodes, sp, kind, fnode, h_node):
+def receiving_node(sp_flags, lbn_off, lbn_node, node_pool, sp, kind, fnode, h_node):
     """Node that receives an external client's flow (its kube-proxy decides).
 
     NodePort: the node owning the address. LoadBalancer, externalIP and a
     ClusterIP reached from outside: a node drawn by ``h_node`` among the nodes
     holding local eligible endpoints when a Local policy applies (what the cloud
-    load balancer's health check leaves), else among all nodes; -1 without nodes.
+    load balancer's health check leaves), else among all nodes present (``node_pool``:
+    every node, unless cluster events removed some); -1 without nodes.
     """
     if kind == FE_NODE_PORT:
         return np.int64(fnode)
+    n_nodes = node_pool.shape[0]
     if n_nodes == 0:
         return np.int64(-1)
     if uses_local(sp_flags[sp], kind, True):
@@ -293,7 +296,7 @@ def receiving_node(sp_flags, lbn_off, lbn_node, n_nodes, sp, kind, fnode, h_node
         b = lbn_off[sp + 1]
         if b > a:
             return np.int64(lbn_node[a + modn(h_node, b - a)])
-    return modn(h_node, n_nodes)
+    return np.int64(node_pool[modn(h_node, n_nodes)])
 
 
 def flow_eligible_set(T: MapArrays, sp: int, kind: int, external: bool, rn: int) -> int:
@@ -427,7 +430,7 @@ def masquerades(flags, kind, external):
 
 @jit(inline="always")
 def _target(i, v, defer, cip_slots, sp_flags, sp_set, sp_zone_row, zone_sets, zone_width, node_zone, loc_slots,
-            lbn_off, lbn_node, keys, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service, deferred):
+            lbn_off, lbn_node, node_pool, keys, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service, deferred):
     """Eligible set of row ``i`` whose frontend is ``v``, with its receiving node and whether the client is external.
 
     Writes what it decides on the way: ``REJECTED`` / ``DROPPED``, the service-port
@@ -451,7 +454,7 @@ def _target(i, v, defer, cip_slots, sp_flags, sp_set, sp_zone_row, zone_sets, zo
     rn = np.int64(src_node[i])
     external = rn < 0
     if external:
-        rn = receiving_node(sp_flags, lbn_off, lbn_node, node_zone.shape[0], sp, kind, (v >> 36) - 1,
+        rn = receiving_node(sp_flags, lbn_off, lbn_node, node_pool, sp, kind, (v >> 36) - 1,
                             flow_hash(keys[SALT_NODE], src_ip[i], d, src_port[i], dst_port[i], proto[i]))
         src_node[i] = rn
     service[i] = sp
@@ -512,7 +515,7 @@ def _stage_hash_body(T, lb, chunk, src_ip, dst_ip, src_port, dst_port, proto, sr
     """
     (fe_slots, np_slots, nip_slots, cip_slots, sp_flags, sp_set, sp_zone_row, zone_sets, zone_width, node_zone,
      node_ip, loc_slots, lbn_off, lbn_node, set_off, _set_ep, _set_ip, _set_port, set_table, maglev,
-     _affinity_ns, keys, addr_filter, sp_span, sp_table, set_backend) = T
+     _affinity_ns, keys, addr_filter, sp_span, sp_table, set_backend, node_pool) = T
     n = src_ip.shape[0]
     m = maglev.shape[1]
     slots = maglev.ravel()                         # flat view: one index to prefetch and read
@@ -586,7 +589,7 @@ def _stage_hash_body(T, lb, chunk, src_ip, dst_ip, src_port, dst_port, proto, sr
                         masq = False
                     else:
                         s, rn, external = _target(i, v, True, cip_slots, sp_flags, sp_set, sp_zone_row, zone_sets,
-                                                  zone_width, node_zone, loc_slots, lbn_off, lbn_node, keys, src_ip,
+                                                  zone_width, node_zone, loc_slots, lbn_off, lbn_node, node_pool, keys, src_ip,
                                                   dst_ip, src_port, dst_port, proto, src_node, verdict, service,
                                                   deferred)
                         if s < 0:
@@ -752,7 +755,7 @@ def _stage(T, S, lb, has_ts, life, rows, src_ip, dst_ip, src_port, dst_port, pro
     """
     (fe_slots, np_slots, nip_slots, cip_slots, sp_flags, sp_set, sp_zone_row, zone_sets, zone_width, node_zone,
      node_ip, loc_slots, lbn_off, lbn_node, set_off, set_ep, _set_ip, _set_port, set_table, maglev,
-     affinity_ns, keys, addr_filter, _sp_span, _sp_table, set_backend) = T
+     affinity_ns, keys, addr_filter, _sp_span, _sp_table, set_backend, node_pool) = T
     rr_dense, rr_keys, rr_vals, lc_dense, lc_keys, lc_vals, aff_keys, aff_vals, conn_end, conn_key, meta = S
     for _ in range(1):                                 # one thread walks the rows in trace order
         for r in range(rows.shape[0]):
@@ -764,7 +767,7 @@ def _stage(T, S, lb, has_ts, life, rows, src_ip, dst_ip, src_port, dst_port, pro
                 continue                               # no frontend, node address or ClusterIP: not kube-proxy's
             v = frontend_of(fe_slots, np_slots, nip_slots, d, proto[i], dst_port[i])
             s, rn, external = _target(i, v, False, cip_slots, sp_flags, sp_set, sp_zone_row, zone_sets, zone_width,
-                                      node_zone, loc_slots, lbn_off, lbn_node, keys, src_ip, dst_ip, src_port, dst_port,
+                                      node_zone, loc_slots, lbn_off, lbn_node, node_pool, keys, src_ip, dst_ip, src_port, dst_port,
                                       proto, src_node, verdict, service, no_defer)
             if s < 0:
                 continue

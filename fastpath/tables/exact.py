@@ -102,6 +102,12 @@ def _ht_lookup(slots, query, default, out):
         out[j] = ht_find(slots, query[j], default)
 
 
+@jit
+def _ht_lookup_few(slots, query, default, out):
+    for j in range(query.shape[0]):
+        out[j] = ht_find(slots, query[j], default)
+
+
 # --------------------------------------------------------------------------- address table
 
 @jit(inline="always")
@@ -153,10 +159,66 @@ def _at_build(ips, values, slots):
     return count
 
 
+@jit
+def at_set(slots, ip, value):
+    """Insert or overwrite ``ip -> value`` in place; returns 1 when ``ip`` is new (the caller keeps room)."""
+    mask = slots.shape[0] - 1
+    key = np.uint64(ip)
+    entry = (key << np.uint64(32)) | np.uint64(value)
+    i = ht_slot(key, mask)
+    while True:
+        s = slots[i]
+        if s == np.uint64(0xFFFFFFFFFFFFFFFF):
+            slots[i] = entry
+            return 1
+        if (s >> np.uint64(32)) == key:
+            slots[i] = entry
+            return 0
+        i = (i + 1) & mask
+
+
+@jit
+def at_remove(slots, ip):
+    """Delete ``ip`` in place (backward-shift deletion: no tombstones); returns 1 when it was there."""
+    mask = slots.shape[0] - 1
+    key = np.uint64(ip)
+    i = ht_slot(key, mask)
+    while True:
+        s = slots[i]
+        if s == np.uint64(0xFFFFFFFFFFFFFFFF):
+            return 0
+        if (s >> np.uint64(32)) == key:
+            break
+        i = (i + 1) & mask
+    j = i
+    while True:                    # pull back every later entry of the run that may sit at i
+        j = (j + 1) & mask
+        s = slots[j]
+        if s == np.uint64(0xFFFFFFFFFFFFFFFF):
+            break
+        k = ht_slot(s >> np.uint64(32), mask)
+        stays = (i < k <= j) if i <= j else (i < k or k <= j)
+        if not stays:
+            slots[i] = s
+            i = j
+    slots[i] = np.uint64(0xFFFFFFFFFFFFFFFF)
+    return 1
+
+
 @pjit
 def _at_lookup(slots, query, default, out):
     for j in numba.prange(query.shape[0]):
         out[j] = at_find(slots, query[j], default)
+
+
+@jit
+def _at_lookup_few(slots, query, default, out):
+    for j in range(query.shape[0]):
+        out[j] = at_find(slots, query[j], default)
+
+
+#: Below this many keys a batch lookup runs on one thread: waking the pool costs more.
+FEW = 4096
 
 
 def _capacity(n: int, load: float) -> int:
@@ -170,10 +232,11 @@ def _capacity(n: int, load: float) -> int:
 class _SlotTable:
     """What both tables share: batch and single lookups, size, bytes."""
 
-    # set by each table: key dtype, parallel lookup kernel (slots, query, default, out),
-    # one-key finder (slots, key, default)
+    # set by each table: key dtype, parallel lookup kernel (slots, query, default, out), its
+    # one-thread form for a few keys, one-key finder (slots, key, default)
     _key_type: type
     _batch = None
+    _few = None
     _one = None
 
     def lookup(self, query: np.ndarray, default: int = -1, out: np.ndarray | None = None) -> np.ndarray:
@@ -181,7 +244,7 @@ class _SlotTable:
         q = np.ascontiguousarray(query, dtype=self._key_type)
         if out is None:
             out = np.empty(q.shape[0], dtype=np.int64)
-        self._batch(self.slots, q, np.int64(default), out)
+        (self._few if q.shape[0] < FEW else self._batch)(self.slots, q, np.int64(default), out)
         return out
 
     def get(self, key: int, default: int = -1) -> int:
@@ -208,6 +271,7 @@ class AddressTable(_SlotTable):
     size: int           #: number of distinct addresses
     _key_type = np.uint32
     _batch = staticmethod(_at_lookup)
+    _few = staticmethod(_at_lookup_few)
     _one = staticmethod(at_find)
 
     @classmethod
@@ -224,6 +288,23 @@ class AddressTable(_SlotTable):
         slots = np.full(_capacity(k.size, load), EMPTY, dtype=np.uint64)
         n = _at_build(k, v, slots)
         return cls(slots, int(n))
+
+    def updated(self, remove=(), add=()) -> "AddressTable":
+        """The table with addresses ``remove`` deleted and ``(ip, value)`` pairs ``add`` set, in place
+        (a new table, sharing nothing, when it must grow past half full)."""
+        slots, size = self.slots, self.size
+        for ip in remove:
+            size -= at_remove(slots, np.uint32(ip))
+        add = list(add)
+        if 2 * (size + len(add)) > slots.shape[0]:
+            live = slots[slots != EMPTY]
+            ips = np.concatenate([live >> np.uint64(32), np.array([a for a, _ in add], np.uint64)])
+            vals = np.concatenate([(live & np.uint64(0xFFFFFFFF)).astype(np.int64),
+                                   np.array([v for _, v in add], np.int64)])
+            return AddressTable.build(ips, vals)
+        for ip, value in add:
+            size += at_set(slots, np.uint32(ip), np.int64(value))
+        return AddressTable(slots, size)
 
     @property
     def keys(self) -> np.ndarray:
@@ -274,6 +355,7 @@ class ExactTable(_SlotTable):
     size: int           #: number of distinct keys
     _key_type = np.uint64
     _batch = staticmethod(_ht_lookup)
+    _few = staticmethod(_ht_lookup_few)
     _one = staticmethod(ht_find)
 
     @property

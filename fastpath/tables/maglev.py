@@ -23,7 +23,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .._jit import pjit
+from .._jit import jit, pjit
 from ..errors import FastpathError
 from .balancers import SALT_OFFSET, SALT_SKIP, mix64, seed_key
 
@@ -63,9 +63,23 @@ def backend_names(ip: np.ndarray, port: np.ndarray) -> np.ndarray:
 @pjit
 def _fill(tab_off, names, k_offset, k_skip, out):
     """Populate ``out[t]`` for each backend list ``names[tab_off[t]:tab_off[t + 1]]``."""
+    for t in numba.prange(tab_off.shape[0] - 1):
+        _fill_one(t, tab_off, names, k_offset, k_skip, out)
+
+
+@jit
+def _fill_few(tab_off, names, k_offset, k_skip, out):
+    """:func:`_fill` on one thread (a few tables: waking the pool costs more than the work)."""
+    for t in range(tab_off.shape[0] - 1):
+        _fill_one(t, tab_off, names, k_offset, k_skip, out)
+
+
+@jit(inline="always")
+def _fill_one(t, tab_off, names, k_offset, k_skip, out):
+    """Populate ``out[t]``: Maglev's permutation fill over list ``t``."""
     m = out.shape[1]
     mm = np.uint64(m)
-    for t in numba.prange(tab_off.shape[0] - 1):
+    if True:
         a = tab_off[t]
         n = tab_off[t + 1] - a
         cur = np.empty(n, dtype=np.int64)      # current slot of each backend's permutation
@@ -125,7 +139,8 @@ def build_tables(tab_off: np.ndarray, names: np.ndarray, m: int, seed: int) -> n
     dtype = np.uint8 if biggest <= 256 else np.uint16 if biggest <= 65536 else np.int32
     out = np.empty((sizes.size, m), dtype=dtype)
     if sizes.size:
-        _fill(tab_off, names, np.uint64(seed_key(seed, SALT_OFFSET)), np.uint64(seed_key(seed, SALT_SKIP)), out)
+        fill = _fill if sizes.size > 2 else _fill_few
+        fill(tab_off, names, np.uint64(seed_key(seed, SALT_OFFSET)), np.uint64(seed_key(seed, SALT_SKIP)), out)
     return out
 
 

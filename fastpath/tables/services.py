@@ -47,19 +47,17 @@ import numpy as np
 
 from .._jit import jit
 from ..addr import int_to_ip
-from ..cluster.model import PROTO_NAMES, Cluster, node_addresses
+from ..cluster.model import Cluster
 from ..errors import FastpathError
 from .._jit import GROUP
 from ..lifetimes import lifetimes_ns
 from .balancers import (BALANCERS, F_AFFINITY, F_ETP_LOCAL, F_HAS_ANY, F_ITP_LOCAL, F_NODE_HINTS, NODE_HINT_KEY,
-                        FE_CLUSTER_IP, FE_EXTERNAL_IP, FE_LOAD_BALANCER, FE_NODE_PORT, LB_LEAST_CONN, LB_MAGLEV,
-                        LB_ROUND_ROBIN, SEQ_CHUNK, BalancerState, MapArrays, PAR_CHUNK, _pick_in_order, _stage,
+                        LB_LEAST_CONN, LB_MAGLEV, LB_ROUND_ROBIN, SEQ_CHUNK, BalancerState, MapArrays, PAR_CHUNK, _pick_in_order, _stage,
                         _stage_hash, address_filter, seed_keys)
 from .exact import EMPTY, ExactTable, pack2_np, pack3_np
+from .frontends import DEFAULT_AFFINITY_TIMEOUT, frontend_tables, service_ports  # noqa: F401 (re-exported)
 from .maglev import DEFAULT_M, backend_names, build_tables, check_size
 
-#: Default ``sessionAffinityConfig.clientIP.timeoutSeconds``.
-DEFAULT_AFFINITY_TIMEOUT = 10800
 #: Bit of an endpoint's hint mask saying it carries zone hints at all.
 HINTED = np.uint64(1 << 63)
 #: Most node zones the topology masks can hold.
@@ -172,7 +170,8 @@ def _all_slices(cluster: Cluster) -> list:
 
 
 def compile_services(cluster: Cluster, *, lb: str = "random", seed: int = 0,
-                     maglev_size: int = DEFAULT_M, conn_duration: float = 30.0, slices=None) -> ServiceMap:
+                     maglev_size: int = DEFAULT_M, conn_duration: float = 30.0, slices=None,
+                     sp_names: list[str] | None = None) -> ServiceMap:
     """Compile ``cluster``'s services into a :class:`ServiceMap`.
 
     Parameters
@@ -192,6 +191,12 @@ def compile_services(cluster: Cluster, *, lb: str = "random", seed: int = 0,
     slices
         Every EndpointSlice, given and derived, when the caller has them already
         (default :func:`fastpath.cluster.endpoints.endpoints_for`).
+    sp_names
+        The service-port ids to use, by name (a replay with cluster events fixes them for
+        every service port it will ever see, :mod:`fastpath.live`): a service port of the
+        cluster gets the id of its name; names the cluster does not have are service ports
+        without frontend or endpoints. Default: the cluster's service ports in order.
+        Nodes not ``present`` receive no flow.
     """
     lb_code = balancer_code(lb)
     if lb_code == LB_MAGLEV:
@@ -203,7 +208,7 @@ def compile_services(cluster: Cluster, *, lb: str = "random", seed: int = 0,
 
     # nodes and zones
     nodes = cluster.nodes
-    node_index = {n.name: i for i, n in enumerate(nodes)}
+    node_index = {n.name: i for i, n in enumerate(nodes) if n.present}
     zones = sorted({n.zone for n in nodes if n.zone})
     if len(zones) > MAX_ZONES:
         raise FastpathError(f"cluster has {len(zones)} zones: topology hints support at most {MAX_ZONES}")
@@ -213,49 +218,12 @@ def compile_services(cluster: Cluster, *, lb: str = "random", seed: int = 0,
     node_ip = np.array([n.internal_ip or n.external_ip or 0 for n in nodes], dtype=np.uint32)
 
     # service ports and their frontends
-    names: list[str] = []
-    sp_service, sp_port, sp_proto, sp_flags, sp_timeout = [], [], [], [], []
-    sp_pname: list[str] = []                #: slice port name each service port matches
-    fe = {k: ([], [], [], []) for k in (FE_CLUSTER_IP, FE_LOAD_BALANCER, FE_EXTERNAL_IP)}  # ip, proto, port, sp
-    np_proto, np_port, np_sp = [], [], []
-    cluster_ips: list[int] = []
-    sp_by_svc: dict[tuple[str, str], list[int]] = {}
-    for si, svc in enumerate(cluster.services):
-        if svc.type == "ExternalName" or svc.headless:
-            continue                       # not proxied (ShouldSkipService)
-        cluster_ips.extend(svc.cluster_ips)
-        flags = ((F_ITP_LOCAL if svc.internal_policy == "Local" else 0)
-                 | (F_ETP_LOCAL if svc.external_policy == "Local" else 0)
-                 | (F_AFFINITY if svc.session_affinity else 0))
-        timeout = svc.affinity_timeout or DEFAULT_AFFINITY_TIMEOUT
-        node_ports = svc.type in ("NodePort", "LoadBalancer")
-        lb_ips = svc.lb_ips if svc.type == "LoadBalancer" else ()
-        for port in svc.ports:
-            sp = len(names)
-            names.append(f"{svc.namespace}/{svc.name}:{port.name or port.port}")
-            sp_by_svc.setdefault((svc.namespace, svc.name), []).append(sp)
-            sp_service.append(si)
-            sp_port.append(port.port)
-            sp_proto.append(port.proto)
-            sp_pname.append(port.name or "")
-            sp_flags.append(flags)
-            sp_timeout.append(timeout)
-            for kind, ips in ((FE_CLUSTER_IP, svc.cluster_ips), (FE_LOAD_BALANCER, lb_ips),
-                              (FE_EXTERNAL_IP, svc.external_ips)):
-                cols = fe[kind]
-                for ip in ips:
-                    cols[0].append(ip)
-                    cols[1].append(port.proto)
-                    cols[2].append(port.port)
-                    cols[3].append(sp)
-            if node_ports and port.node_port:
-                np_proto.append(port.proto)
-                np_port.append(port.node_port)
-                np_sp.append(sp)
+    ports = service_ports(cluster.services, sp_names)
+    names, sp_service, sp_port, sp_proto, sp_pname, sp_flags, sp_timeout = (
+        ports.names, ports.service, ports.port, ports.proto, ports.pname, ports.flags, ports.timeout)
+    sp_by_svc = ports.by_service
+    frontends, node_ports, node_ips, cip_table = frontend_tables(ports, nodes, warnings)
     n_sp = len(names)
-    frontends, node_ports, node_ips = _frontend_table(fe, np_proto, np_port, np_sp, nodes, names, warnings)
-    cip = np.unique(np.array(cluster_ips, dtype=np.uint64))
-    cip_table = ExactTable.build(cip, np.ones(cip.shape[0], np.int64))
 
     # endpoints
     from ..cluster.columns import endpoint_columns, pod_columns
@@ -338,6 +306,7 @@ def compile_services(cluster: Cluster, *, lb: str = "random", seed: int = 0,
             cip_table.keys[cip_table.keys != EMPTY]])),
         sp_span=sp_span, sp_table=sp_table,
         set_backend=set_ip.astype(np.uint64) | (set_port.astype(np.uint64) << np.uint64(32)),
+        node_pool=np.array([i for i, n in enumerate(nodes) if n.present], dtype=np.int32),
     )
     return ServiceMap(
         names=names, lb=lb, seed=seed, maglev_size=int(maglev_size), conn_duration=float(conn_duration),
@@ -349,57 +318,6 @@ def compile_services(cluster: Cluster, *, lb: str = "random", seed: int = 0,
         node_names=[n.name for n in nodes], zones=all_zones, pod_names=pod_names,
         has_affinity=bool((sp_flags_a & F_AFFINITY).any()), warnings=warnings,
     )
-
-
-def _frontend_table(fe: dict, np_proto: list, np_port: list, np_sp: list, nodes: list, names: list[str],
-                    warnings: list[str]) -> tuple[ExactTable, ExactTable, ExactTable]:
-    """The frontend tables: exact (ClusterIP, LB, externalIP), NodePorts, node addresses.
-
-    A NodePort is one entry keyed by (protocol, port) and matches on every node
-    address, so the table grows with service ports, not service ports x nodes.
-    The first claim of a key wins (see the module docstring).
-    """
-    keys, vals = [], []
-    for kind in (FE_CLUSTER_IP, FE_LOAD_BALANCER, FE_EXTERNAL_IP):
-        ip, proto, port, sp = (np.array(c, dtype=np.int64) for c in fe[kind])
-        keys.append(pack3_np(ip, proto, port))
-        vals.append(sp | (kind << 32))
-    k = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
-    v = np.concatenate(vals) if vals else np.zeros(0, np.int64)
-    uniq, first, inverse = np.unique(k, return_index=True, return_inverse=True)
-
-    def lost(count: int, key: int, loser: int, winner: int) -> None:
-        warnings.append(
-            f"{count} frontend claim(s) lost to an earlier one: e.g. "
-            f"{int_to_ip(key >> 24)} {PROTO_NAMES.get((key >> 16) & 0xFF, '?').lower()}/{key & 0xFFFF} "
-            f"of {names[loser & 0xFFFFFFFF]} goes to {names[winner & 0xFFFFFFFF]}")
-
-    clash = np.flatnonzero(v != v[first][inverse])       # a later claim that differs from the kept one
-    if clash.size:
-        j = int(clash[0])
-        lost(int(clash.size), int(k[j]), int(v[j]), int(v[first[inverse[j]]]))
-    exact = ExactTable.build(uniq, v[first])
-
-    n_ip, n_node = node_addresses(nodes)
-    node_ips = ExactTable.build(np.array(n_ip, dtype=np.uint64), np.array(n_node, dtype=np.int64))
-    np_key = pack3_np(np.zeros(len(np_sp), dtype=np.int64), np.array(np_proto, dtype=np.int64),
-                      np.array(np_port, dtype=np.int64))
-    np_val = np.array(np_sp, dtype=np.int64) | (FE_NODE_PORT << 32)
-    nk, nfirst, ninv = np.unique(np_key, return_index=True, return_inverse=True)
-    nclash = np.flatnonzero(np_val != np_val[nfirst][ninv])
-    if nclash.size:
-        j = int(nclash[0])
-        lost(int(nclash.size), int(np_key[j]), int(np_val[j]), int(np_val[nfirst[ninv[j]]]))
-    node_ports = ExactTable.build(nk, np_val[nfirst])
-    # an exact frontend on a node address hides a NodePort on the same (protocol, port)
-    if uniq.size and n_ip:
-        on_node = np.isin((uniq >> np.uint64(24)).astype(np.int64), np.array(n_ip, dtype=np.int64))
-        hidden = [(int(key), int(val)) for key, val in zip(uniq[on_node], v[first][on_node])
-                  if node_ports.get(int(key) & 0xFFFFFF) >= 0]
-        if hidden:
-            key, val = hidden[0]
-            lost(len(hidden), key, node_ports.get(key & 0xFFFFFF), val)
-    return exact, node_ports, node_ips
 
 
 def _node_hint_sets(ep_off: np.ndarray, ready: np.ndarray, hints: list, node_index: dict, set_off: np.ndarray,

@@ -81,7 +81,7 @@ def explain_service(dp, flows, results, row: int = 0) -> list[str]:
         local = bool(uses_local(np.uint8(flags), kind, True))
         cand = int(a.lbn_off[sp + 1] - a.lbn_off[sp])
         pool = (f"the {cand} node(s) with local endpoints ({_policy_name(kind)} Local: the load balancer's "
-                f"health check)" if local and cand else f"all {len(smap.node_names)} nodes")
+                f"health check)" if local and cand else f"all {len(a.node_pool)} nodes")
         h = int(flow_hash(a.keys[SALT_NODE], src, dst, sport, dport, proto))
         lines.append(f"external client: received by node {node}, drawn by flow hash {h:#010x} among {pool}")
     if not flags & F_HAS_ANY:
