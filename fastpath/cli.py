@@ -275,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--exit-code", action="store_true",
                     help="exit 1 when the flow is not delivered (refused, rejected, dropped, denied, unresolved); "
                          "egress, which leaves the cluster, counts as delivered")
+    ex.add_argument("--events", type=Path, metavar="EVENTS",
+                    help="cluster changes (docs/events.md): explain against the cluster as they leave it at --at "
+                         "(default: none)")
+    ex.add_argument("--at", type=str, default=None, metavar="TS",
+                    help="with --events: the time to explain at, integer ns or RFC 3339; events at that very "
+                         "time count (default: after every event)")
     _service_args(ex)
 
     ls = sub.add_parser("ls", help="list a cluster's pods, services or nodes (to find names for explain)")
@@ -300,6 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
     sd.add_argument("--against", type=Path, metavar="CLUSTER2",
                     help="another state of the cluster (a drain, a scale-up): the change figure counts the "
                          "service flows that go to another backend there")
+    sd.add_argument("--events", type=Path, metavar="EVENTS",
+                    help="cluster changes while the trace plays (docs/events.md; not with --against): the change "
+                         "figure counts, per balancer, the flows that go to another backend after each change "
+                         "and the connections broken")
     sd.add_argument("--seed", type=int, default=0, help="seed of the emulated randomness (default 0)")
     sd.add_argument("--maglev-size", type=_positive, default=16381,
                     help="Maglev lookup table size, a prime (default 16381, Cilium's)")
@@ -491,7 +501,19 @@ def _live_inputs(a, cluster: Path, opts: dict):
 def _cmd_explain(a) -> int:
     from .explain import explain
 
-    dp = _compiled(a, a.cluster)
+    if a.at is not None and a.events is None:
+        raise FastpathError("explain: --at needs --events (the cluster changes to apply)")
+    if a.events is not None:
+        from .cluster.compile import compile_cluster
+        from .events import parse_ts
+        from .live import cluster_at
+
+        at = None if a.at is None else parse_ts(int(a.at) if a.at.isdigit() else a.at, "--at")
+        opts: dict = {}
+        base, _ = _live_inputs(a, a.cluster, opts)       # opts: the events, --non-masquerade-cidrs
+        dp = compile_cluster(cluster_at(base, opts.pop("events"), at), **_service_opts(a), **opts)
+    else:
+        dp = _compiled(a, a.cluster)
     ex = explain(dp, a.src, a.dst, a.dport, a.proto, a.sport)
     print(ex.to_json() if a.output == "json" else ex.render())
     return 1 if a.exit_code and not ex.delivered else 0
@@ -545,7 +567,12 @@ def _cmd_study(a) -> int:
         raise FastpathError(f"{a.report_dir}: the report folder is a file")
     report.pyplot()                          # say what is missing before any replay runs
     _guard_paths(a, *((("against", a.against),) if a.against else ()))
-    if a.no_cache:
+    if a.events is not None and a.against:
+        raise FastpathError("study: give --against or --events, not both")
+    if a.events is not None:                 # the events: compiled per balancer over every object they add
+        cached: dict = {}
+        cluster, against = _live_inputs(a, a.cluster, cached)[0], None
+    elif a.no_cache:
         cluster = _load_cluster(a, a.cluster)
         against = _load_cluster(a, a.against) if a.against else None
         cached = {}
@@ -557,6 +584,8 @@ def _cmd_study(a) -> int:
     figs["study"]["cluster"], figs["study"]["trace"] = str(a.cluster), str(a.trace)
     if a.against:
         figs["study"]["against"] = figs["change"]["against"] = str(a.against)
+    if a.events is not None:
+        figs["change"]["events"] = str(a.events)
     page = report.write_report(figs, a.report_dir)
     print(f"study written: {page} (and {page.with_name('figures.json')})", file=sys.stderr)
     return 0

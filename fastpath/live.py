@@ -81,6 +81,9 @@ class LivePlane:
         self.apply_s = 0.0                           #: seconds spent applying events
         self.full_compiles = 0                       #: forwarding recompiles (not in-place updates)
         self.departures = Departures(self.live.departures(), len(now.pods), len(self.groups))
+        #: per service port: flows measured for churn (after a group that affected it), and those that moved
+        self.churn_flows = np.zeros(len(smap.names), np.int64)
+        self.churn_changed = np.zeros(len(smap.names), np.int64)
         self.warnings = list(log.warnings)
         if self.live.controller and self.live.set_aside:
             self.warnings.append(
@@ -164,11 +167,35 @@ class LivePlane:
 
             mask = np.zeros(len(names), bool)
             mask[affected] = True
-            old = ServiceStage(dataclasses.replace(self.dp.services, arrays=before))
+            from .tables.balancers import F_AFFINITY
+            old = ServiceStage(dataclasses.replace(self.dp.services, arrays=before,
+                                                   has_affinity=bool((before.sp_flags & F_AFFINITY).any())))
             old.state = self.dp.stage.state.copy()
-            self._churn = (g, old, mask)
+            self._churn = (g, old, mask, self._senders_before(ch))
         self.applied += 1
         self.apply_s += time.perf_counter() - t0
+
+    def _senders_before(self, ch: Changes) -> tuple[np.ndarray, np.ndarray]:
+        """(address, node) of the senders the group changed, as the cluster before it saw them: a pod's
+        or node's address -> its node then, -1 where the address was no pod's or node's (an external
+        client). Churn replays their flows from there."""
+        was: dict[int, int] = {}
+        for before, after in ch.pods.values():
+            for p in (after, before):                    # the older version wins
+                if p is None or p.ip is None or p.host_network:   # a node's address: the node's, as before
+                    continue
+                bridged = p is before and not p.host_network and p.node_known and p.node is not None
+                was[p.ip] = self.live.node_index[p.node] if bridged else was.get(p.ip, -1)
+        for i, before in ch.nodes.items():
+            for ip in (before.internal_ip, before.external_ip):
+                if ip is not None:
+                    was[ip] = i if before.present else -1
+            now = self.live.nodes[i]
+            for ip in (now.internal_ip, now.external_ip):
+                if ip is not None and ip not in was:
+                    was[ip] = -1
+        ips = np.array(sorted(was), np.uint32)
+        return ips, np.array([was[int(x)] for x in ips], np.int32)
 
     def _apply(self, ch: Changes, g: int) -> list[int]:
         from .tables.frontends import frontend_tables, service_ports
@@ -227,12 +254,11 @@ class LivePlane:
         if ch.pods or ch.policies or ch.nodes:
             self._policy(now)
         self._dns_dirty = True
-        if ch.pods:
-            t = dp.tables
+        if ch.pods:                                  # the conntrack stage's pod facts, from this group on
             pods = np.array(sorted(ch.pods), np.int64)
-            self.ct_updates[g] = (pods, t.pod_node[pods].copy(),
-                                  ((t.pod_node[pods] >= 0) & ~np.array([now.pods[i].host_network or now.pods[i].ip is None
-                                                                        for i in pods.tolist()], bool)).astype(np.uint8))
+            bridged = [not p.host_network and p.ip is not None and p.node is not None
+                       for p in (now.pods[i] for i in pods.tolist())]
+            self.ct_updates[g] = (pods, dp.tables.pod_node[pods].copy(), np.array(bridged, np.uint8))
         return sorted(affected)
 
     def _node_arrays(self, now) -> None:
@@ -355,15 +381,19 @@ class LivePlane:
         """Churn: the affected ports' flows run again through the tables as they were before the group."""
         from .pipeline import SRC_EXTERNAL
 
-        g, old, mask = self._churn
+        g, old, mask, (was_ip, was_node) = self._churn
         svc = r.service
         rows = np.flatnonzero((svc >= 0) & mask[np.maximum(svc, 0)])
         if not rows.size:
             return
-        f = flows.slice(0, flows.n)
+        f = flows
         dst = self.dp.last_dst[rows] if self.dp.last_dst is not None else f.dst_ip[rows]
         k = rows.shape[0]
         src_node = np.where(r.src_kind[rows] == SRC_EXTERNAL, -1, r.src_node[rows]).astype(np.int32)
+        if was_ip.size:                                  # senders the group changed: as they were before it
+            k_ = np.minimum(np.searchsorted(was_ip, f.src_ip[rows]), was_ip.size - 1)
+            hit = was_ip[k_] == f.src_ip[rows]
+            src_node[hit] = was_node[k_[hit]]
         verdict = np.full(k, PENDING, np.uint8)
         service = np.full(k, -1, np.int32)
         dnat_ip = np.ascontiguousarray(dst, np.uint32)
@@ -372,9 +402,13 @@ class LivePlane:
         old.run(f.src_ip[rows], dnat_ip.copy(), f.src_port[rows], f.dst_port[rows], f.proto[rows], f.ts[rows],
                 r.src_pod[rows], src_node, verdict, service, dnat_ip, dnat_port, snat_ip,
                 None if f.duration is None else f.duration[rows])
+        moved = (dnat_ip != r.dnat_ip[rows]) | (dnat_port != r.dnat_port[rows])
         rec = self.records[g]
         rec["flows"] += k
-        rec["changed_backend"] += int(np.count_nonzero((dnat_ip != r.dnat_ip[rows]) | (dnat_port != r.dnat_port[rows])))
+        rec["changed_backend"] += int(np.count_nonzero(moved))
+        n = self.churn_flows.shape[0]
+        self.churn_flows += np.bincount(svc[rows], minlength=n)
+        self.churn_changed += np.bincount(svc[rows][moved], minlength=n)
 
     def finish(self) -> None:
         """Apply the groups after the last flow (their records), and total the churn shares."""
@@ -390,6 +424,20 @@ class LivePlane:
         return {"broken_connections": int(self.departures.broken.sum()),
                 "udp_flushed": int(self.departures.flushed.sum()),
                 "event_groups": len(self.groups), "events": self.records, "event_warnings": list(self.warnings)}
+
+
+def cluster_at(base, log: EventLog, at: int | None = None):
+    """The cluster as the events leave it at time ``at`` (ns; events at ``at`` count; None: after all),
+    with every node and pod that ever exists in place (``fastpath explain --at``)."""
+    live = LiveCluster(base, log)
+    first = 0
+    for group in log.groups:
+        if at is not None and group[0].ts > at:
+            break
+        live.apply(first, group)
+        first += len(group)
+    now = live.cluster()
+    return dataclasses.replace(now, pods=[p for i, p in enumerate(now.pods) if i in live.exists])
 
 
 def _facts(svc) -> tuple | None:

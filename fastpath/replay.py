@@ -477,7 +477,8 @@ def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "r
         :class:`~fastpath.events.EventLog`, or a list of event dicts. Each flow then
         sees the cluster as it stands at its ``ts`` (:mod:`fastpath.live`); the summary
         adds ``broken_connections``, ``udp_flushed``, ``event_groups`` and ``events``.
-        ``cluster`` must then be a path or a :class:`Cluster`, not a compiled plane.
+        ``cluster`` must then be a path or a :class:`Cluster`, not a compiled plane; or
+        pass a :class:`~fastpath.live.LivePlane` as ``cluster`` (``fastpath.report.study`` does).
 
     Raises
     ------
@@ -504,8 +505,11 @@ def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "r
     from ._warmup import FirstRun
     log = _event_log(events, cluster)        # before any work: a bad line stops the run here
     first_run = FirstRun(progress).start()   # a cold numba cache: say what the wait is for (stderr)
-    live = None
-    if log is not None:
+    live = cluster if hasattr(cluster, "apply_next") else None     # a LivePlane built by the caller
+    if live is not None:
+        dp = live.dp
+        cluster_name = live.dp.cluster.source or "<LivePlane>"
+    elif log is not None:
         from .cluster.load import load_cluster
         from .live import LivePlane
 

@@ -213,3 +213,40 @@ def test_cli_replay_with_events_and_bad_events(rollout_events, tmp_path, capsys)
     rc, _, err = cli(capsys, "replay", SAMPLE, "traces/sample-trace.arrow", "--events", bad, "-o", out2)
     assert rc != 0 and "bad.jsonl line 2: not JSON" in err
     assert len(err.strip().splitlines()) == 1 and not out2.exists()
+
+
+def test_explain_at_a_time(rollout_events, capsys):
+    log = read_events(rollout_events)
+    gone = next(e for e in log.events if e.type == "DELETED" and e.kind == "Pod")
+    pod = f"{gone.namespace}/{gone.name}"
+    rc, out, err = cli(capsys, "explain", SAMPLE, "--src", "node-003", "--dst", pod, "--dport", "9102",
+                       "--events", rollout_events, "--at", str(gone.ts - 1))
+    assert rc == 0 and "result" in out, err
+    rc, out, err = cli(capsys, "explain", SAMPLE, "--src", "node-003", "--dst", pod, "--dport", "9102",
+                       "--events", rollout_events, "--at", str(gone.ts))
+    assert rc == 2 and "no such pod" in err
+    rc, out, err = cli(capsys, "explain", SAMPLE, "--src", "node-003", "--dst", pod, "--dport", "9102", "--at", "5")
+    assert rc == 2 and "--at needs --events" in err
+
+
+def test_study_with_events(rollout_events, tmp_path):
+    pytest.importorskip("matplotlib")
+    from fastpath import report
+    from fastpath.traces.synth import synth_trace
+
+    trace = tmp_path / "t.arrow"
+    synth_trace(fastpath.load_cluster(SAMPLE), 30_000, out=trace, rate=500.0, seed=2)
+    figs = report.study(SAMPLE, trace, lbs=["random", "maglev"], events=rollout_events, progress=False)
+    change = figs["change"]
+    assert change["events"] == str(rollout_events) and set(change["by_lb"]) == {"random", "maglev"}
+    rnd, mag = change["by_lb"]["random"], change["by_lb"]["maglev"]
+    assert rnd["service_flows"] == mag["service_flows"] > 0
+    assert mag["changed_share"] < rnd["changed_share"]            # Maglev moves fewer flows
+    assert rnd["event_groups"] == len(read_events(rollout_events).groups)
+    # backends are counted as they come and go: pods the rollouts added got flows too
+    backends = {b for row in figs["balance"]["top_services"] for b in row["backends"]}
+    added = {f"{e.namespace}/{e.name}" for e in read_events(rollout_events).events
+             if e.type == "ADDED" and e.kind == "Pod"}
+    assert backends & added
+    page = report.write_report(figs, tmp_path / "study")
+    assert "Connections broken by pods going away" in page.read_text()

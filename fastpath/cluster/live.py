@@ -30,7 +30,7 @@ _NODE_FACTS = ("internal_ip", "external_ip", "pod_cidrs", "zone", "cpu", "presen
 class Changes:
     """What one group of events touched."""
 
-    nodes: set = field(default_factory=set)          #: node indices whose facts changed
+    nodes: dict = field(default_factory=dict)        #: node index -> the node before (facts changed)
     pods: dict = field(default_factory=dict)         #: pod index -> (before, after)
     services: set = field(default_factory=set)       #: (namespace, name) whose endpoints may have changed
     service_objects: dict = field(default_factory=dict)  #: (namespace, name) -> (before, after) Service (None: absent)
@@ -87,6 +87,7 @@ class LiveCluster:
         self.node_index = {n.name: i for i, n in enumerate(self.nodes)}
         self.pods: list[Pod] = list(base.pods)
         self.pod_index = {p.key: i for i, p in enumerate(self.pods)}
+        self.exists = set(range(len(self.pods)))       # pods that exist now (the others keep their place)
         sp_names = list(service_ports(base.services).names)
         seen_sp = set(sp_names)
         for e, obj in zip(log.events, self.parsed):
@@ -271,7 +272,9 @@ class LiveCluster:
         i = self.pod_index[f"{e.namespace}/{e.name}"]
         if obj is None:
             new = self._no_pod(e.namespace, e.name)
+            self.exists.discard(i)
         else:
+            self.exists.add(i)
             new = dataclasses.replace(obj, node_known=obj.node is None or self.present(obj.node))
         self._set_pod(i, new, ch)
 
@@ -289,7 +292,7 @@ class LiveCluster:
             return
         self.nodes[i] = new
         self._present = None
-        ch.nodes.add(i)
+        ch.nodes.setdefault(i, old)
         ch.services |= set(self.services)            # zones and local endpoints: every service
         if old.present != new.present:
             for j, p in enumerate(self.pods):        # its pods' node is (no longer) in the input

@@ -25,7 +25,7 @@ __all__ = ["StudyTally", "figures", "pyplot", "render_html", "study", "write_rep
 
 
 def study(cluster, trace, *, lbs: Iterable[str] = ("random",), against=None, seed: int = 0,
-          batch_size: int | None = None, progress: bool | None = None, **service_opts) -> dict:
+          batch_size: int | None = None, progress: bool | None = None, events=None, **service_opts) -> dict:
     """Replay ``trace`` over ``cluster`` under every balancer of ``lbs``; the study's figures.
 
     Parameters
@@ -41,6 +41,11 @@ def study(cluster, trace, *, lbs: Iterable[str] = ("random",), against=None, see
         for the figures that do not compare balancers.
     seed, batch_size, progress, **service_opts
         As for :func:`fastpath.replay`.
+    events
+        Cluster events (``docs/events.md``; a path or an :class:`~fastpath.events.EventLog`):
+        every balancer's replay follows them, and the change figure shows, per balancer,
+        the flows that changed backend after each group and the connections broken.
+        Not with ``against``.
 
     Returns
     -------
@@ -60,6 +65,12 @@ def study(cluster, trace, *, lbs: Iterable[str] = ("random",), against=None, see
         raise FastpathError("study: no balancer given (--lb)")
     name = str(cluster) if not hasattr(cluster, "nodes") else "<Cluster>"
     other_name = None if against is None else (str(against) if not hasattr(against, "nodes") else "<Cluster>")
+    if events is not None:
+        if against is not None:
+            raise FastpathError("study: give --against or --events, not both")
+        from ..events import EventLog, read_events
+        log = events if isinstance(events, EventLog) else read_events(events)
+        compiled = None
     if not hasattr(cluster, "nodes") and compiled is None:
         cluster = load_cluster(cluster)
     if against is not None and not hasattr(against, "nodes") and compiled is None:
@@ -69,13 +80,18 @@ def study(cluster, trace, *, lbs: Iterable[str] = ("random",), against=None, see
     timeline = None
     with tempfile.TemporaryDirectory(prefix="fastpath-study-") as tmp:
         for k, lb in enumerate(lbs):
-            if compiled is not None:
+            live = None
+            if events is not None:
+                from ..live import LivePlane
+                live = LivePlane(cluster, log, lb=lb, seed=seed, **service_opts)
+                dp, dp2 = live.dp, None
+            elif compiled is not None:
                 dp = compiled(cluster, lb)
                 dp2 = compiled(against, lb) if against is not None else None
             else:
                 dp = compile_cluster(cluster, lb=lb, seed=seed, **service_opts)
                 dp2 = compile_cluster(against, lb=lb, seed=seed, **service_opts) if against is not None else None
-            tally = StudyTally(dp, lb)
+            tally = StudyTally(dp, lb, live=live)
 
             def on_batch(flows, r, tally=tally, dp2=dp2):
                 tally.add(flows, r)
@@ -85,8 +101,9 @@ def study(cluster, trace, *, lbs: Iterable[str] = ("random",), against=None, see
             tl = Path(tmp) / "timeline.arrow" if k == 0 else None
             # the first balancer's replay also writes the per-node timeline (a timed trace only)
             extra = {"timeline": tl} if tl is not None and timed else {}
-            summary = replay(dp, trace, None, batch_size=batch_size or DEFAULT_BATCH_SIZE, progress=progress,
-                             on_batch=on_batch, **extra)
+            summary = replay(live if live is not None else dp, trace, None,
+                             batch_size=batch_size or DEFAULT_BATCH_SIZE, progress=progress, on_batch=on_batch,
+                             **extra)
             if tl is not None and tl.exists():
                 import pyarrow as pa
 

@@ -95,6 +95,9 @@ class StudyTally:
     t_first: int | None = None
     t_last: int | None = None
     against: Any = None          #: a second DataPlane the same flows are resolved against
+    #: the :class:`~fastpath.live.LivePlane` of a replay with cluster events: backends come and go, so
+    #: they are counted by (service port, address, port) and named at the end
+    live: Any = None
     _state: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -140,14 +143,20 @@ class StudyTally:
         s["path"] += np.bincount(r.path, minlength=len(PATHS))[:len(PATHS)]
         s["reason"] += np.bincount(r.reason, minlength=len(REASONS))[:len(REASONS)]
 
-        smap = self.dp.services
-        ep = np.empty(n, np.int64)
-        _match_backends(smap.ep_off, smap.ep_ip, smap.ep_port, r.service, r.dnat_ip, r.dnat_port, ep)
-        hit = ep >= 0
-        s["ep_flows"] += np.bincount(ep[hit], minlength=s["ep_flows"].size)
-        if w is not None:
-            s["ep_bytes"] += np.bincount(ep[hit], weights=w[hit], minlength=s["ep_bytes"].size)
         svc = r.service >= 0
+        if self.live is not None:
+            hit = svc & (r.verdict != VERDICTS.index("rejected"))
+            keys = ((r.service[hit].astype(np.int64) << 48) | (r.dnat_ip[hit].astype(np.int64) << 16)
+                    | r.dnat_port[hit].astype(np.int64))
+            s.setdefault("backends", _SparseCounter()).add(keys, None if w is None else w[hit])
+        else:
+            smap = self.dp.services
+            ep = np.empty(n, np.int64)
+            _match_backends(smap.ep_off, smap.ep_ip, smap.ep_port, r.service, r.dnat_ip, r.dnat_port, ep)
+            hit = ep >= 0
+            s["ep_flows"] += np.bincount(ep[hit], minlength=s["ep_flows"].size)
+            if w is not None:
+                s["ep_bytes"] += np.bincount(ep[hit], weights=w[hit], minlength=s["ep_bytes"].size)
         s["sp_flows"] += np.bincount(r.service[svc], minlength=s["sp_flows"].size)
 
         src_n = np.where(r.src_node >= 0, r.src_node, self._side - 1).astype(np.int64)
@@ -214,6 +223,8 @@ class StudyTally:
         """One row per service port with flows: its backends' loads (flows, bytes) by pod or address."""
         from ..addr import int_to_ip
 
+        if self.live is not None:
+            return self._live_backend_rows()
         smap, s = self.dp.services, self._state
         rows = []
         ep_sp = np.repeat(np.arange(len(smap.names)), np.diff(smap.ep_off))
@@ -229,6 +240,28 @@ class StudyTally:
             mom, cv = imbalance(flows)
             rows.append({"service": smap.names[sp], "backends": names, "flows": flows.tolist(),
                          "bytes": s["ep_bytes"][keep].tolist() if self.has_bytes else None,
+                         "total": int(flows.sum()), "max_over_mean": _num(mom), "cv": _num(cv)})
+        return rows
+
+    def _live_backend_rows(self) -> list[dict]:
+        """:meth:`backend_rows` of a replay with events: every backend that got flows, named by its pod
+        where a pod holds the address at the end, else by address."""
+        from ..addr import int_to_ip
+
+        keys, counts, weights = self._state.get("backends", _SparseCounter()).result()
+        names, t = self.dp.services.names, self.dp.tables
+        sp = keys >> 48
+        ip = ((keys >> 16) & 0xFFFFFFFF).astype(np.uint32)
+        pod = t.pod_by_ip.lookup(ip) if keys.size else np.zeros(0, np.int64)
+        rows = []
+        for s_ in np.unique(sp).tolist():
+            k = np.flatnonzero(sp == s_)
+            flows = counts[k]
+            mom, cv = imbalance(flows)
+            rows.append({"service": names[s_],
+                         "backends": [t.pod_names[int(pod[j])] if pod[j] >= 0 else
+                                      f"{int_to_ip(int(ip[j]))}:{int(keys[j] & 0xFFFF)}" for j in k.tolist()],
+                         "flows": flows.tolist(), "bytes": weights[k].tolist() if self.has_bytes else None,
                          "total": int(flows.sum()), "max_over_mean": _num(mom), "cv": _num(cv)})
         return rows
 
@@ -406,12 +439,18 @@ def _state_over_time(ref: StudyTally, timeline) -> dict:
 
 
 def _change(tallies: list[StudyTally], against: str | None) -> dict:
-    if against is None:
-        return {"why_empty": "no --against cluster was given, so there is no change to compare"}
+    events = tallies[0].live is not None
+    if against is None and not events:
+        return {"why_empty": "no --against cluster or --events was given, so there is no change to compare"}
     out: dict[str, Any] = {"against": against, "by_lb": {}}
+    if events:
+        out["events"] = tallies[0].live.log.source
     for t in tallies:
         s = t._state
-        flows, changed = s["sp_flows"], s["sp_changed"]
+        if events:      # the flows of affected service ports after each group, against the tables before it
+            flows, changed = t.live.churn_flows, t.live.churn_changed
+        else:
+            flows, changed = s["sp_flows"], s["sp_changed"]
         names = t.dp.services.names
         top = np.argsort(-flows, kind="stable")[:TOP_SERVICES * 2]
         out["by_lb"][t.lb] = {
@@ -420,6 +459,9 @@ def _change(tallies: list[StudyTally], against: str | None) -> dict:
             "services": [{"service": names[i], "flows": int(flows[i]), "changed": int(changed[i]),
                           "changed_share": _share(int(changed[i]), int(flows[i]))} for i in top if flows[i]],
         }
+        if events:
+            extra = t.live.summary_fields()
+            out["by_lb"][t.lb].update({k: extra[k] for k in ("broken_connections", "udp_flushed", "event_groups")})
     return out
 
 

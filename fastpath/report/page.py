@@ -196,10 +196,19 @@ def _change(plt, f: dict) -> tuple[str, list[str], str]:
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.bar(lbs, [100 * (f["by_lb"][lb]["changed_share"] or 0) for lb in lbs], color="#dd8452")
     ax.set_ylabel("% of service flows")
-    ax.set_title(f"flows that change backend against {Path(f['against']).name}")
-    fig.tight_layout()
-    sentence = ("Share of service flows sent to another backend when the same trace meets the other cluster: "
-                + ", ".join(f"{_pct(f['by_lb'][lb]['changed_share'])} under {lb}" for lb in lbs) + ".")
+    if "events" in f:
+        ax.set_title(f"flows that change backend over {Path(f['events']).name}")
+        fig.tight_layout()
+        sentence = ("Share of the flows of service ports a group of events changed that went to another backend "
+                    "than the cluster just before the group would have given: "
+                    + ", ".join(f"{_pct(f['by_lb'][lb]['changed_share'])} under {lb}" for lb in lbs)
+                    + f". Connections broken by pods going away: "
+                    + ", ".join(f"{f['by_lb'][lb]['broken_connections']:,} under {lb}" for lb in lbs) + ".")
+    else:
+        ax.set_title(f"flows that change backend against {Path(f['against']).name}")
+        fig.tight_layout()
+        sentence = ("Share of service flows sent to another backend when the same trace meets the other cluster: "
+                    + ", ".join(f"{_pct(f['by_lb'][lb]['changed_share'])} under {lb}" for lb in lbs) + ".")
     tables = ""
     for lb in lbs:
         tables += f"<h3>{html.escape(lb)}: busiest services</h3>"

@@ -85,7 +85,8 @@ Churn
     the next group whose new result names an affected port is counted; the old twin's
     stage runs on it (same arguments, its own evolving copy of the state) and the flow is
     ``changed_backend`` when its ``(dnat_ip, dnat_port)`` differs from the new stage's
-    output (no frontend hit by the old one counts as changed).
+    output (no frontend hit by the old one: the flow kept its destination, which differs
+    from the new output only if the new stage picked a backend).
 """
 from __future__ import annotations
 
@@ -401,7 +402,8 @@ def naive_event_replay(objects: list[dict], events: list[dict], flows: list[dict
             rec["flows"] += 1
             was = old.stage(f, *seen["args"])
             now = seen["out"]
-            if was is None or (was["dnat_ip"], was["dnat_port"]) != (now["dnat_ip"], now["dnat_port"]):
+            before = (f["dst_ip"], f["dst_port"]) if was is None else (was["dnat_ip"], was["dnat_port"])
+            if before != (now["dnat_ip"], now["dnat_port"]):
                 rec["changed_backend"] += 1
         if r["verdict"] == "delivered" and r["dst_pod"] is not None:
             delivered.append((t, lifetime_ns(f, conn_duration), r["dst_pod"], f["proto"]))
