@@ -504,6 +504,8 @@ def _count_departures(verdict, dst_pod, proto, ts, life, off, dep_ts, dep_group,
 
 def render_events(summary, top: int = 10):
     """The summary's cluster-event figures as rich tables: totals, then the groups that moved most flows."""
+    from datetime import datetime, timezone
+
     from rich.console import Group
     from rich.table import Table
 
@@ -518,12 +520,13 @@ def render_events(summary, top: int = 10):
     t = Table(title=f"groups that moved most flows (top {len(moved)})", title_justify="left",
               caption="changed: flows of the affected service ports that got another backend than the "
                       "cluster just before would have given", caption_justify="left")
-    for col, just in (("ts", "right"), ("events", "left"), ("service ports", "left"), ("flows", "right"),
+    for col, just in (("time (UTC)", "left"), ("events", "left"), ("service ports", "left"), ("flows", "right"),
                       ("changed", "right"), ("broken", "right")):
         t.add_column(col, justify=just, overflow="fold")
     for r in moved:
         ports = r["affected_service_ports"]
-        t.add_row(str(r["ts"]), ", ".join(f"{v} {k}" for k, v in r["kinds"].items()),
+        when = datetime.fromtimestamp(r["ts"] // 1_000_000_000, timezone.utc).strftime("%H:%M:%S")
+        t.add_row(f"{when}.{r['ts'] % 1_000_000_000 // 1_000_000:03d}", ", ".join(f"{v} {k}" for k, v in r["kinds"].items()),
                   ", ".join(ports[:3]) + (f" (+{len(ports) - 3})" if len(ports) > 3 else ""),
                   f"{r['flows']:,}", f"{r['changed_backend']:,} ({r['changed_share']:.1%})",
                   f"{r['broken_connections']:,}")

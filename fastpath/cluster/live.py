@@ -293,11 +293,16 @@ class LiveCluster:
         self.nodes[i] = new
         self._present = None
         ch.nodes.setdefault(i, old)
-        ch.services |= set(self.services)            # zones and local endpoints: every service
-        if old.present != new.present:
-            for j, p in enumerate(self.pods):        # its pods' node is (no longer) in the input
-                if p.node == e.name:
+        # the endpoints on it (their zone, whether their node is there): its pods' services, and
+        # those whose given slices name it
+        for j, p in enumerate(self.pods):
+            if p.node == e.name:
+                ch.services |= self._services_of(p)
+                if old.present != new.present:       # its pods' node is (no longer) in the input
                     self._set_pod(j, dataclasses.replace(p, node_known=new.present), ch)
+        for sl in list(self.given.values()) + [x for xs in self.mirrored.values() for x in xs]:
+            if any(ep.node == e.name for ep in sl.endpoints):
+                ch.services.add((sl.namespace, sl.service))
 
     def _service(self, e: Event, obj, ch: Changes) -> None:
         self._dirty = True

@@ -146,23 +146,10 @@ def lifetime_ns(flow: dict, conn_duration: float) -> int:
 
 
 def port_endpoints(svc, port, slices) -> tuple:
-    """The service port's endpoints as sorted tuples (first endpoint per (ip, port) over the slices,
-    as NaiveServices gathers them, with the zone too)."""
-    seen: dict[tuple, tuple] = {}
-    for sl in slices:
-        if sl.namespace != svc.namespace or sl.service != svc.name:
-            continue
-        match = [p for p in sl.ports if (p.name or "") == (port.name or "") and p.proto == port.proto]
-        if not match:
-            continue
-        for e in sl.endpoints:
-            if not e.addresses:
-                continue
-            key = (e.addresses[0], match[0].port)
-            if key not in seen:
-                seen[key] = key + (e.node, e.zone, tuple(sorted(e.hint_zones)), tuple(sorted(e.hint_nodes)),
-                                   e.ready, e.serving, e.terminating)
-    return tuple(seen[k] for k in sorted(seen))
+    """The service port's endpoints as sorted tuples: NaiveServices' gathering (first endpoint per
+    (ip, port) over the slices), with every field that makes an endpoint change."""
+    return tuple((d["ip"], d["port"], d["node"], d["zone"], tuple(sorted(d["hints"])), tuple(sorted(d["node_hints"])),
+                  d["ready"], d["serving"], d["terminating"]) for d in NaiveServices._endpoints(svc, port, slices))
 
 
 def port_facts(cluster) -> dict[str, tuple]:

@@ -166,7 +166,7 @@ class NaiveServices:
                 if key not in seen:
                     seen[key] = {"ip": key[0], "port": key[1], "ready": e.ready, "serving": e.serving,
                                  "terminating": e.terminating, "node": e.node, "hints": set(e.hint_zones),
-                                 "node_hints": set(e.hint_nodes)}
+                                 "node_hints": set(e.hint_nodes), "zone": e.zone}
         return [seen[k] for k in sorted(seen)]
 
     # ---- CategorizeEndpoints
