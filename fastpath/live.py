@@ -308,7 +308,10 @@ class LivePlane:
             return True                               # no address on a bridge: nothing to place
         t = self.dp.tables
         node = self.live.node_index.get(p.node)
-        return (p.node_known and not p.host_network and not any(cp.host_port for cp in p.ports)
+        # inside its node's pod CIDR: no route of its own (a Calico-style block or /32 goes with the pod)
+        inside = node is not None and any((p.ip >> (32 - n)) == (net >> (32 - n)) if n else True
+                                          for net, n in self.live.nodes[node].pod_cidrs)
+        return (p.node_known and inside and not p.host_network and not any(cp.host_port for cp in p.ports)
                 and t.node_by_ip.get(p.ip) < 0 and int(t.routes.lookup(np.array([p.ip], np.uint32))[0]) == node)
 
     def _pod_in_place(self, i: int, old, new) -> bool:

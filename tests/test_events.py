@@ -9,6 +9,7 @@ cluster rebuilt from the objects as they then stand.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,11 +31,15 @@ SAMPLE = "traces/sample-cluster.json"
 T0 = 1_700_000_000_000_000_000
 
 
-def objects(path: str = SAMPLE) -> list[dict]:
-    out = []
-    for o in read_objects(path):
-        out += o["items"] if o.get("kind") == "List" else [o]
-    return out
+def objects(path=SAMPLE) -> list[dict]:
+    """The raw objects of a cluster file or folder, Lists flattened, in the loader's order."""
+    from pathlib import Path
+
+    from fastpath.cluster.load import _flatten, cluster_files
+
+    p = Path(path)
+    items = ((str(f), o) for f in (cluster_files(p) if p.is_dir() else [p]) for o in read_objects(f))
+    return [o if "kind" in o else {**o, "kind": kind} for _, o, kind in _flatten(items)]
 
 
 def pod_event(obj: dict, ts: int, kind: str = "MODIFIED") -> str:
@@ -152,15 +157,15 @@ def test_service_map_after_each_group_equals_a_fresh_compile(rollout_events):
 
 # --------------------------------------------------------------------------- the replay, epoch by epoch
 
-def _epochs_agree(trace: str, events, lb: str) -> fastpath.Summary:
+def _epochs_agree(trace: str, events, lb: str, cluster=SAMPLE) -> fastpath.Summary:
     """Replay with events; then each stretch between groups resolved by a plane compiled from the objects
     as they stand (flows to ClientIP-affinity services skipped: their state spans the stretches)."""
-    summary = fastpath.replay(SAMPLE, trace, None, lb=lb, events=events, return_table=True, progress=False,
+    summary = fastpath.replay(str(cluster), trace, None, lb=lb, events=events, return_table=True, progress=False,
                               conntrack=False)
     got = summary.table.to_pylist()
     log = read_events(events)
     store = {}
-    for o in objects():
+    for o in objects(cluster):
         m = o["metadata"]
         store[(o["kind"], m.get("namespace") or ("" if o["kind"] in ("Node", "Namespace") else "default"),
                m["name"])] = o
@@ -250,3 +255,26 @@ def test_study_with_events(rollout_events, tmp_path):
     assert backends & added
     page = report.write_report(figs, tmp_path / "study")
     assert "Connections broken by pods going away" in page.read_text()
+
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-k8s-dumps"
+#: Real dumps `synth events` can roll out and scale in (the others have one node, or redacted addresses).
+REAL_DUMPS = ["kubediagrams-k0s-whole-cluster.yml", "kubediagrams-minikube-kube-prometheus-stack.yaml",
+              "troubleshoot-k3s-support-bundle", "eks-cluster-info-dump-extracted"]
+
+
+@pytest.mark.parametrize("dump", REAL_DUMPS)
+def test_real_dumps_with_rollouts(dump, tmp_path):
+    """Real clusters, messy as users' are: rollouts and scaling over them, epoch by epoch as a fresh load."""
+    from fastpath.cluster.synth_events import synth_events, write_events
+    from fastpath.traces.synth import synth_trace
+
+    path = REAL / dump
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    events = tmp_path / "events.jsonl"
+    write_events(synth_events(path, rollouts=2, scale=1, span_s=60.0, seed=1), events)
+    trace = tmp_path / "t.arrow"
+    synth_trace(fastpath.load_cluster(path), 6_000, out=trace, rate=100.0, duration_mix=True, seed=1)
+    s = _epochs_agree(str(trace), events, "maglev", cluster=path)
+    assert s.event_groups == len(read_events(events).groups) > 0
