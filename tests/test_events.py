@@ -278,3 +278,18 @@ def test_real_dumps_with_rollouts(dump, tmp_path):
     synth_trace(fastpath.load_cluster(path), 6_000, out=trace, rate=100.0, duration_mix=True, seed=1)
     s = _epochs_agree(str(trace), events, "maglev", cluster=path)
     assert s.event_groups == len(read_events(events).groups) > 0
+
+
+def test_network_policies_follow_the_pods(tmp_path):
+    """A cluster with NetworkPolicies: new pods are selected by the policies as they appear."""
+    from fastpath.cluster.synth import synth_cluster, write_cluster
+    from fastpath.cluster.synth_events import synth_events, write_events
+    from fastpath.traces.synth import synth_trace
+
+    cluster = write_cluster(synth_cluster(10, 15, 20, seed=4, policies=15), tmp_path / "c.json")
+    events = tmp_path / "e.jsonl"
+    write_events(synth_events(cluster, rollouts=3, drains=1, scale=1, span_s=60.0, seed=4), events)
+    trace = tmp_path / "t.arrow"
+    synth_trace(fastpath.load_cluster(cluster), 12_000, out=trace, rate=200.0, seed=4)
+    s = _epochs_agree(str(trace), events, "random", cluster=cluster)
+    assert s.by_verdict["denied"] > 0 and s.event_groups > 10

@@ -136,6 +136,7 @@ class LiveCluster:
         self._cluster: Cluster | None = None
         self._dirty = True                             # services, slices or policies changed
         self._present: dict | None = None              # present node name -> index
+        self._present_mask = None                      # bool per node
         self._missing: dict[str, int] = {}             # node name -> pods bound to it while it is absent
         for p in self.pods:
             self._count_missing(p, 1)
@@ -181,7 +182,9 @@ class LiveCluster:
         """bool per node: present now."""
         import numpy as np
 
-        return np.array([n.present for n in self.nodes], bool)
+        if self._present_mask is None:
+            self._present_mask = np.array([n.present for n in self.nodes], bool)
+        return self._present_mask
 
     def pod_names_index(self) -> _Index:
         """Pods by name and the present nodes by name (what endpoint columns are indexed by)."""
@@ -291,7 +294,7 @@ class LiveCluster:
             self.nodes[i] = new                      # a cordon, labels, conditions: nothing to do
             return
         self.nodes[i] = new
-        self._present = None
+        self._present = self._present_mask = None
         ch.nodes.setdefault(i, old)
         # the endpoints on it (their zone, whether their node is there): its pods' services, and
         # those whose given slices name it
