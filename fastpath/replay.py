@@ -329,6 +329,34 @@ class _ResultsWriter:
         self.tmp.unlink(missing_ok=True)
 
 
+#: A cluster input of this many bytes or more is loaded and compiled in a child process
+#: (:func:`fastpath.cache.compile_cached`'s lean compile, into a temporary folder): its millions of
+#: objects never live in the replay's process, whose peak memory they would otherwise set (Python
+#: keeps freed small objects' memory). Smaller inputs compile here (a child costs a second or two).
+LEAN_BYTES = 32 << 20
+
+
+def _compiled_plane(cluster, **options):
+    """``compile_cluster(cluster, **options)``; a large cluster path through a child process (see
+    :data:`LEAN_BYTES`). The user's compiled-table cache is not touched."""
+    from .cluster.compile import compile_cluster
+
+    if isinstance(cluster, (str, os.PathLike)):
+        p = Path(cluster)
+        try:
+            size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+        except OSError:
+            size = 0                              # the loader says what is wrong with it
+        if size >= LEAN_BYTES:
+            from .cache import compile_cached
+
+            with tempfile.TemporaryDirectory(prefix="fastpath-compile-") as tmp:
+                dp = compile_cached(p, directory=tmp, lean=True, **options)
+            vars(dp).pop("prepare_s", None)       # timed by the caller
+            return dp
+    return compile_cluster(cluster, **options)
+
+
 def _event_log(events, cluster):
     """``events`` (a path, an EventLog, a list of dicts, or None) as an EventLog, read and checked."""
     if events is None:
@@ -486,8 +514,6 @@ def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "r
         Bad cluster, trace or output path (one line naming it). Any error or
         ``KeyboardInterrupt`` removes the temporary results file.
     """
-    from .cluster.compile import compile_cluster
-
     t0 = time.perf_counter()
     reader = open_trace(trace, batch_size)
     out_path = Path(out) if out is not None else None
@@ -526,7 +552,7 @@ def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "r
         lb, seed = getattr(dp, "lb", lb), getattr(dp, "seed", seed)
     else:
         cluster_name = (cluster.source or "<Cluster>") if isinstance(cluster, Cluster) else str(cluster)
-        dp = first_run.during(compile_cluster, cluster, lb=lb, seed=seed, **service_opts)
+        dp = first_run.during(_compiled_plane, cluster, lb=lb, seed=seed, **service_opts)
     ct = ReplayConntrack.start(dp, reader, ct_opts)   # None: no ts, or --no-conntrack
     if live is not None:
         if reader.schema.get_field_index("ts") < 0:
