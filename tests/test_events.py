@@ -190,7 +190,7 @@ def _epochs_agree(trace: str, events, lb: str, cluster=SAMPLE) -> fastpath.Summa
     return summary
 
 
-@pytest.mark.parametrize("lb", ["random", "maglev"])
+@pytest.mark.parametrize("lb", ["random"])       # maglev: the real dumps below, and the map test above
 def test_rollouts_drain_and_scaling_on_the_sample(rollout_events, tmp_path, lb):
     trace = tmp_path / "t.arrow"
     from fastpath.traces.synth import synth_trace
@@ -288,8 +288,8 @@ def test_network_policies_follow_the_pods(tmp_path):
 
     cluster = write_cluster(synth_cluster(10, 15, 20, seed=4, policies=15), tmp_path / "c.json")
     events = tmp_path / "e.jsonl"
-    write_events(synth_events(cluster, rollouts=3, drains=1, scale=1, span_s=60.0, seed=4), events)
+    write_events(synth_events(cluster, rollouts=2, drains=1, span_s=60.0, seed=4), events)
     trace = tmp_path / "t.arrow"
-    synth_trace(fastpath.load_cluster(cluster), 12_000, out=trace, rate=200.0, seed=4)
+    synth_trace(fastpath.load_cluster(cluster), 8_000, out=trace, rate=130.0, seed=4)
     s = _epochs_agree(str(trace), events, "random", cluster=cluster)
     assert s.by_verdict["denied"] > 0 and s.event_groups > 10
