@@ -80,7 +80,7 @@ class LivePlane:
         self._dns_dirty = False
         self.apply_s = 0.0                           #: seconds spent applying events
         self.full_compiles = 0                       #: forwarding recompiles (not in-place updates)
-        self.departures = Departures(self.live.departures(), len(now.pods), len(self.groups))
+        self.departures = Departures(*self.live.departures(), len(now.pods), len(self.groups))
         #: per service port: flows measured for churn (after a group that affected it), and those that moved
         self.churn_flows = np.zeros(len(smap.names), np.int64)
         self.churn_changed = np.zeros(len(smap.names), np.int64)
@@ -454,25 +454,31 @@ def _facts(svc) -> tuple | None:
 class Departures:
     """Connections broken or flushed by pods going away (``docs/events.md``), counted per group.
 
-    ``departures``: ``(pod, ts, group)`` tuples from :meth:`LiveCluster.departures`. Runs on
-    the results of each batch (any thread, in trace order).
+    ``gone`` and ``stops``: ``(pod, ts, group)`` tuples from :meth:`LiveCluster.departures`: a
+    TCP/SCTP connection breaks when its pod goes away first; a UDP one is flushed when its pod
+    stops serving first. Runs on the results of each batch (any thread, in trace order).
     """
 
-    def __init__(self, departures: list[tuple[int, int, int]], n_pods: int, n_groups: int) -> None:
-        d = np.array(sorted(departures), np.int64).reshape(-1, 3)
-        self.off = np.searchsorted(d[:, 0], np.arange(n_pods + 1)).astype(np.int64)
-        self.ts = np.ascontiguousarray(d[:, 1])
-        self.group = np.ascontiguousarray(d[:, 2])
+    def __init__(self, gone: list, stops: list, n_pods: int, n_groups: int) -> None:
+        self.gone = self._csr(gone, n_pods)
+        self.stops = self._csr(stops, n_pods)
         self.broken = np.zeros(max(1, n_groups), np.int64)
         self.flushed = np.zeros(max(1, n_groups), np.int64)
-        self.any = d.shape[0] > 0
+        self.any = bool(gone or stops)
+
+    @staticmethod
+    def _csr(rows: list, n_pods: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(offsets per pod, times, groups), each pod's times in order."""
+        d = np.array(sorted(rows), np.int64).reshape(-1, 3)
+        return (np.searchsorted(d[:, 0], np.arange(n_pods + 1)).astype(np.int64),
+                np.ascontiguousarray(d[:, 1]), np.ascontiguousarray(d[:, 2]))
 
     def add(self, flows, r, default_s: float) -> None:
         """Count the batch's connections that a departure cuts."""
         if not self.any or flows.ts is None:
             return
         life = lifetimes_ns(flows.proto, flows.duration, default_s)
-        _count_departures(r.verdict, r.dst_pod, flows.proto, flows.ts, life, self.off, self.ts, self.group,
+        _count_departures(r.verdict, r.dst_pod, flows.proto, flows.ts, life, *self.gone, *self.stops,
                           self.broken, self.flushed)
 
     def fill(self, records: list[dict]) -> None:
@@ -482,26 +488,26 @@ class Departures:
 
 
 @jit(_nrt=False)
-def _count_departures(verdict, dst_pod, proto, ts, life, off, dep_ts, dep_group, broken, flushed):
-    """For each delivered flow, the first departure of its pod after it starts, if before it ends."""
+def _count_departures(verdict, dst_pod, proto, ts, life, g_off, g_ts, g_group, s_off, s_ts, s_group, broken,
+                      flushed):
+    """Each delivered flow against the first departure of its pod after it starts (TCP/SCTP: the pod
+    going away; UDP: the pod no longer serving), counted when that comes before the flow ends."""
     for i in range(verdict.shape[0]):
         p = dst_pod[i]
         if verdict[i] != DELIVERED or p < 0:
             continue
-        lo = off[p]
-        hi = off[p + 1]
-        if lo == hi:
-            continue
+        udp = proto[i] == 17
+        off, times, group = (s_off, s_ts, s_group) if udp else (g_off, g_ts, g_group)
         t = ts[i]
         end = t + life[i]
-        for k in range(lo, hi):
-            g = dep_ts[k]
+        for k in range(off[p], off[p + 1]):
+            g = times[k]
             if g > t:
                 if g < end:
-                    if proto[i] == 17:
-                        flushed[dep_group[k]] += 1
+                    if udp:
+                        flushed[group[k]] += 1
                     else:
-                        broken[dep_group[k]] += 1
+                        broken[group[k]] += 1
                 break
 
 

@@ -727,6 +727,24 @@ def test_fast_broken_and_flushed_match_twin():
     assert (summary["broken_connections"], summary["udp_flushed"]) == (2, 1)
 
 
+def test_udp_flushed_when_its_pod_stops_serving():
+    """A rollout's old pod turns terminating and not Ready at 5 s, and is deleted at 35 s: the UDP
+    stream to it is flushed at 5 s; the TCP connection keeps its pod and breaks only at 35 s."""
+    objects = [node_obj(0), node_obj(1)]
+    objects += [pod_obj("a1", "node-0", "10.244.0.10", "x"), pod_obj("b1", "node-1", "10.244.1.10", "x")]
+    events = [event("MODIFIED", 5 * S, pod_obj("b1", "node-1", "10.244.1.10", "x", ready=False, terminating=True)),
+              event("DELETED", 35 * S, objects[3])]
+    flows = [flow(0, "10.244.0.10", "10.244.1.10", 5353, UDP, 1, duration=10.0),    # flushed at 5 s
+             flow(0, "10.244.0.10", "10.244.1.10", 8080, TCP, 2, duration=10.0),    # over before 35 s
+             flow(S, "10.244.0.10", "10.244.1.10", 8080, TCP, 3, duration=60.0),    # broken at 35 s
+             flow(6 * S, "10.244.0.10", "10.244.1.10", 5353, UDP, 4, duration=60.0)]  # not serving already
+    rows, summary = naive_event_replay(objects, events, flows)
+    assert [r["verdict"] for r in rows] == ["delivered"] * 4
+    assert [(r["broken_connections"], r["udp_flushed"]) for r in summary["events"]] == [(0, 1), (1, 0)]
+    _, fast = assert_fast_equals_twin(objects, events, flows)
+    assert (fast["broken_connections"], fast["udp_flushed"]) == (1, 1)
+
+
 @pytest.mark.parametrize("conntrack", [False, True])
 def test_fast_node_deletion_matches_twin(conntrack):
     objects, events, flows = node_deletion_case()

@@ -375,31 +375,56 @@ class LiveCluster:
         ch.policies = True
 
     # ------------------------------------------------------------------ departures
-    def departures(self) -> list[tuple[int, int, int]]:
-        """``(pod, ts, group)`` for every time a pod goes away (``docs/events.md``): its DELETED
-        event, or its node's DELETED event while bound to it; in event order."""
+    def departures(self) -> tuple[list, list]:
+        """``(gone, stops)``, each ``(pod, ts, group)`` in event order (``docs/events.md``).
+
+        A pod *goes away* at its DELETED event, or at its node's DELETED event while bound to
+        it (once since it was created). It *stops serving* when its Ready condition turns
+        false while it exists, or when it goes away Ready (what kube-proxy flushes UDP
+        entries on: the endpoint's serving condition follows the pod's readiness).
+        """
+        exists = set(range(len(self.base.pods)))
+        ready = {i for i, p in enumerate(self.base.pods) if p.ready}
         node_of = {i: p.node for i, p in enumerate(self.base.pods)}
-        alive = {i for i, p in enumerate(self.base.pods)}
-        out = []
-        group = -1
-        last_ts = None
+        nodes = {n.name for n in self.base.nodes}
+        gone_at: set = set()
+        gone, stops = [], []
+        group, last_ts = -1, None
         for e, obj in zip(self.log.events, self.parsed):
             if e.ts != last_ts:
-                group += 1
-                last_ts = e.ts
+                group, last_ts = group + 1, e.ts
             if e.kind == "Pod":
                 i = self.pod_index[f"{e.namespace}/{e.name}"]
                 if obj is None:
-                    if i in alive:
-                        out.append((i, e.ts, group))
-                    alive.discard(i)
+                    if i in exists and i not in gone_at:
+                        gone.append((i, e.ts, group))
+                    if i in ready:
+                        stops.append((i, e.ts, group))
+                    exists.discard(i)
+                    gone_at.discard(i)
+                    ready.discard(i)
                     node_of.pop(i, None)
-                else:
-                    alive.add(i)
-                    node_of[i] = obj.node
-            elif e.kind == "Node" and obj is None:
+                    continue
+                if i not in exists:                    # created (again): alive
+                    exists.add(i)
+                    gone_at.discard(i)
+                node_of[i] = obj.node
+                now = obj.ready and i not in gone_at
+                if i in ready and not now:
+                    stops.append((i, e.ts, group))
+                (ready.add if now else ready.discard)(i)
+            elif e.kind == "Node":
+                if obj is not None:
+                    nodes.add(e.name)
+                    continue
+                if e.name not in nodes:
+                    continue                            # a watch started late: nothing to delete
+                nodes.discard(e.name)
                 for i, n in node_of.items():
-                    if n == e.name and i in alive:
-                        out.append((i, e.ts, group))
-                        alive.discard(i)
-        return out
+                    if n == e.name and i in exists and i not in gone_at:
+                        gone_at.add(i)
+                        gone.append((i, e.ts, group))
+                        if i in ready:
+                            stops.append((i, e.ts, group))
+                            ready.discard(i)
+        return gone, stops

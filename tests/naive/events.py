@@ -74,7 +74,9 @@ Broken and flushed
     verdict) with ``dst_pod`` p and lifetime ``L`` (``duration`` rounded to ns, at most
     100 years; no duration: 0 for UDP, ``conn_duration`` for the rest) is broken
     (``proto != 17``) or flushed (``proto == 17``) by the first going-away time ``g`` of p
-    with ``ts < g < ts + L``, and counted to the group of ``g``.
+    with ``ts < g < ts + L``, and counted to the group of ``g``; for UDP, ``g`` is instead the
+    first time p stopped serving: its Ready condition turned false while it existed, or it went
+    away Ready.
 
 Churn
     Before a group is applied the old NaiveServices is kept with a deep copy of its state.
@@ -208,6 +210,11 @@ def group_events(events: list[dict]) -> list[tuple[int, list[dict]]]:
     return [(ts, evs) for ts, evs in groups if evs]
 
 
+def _ready(obj: dict) -> bool:
+    """The pod's Ready condition as the cluster loader reads it."""
+    return cluster_from_objects([obj]).pods[0].ready
+
+
 class _World:
     """The cluster as it stands: raw objects in universe order and the twins built from them."""
 
@@ -218,6 +225,11 @@ class _World:
         self.opts = dict(lb=lb, seed=seed, maglev_size=maglev_size, conn_duration=conn_duration)
         self.gone: dict[str, bool] = {}                # pod key -> gone away since it was last created
         self.goneaway: dict[str, list[int]] = {}       # pod key -> going-away times, in order
+        self.ready: dict[str, bool] = {}               # pod key -> Ready and not gone away
+        self.stopped: dict[str, list[int]] = {}        # pod key -> times it stopped serving, in order
+        for obj in flatten(objects):
+            if obj.get("kind") == "Pod":
+                self.ready[f"{identity(obj)[1]}/{identity(obj)[2]}"] = _ready(obj)
         self.deleted_nodes: dict[str, list] = {}       # deleted node -> its pod CIDRs then
         self.services: Optional[NaiveServices] = None
         self.rebuild()
@@ -253,6 +265,12 @@ class _World:
         if not self.gone.get(pod_key, False):
             self.gone[pod_key] = True
             self.goneaway.setdefault(pod_key, []).append(ts)
+        self._serving(pod_key, False, ts)
+
+    def _serving(self, pod_key: str, now: bool, ts: int) -> None:
+        if self.ready.get(pod_key, False) and not now:
+            self.stopped.setdefault(pod_key, []).append(ts)
+        self.ready[pod_key] = now
 
     def apply(self, ts: int, event: dict) -> None:
         obj = event["object"]
@@ -267,6 +285,7 @@ class _World:
             self.universe[key] = None
             if kind == "Pod":
                 self._goes_away(f"{ns}/{name}", ts)
+                self._serving(f"{ns}/{name}", False, ts)    # (gone already through its node: no second stop)
             elif kind == "Node":
                 for (k, pns, pname), o in self.universe.items():
                     if k == "Pod" and o is not None and ((o.get("spec") or {}).get("nodeName") or None) == name:
@@ -275,6 +294,9 @@ class _World:
         self.universe[key] = obj                     # appended at the end when first seen
         if kind == "Pod" and not exists:
             self.gone[f"{ns}/{name}"] = False        # (re)created: alive again
+        if kind == "Pod":
+            pod = f"{ns}/{name}"
+            self._serving(pod, _ready(obj) and not self.gone.get(pod, False), ts)
 
 
 class _Nowhere:
@@ -402,7 +424,7 @@ def naive_event_replay(objects: list[dict], events: list[dict], flows: list[dict
         ct.finish()
 
     for t, life, pod, proto in delivered:
-        times = world.goneaway.get(pod, [])
+        times = (world.stopped if proto == 17 else world.goneaway).get(pod, [])
         i = bisect.bisect_right(times, t)                 # first going-away strictly after ts
         if i < len(times) and times[i] < t + life:
             by_ts[times[i]]["udp_flushed" if proto == 17 else "broken_connections"] += 1
