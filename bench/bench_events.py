@@ -186,9 +186,12 @@ class Micro:
         flat: list[dict] = []
         for o in read_objects(path):
             flat += o.get("items", []) if o.get("kind") == "List" else [o]
-        behind = {(ref.get("namespace"), ref.get("name"))                # pods some service balances over
-                  for o in flat if o.get("kind") == "EndpointSlice" for e in o.get("endpoints") or ()
-                  if (e.get("conditions") or {}).get("ready") and (ref := e.get("targetRef") or {}).get("kind") == "Pod"}
+        behind = set()                                                    # pods some service balances over
+        for o in (o for o in flat if o.get("kind") == "EndpointSlice"):
+            for e in o.get("endpoints") or ():
+                ref = e.get("targetRef") or {}
+                if (e.get("conditions") or {}).get("ready") and ref.get("kind") == "Pod":
+                    behind.add((ref.get("namespace"), ref.get("name")))
         pods = [o for o in flat if o.get("kind") == "Pod" and not o["spec"].get("hostNetwork")
                 and (o["metadata"].get("namespace", "default"), o["metadata"]["name"]) in behind
                 and any(c.get("type") == "Ready" and c.get("status") == "True"

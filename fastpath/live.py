@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -253,7 +254,9 @@ class LivePlane:
         dp.stage.state.endpoints(ed.n_endpoints())
         if ch.pods or ch.policies or ch.nodes:
             self._policy(now)
-        self._dns_dirty = True
+        # DNS answers a service's ClusterIP, or a headless service's ready endpoints: nothing else
+        if ch.service_objects or any(getattr(live.services.get(k), "headless", False) for k in ch.services):
+            self._dns_dirty = True
         if ch.pods:                                  # the conntrack stage's pod facts, from this group on
             pods = np.array(sorted(ch.pods), np.int64)
             bridged = [not p.host_network and p.ip is not None and p.node is not None
@@ -374,9 +377,10 @@ class LivePlane:
                 from .dns import DnsTable
                 self.dp.dns = DnsTable.from_cluster(self.dp.cluster)
                 self._dns_dirty = False
-            self.dp.resolve_flows(part, out=r)
-            if self._churn is not None:
-                self._measure(part, r)
+            with _few_threads(cut - pos):
+                self.dp.resolve_flows(part, out=r)
+                if self._churn is not None:
+                    self._measure(part, r)
             pos = cut
         return out
 
@@ -427,6 +431,28 @@ class LivePlane:
         return {"broken_connections": int(self.departures.broken.sum()),
                 "udp_flushed": int(self.departures.flushed.sum()),
                 "event_groups": len(self.groups), "events": self.records, "event_warnings": list(self.warnings)}
+
+
+#: A piece of a batch (between two groups of events) this small runs its kernels on one
+#: thread: waking the pool costs more than the work, and far more when another thread (the
+#: writer's conntrack) holds the other core.
+FEW_ROWS = 8192
+
+
+@contextmanager
+def _few_threads(rows: int):
+    """One kernel thread (on this thread only: numba's count is per thread) for a small piece."""
+    from ._jit import get_threads, set_threads
+
+    if rows >= FEW_ROWS:
+        yield
+        return
+    before = get_threads()
+    set_threads(1)
+    try:
+        yield
+    finally:
+        set_threads(before)
 
 
 def cluster_at(base, log: EventLog, at: int | None = None):

@@ -98,6 +98,11 @@ class LiveCluster:
             elif e.kind == "Pod" and f"{e.namespace}/{e.name}" not in self.pod_index:
                 self.pod_index[f"{e.namespace}/{e.name}"] = len(self.pods)
                 self.pods.append(self._no_pod(e.namespace, e.name))
+            if e.kind == "Pod" and obj is not None:   # a pod added later: room in its record for its ports
+                i = self.pod_index[f"{e.namespace}/{e.name}"]
+                held = self.pods[i]
+                if i >= len(base.pods) and held.ip is None and len(obj.ports) > len(held.ports):
+                    self.pods[i] = dataclasses.replace(held, ports=obj.ports)
             elif e.kind == "Service" and obj is not None and obj.type != "ExternalName" and not obj.headless:
                 for port in obj.ports:
                     name = f"{obj.namespace}/{obj.name}:{port.name or port.port}"
