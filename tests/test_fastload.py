@@ -250,3 +250,299 @@ def test_one_container_port_reuse_tells_templates_apart(tmp_path):
         _pod_obj("z", [{"containerPort": 80}, {"containerPort": "eighty"}], ip="10.0.0.9")]}))
     with pytest.raises(FastpathError, match="Pod d/z: .*eighty"):
         load.load_cluster(bad)
+
+
+# --------------------------------------------------------------------------- typed records against the plain path
+# load_cluster decodes a JSON List into typed records (fastpath.cluster.load_fast) and reads
+# those; whatever is unusual goes back to the plain path (dicts). Either way the Cluster,
+# its warnings, or the one-line error must be the plain path's.
+
+import copy  # noqa: E402
+
+import msgspec  # noqa: E402
+
+from fastpath.cluster import load_fast  # noqa: E402
+from fastpath.cluster.synth import synth_cluster  # noqa: E402
+
+
+def _taken(path: Path, monkeypatch) -> str:
+    """Which way ``load_cluster(path)`` went: typed (records read through), redo (records, then
+    the plain path), plain (no records); an error the same."""
+    calls = []
+    real = load._load_files
+
+    def spy(p, files, is_dir, typed):
+        calls.append(typed)
+        return real(p, files, is_dir, typed)
+
+    with monkeypatch.context() as m:
+        m.setattr(load, "_load_files", spy)
+        records = []
+        real_decode = load.decode_list
+
+        def decode_spy(data):
+            found = real_decode(data)
+            records.append(found is not None)
+            return found
+
+        m.setattr(load, "decode_list", decode_spy)
+        try:
+            load.load_cluster(path)
+        except FastpathError:
+            pass
+    if not any(records):
+        return "plain"
+    return "redo" if calls[-1] is False else "typed"
+
+
+def _same(path: Path, monkeypatch) -> None:
+    """The fast load of ``path`` is the plain one: the Cluster (every field, labels, warnings,
+    problems, namespaces in order) or the error."""
+    fast, plain = _load(path, True, monkeypatch), _load(path, False, monkeypatch)
+    if isinstance(plain, str) or isinstance(fast, str):
+        assert fast == plain
+        return
+    assert fast == plain
+    assert fast.warnings == plain.warnings and fast.problems == plain.problems
+    assert list(fast.namespaces.items()) == list(plain.namespaces.items())
+    assert fast.skipped_kinds == plain.skipped_kinds and fast.missing_nodes == plain.missing_nodes
+    for a, b in ((fast.nodes, plain.nodes), (fast.pods, plain.pods), (fast.services, plain.services),
+                 (fast.slices, plain.slices)):
+        assert [vars(x) for x in a] == [vars(x) for x in b]       # labels and selectors too
+    assert [[vars(e) for e in s.endpoints] for s in fast.slices] == [[vars(e) for e in s.endpoints]
+                                                                     for s in plain.slices]
+
+
+def test_typed_path_is_taken(tmp_path, monkeypatch):
+    """The inputs of the comparison above do go through the typed records (else it compares
+    the plain path with itself)."""
+    taken = {p.name: _taken(p, monkeypatch) for p in _inputs()}
+    assert taken["small-list.json"] == "typed" and taken["calico-list.json"] == "typed"
+    assert taken["small-stream.yaml"] == "plain"
+    if DUMPS.is_dir():
+        assert taken["troubleshoot-k3s-support-bundle"] == "typed"      # files of Lists, other kinds too
+        assert taken["kubectl-neat-kind-pod-list-no-nodes.json"] == "typed"
+        assert taken["sbctl-kurl-support-bundle"] == "redo"            # ***HIDDEN*** node addresses
+        assert sum(v == "typed" for v in taken.values()) >= 6, taken   # the others: YAML, single objects
+    f = tmp_path / "synth.json"
+    f.write_text(json.dumps(synth_cluster(20, 5, 20, seed=3)))
+    assert _taken(f, monkeypatch) == "typed"
+    _same(f, monkeypatch)
+
+
+#: Base objects the mutations start from: the small List, a synthetic cluster, and pods,
+#: services and slices with every field the readers read.
+_FULL = [
+    {"kind": "Node", "metadata": {"name": "n1", "labels": {"topology.kubernetes.io/zone": "z1"}},
+     "spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24", "fd00::/64"]},
+     "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.1"},
+                              {"type": "ExternalIP", "address": "1.2.3.4"}], "capacity": {"cpu": "3500m"}}},
+    {"kind": "Pod", "metadata": {"name": "p1", "namespace": "a", "labels": {"app": "x"},
+                                 "deletionTimestamp": "2024-01-01T00:00:00Z"},
+     "spec": {"nodeName": "n1", "hostNetwork": False,
+              "containers": [{"name": "c", "ports": [{"containerPort": 80, "protocol": "TCP", "name": "http"},
+                                                     {"containerPort": 53, "protocol": "UDP", "hostPort": 53}]},
+                             {"name": "d", "ports": [{"containerPort": 80}]}],
+              "initContainers": [{"name": "s", "restartPolicy": "Always", "ports": [{"containerPort": 9000}]},
+                                 {"name": "i", "ports": [{"containerPort": 9001}]}]},
+     "status": {"phase": "Running", "podIP": "fd00::5", "podIPs": [{"ip": "fd00::5"}, {"ip": "10.244.1.5"}],
+                "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "False"}]}},
+    {"kind": "Pod", "metadata": {"name": "p2", "namespace": "a"},
+     "spec": {"nodeName": "n1", "containers": [{"name": "c", "ports": [{"containerPort": 80}]}]},
+     "status": {"phase": "Succeeded", "podIP": "10.244.1.6", "conditions": [{"type": "Ready", "status": "True"}]}},
+    {"kind": "Service", "metadata": {"name": "s1", "namespace": "a"},
+     "spec": {"type": "NodePort", "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"], "selector": {"app": "x"},
+              "ports": [{"name": "http", "port": 80, "targetPort": "http", "nodePort": 30080},
+                        {"port": 53, "protocol": "UDP", "targetPort": 53}],
+              "externalIPs": ["5.6.7.8"], "sessionAffinity": "ClientIP",
+              "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}},
+              "externalTrafficPolicy": "Local", "trafficDistribution": "PreferClose"},
+     "status": {"loadBalancer": {"ingress": [{"ip": "9.9.9.9"}]}}},
+    {"kind": "EndpointSlice", "metadata": {"name": "s1-abc", "namespace": "a",
+                                           "labels": {"kubernetes.io/service-name": "s1"}},
+     "addressType": "IPv4", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}, {"name": "all"}],
+     "endpoints": [{"addresses": ["10.244.1.5"], "conditions": {"ready": True, "serving": True, "terminating": False},
+                    "nodeName": "n1", "zone": "z1", "targetRef": {"kind": "Pod", "name": "p1", "namespace": "a"},
+                    "hints": {"forZones": [{"name": "z1"}], "forNodes": [{"name": "n1"}]}},
+                   {"addresses": ["10.244.1.7", "10.244.1.8"], "conditions": {"ready": False},
+                    "topology": {"topology.kubernetes.io/zone": "z2"}}]},
+    {"kind": "EndpointSlice", "metadata": {"name": "s1-v6", "namespace": "a",
+                                           "labels": {"kubernetes.io/service-name": "s1"}},
+     "addressType": "IPv6", "endpoints": [{"addresses": ["fd00::5"]}]},
+    {"kind": "Namespace", "metadata": {"name": "a", "labels": {"team": "t"}}},
+    {"kind": "ConfigMap", "metadata": {"name": "cm", "namespace": "a"}, "data": {"x": "1"}},
+]
+_TYPED_BASES = {
+    "small-list": json.loads((DATA / "small-list.json").read_text())["items"],
+    "synth": synth_cluster(3, 3, 3, namespaces=2, zones=2, seed=5)["items"],
+    "full": _FULL,
+    "full-records-only": [o for o in _FULL if o["kind"] in load_fast.KIND_OF.values()],
+}
+#: Odd values: other types, out of range, bad addresses, empty, falsy of every type.
+_ODD = [None, True, False, 0, 1, -1, 65536, 80, "80", 2**64, 1.5, 80.0, "", " ", "x", "10.0.0.300", " 10.0.0.1",
+        "10.0.0.1", "10.244.1.0/24", "::1", "TCP", "tcp", "None", "Always", "Ready", "True", "Pod", "IPv6",
+        [], [1, "a"], [None], ["10.0.0.1"], [{}], {}, {"a": 1}, {"name": 5}, {"ip": "10.0.0.1"}]
+
+
+def _slots_of(tree) -> list:
+    """Every (container, key-or-index) of a JSON tree."""
+    out, stack = [], [tree]
+    while stack:
+        node = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for k, v in items:
+            out.append((node, k))
+            if isinstance(v, (dict, list)):
+                stack.append(v)
+    return out
+
+
+@st.composite
+def _mutated(draw):
+    objs = copy.deepcopy(_TYPED_BASES[draw(st.sampled_from(sorted(_TYPED_BASES)))])
+    for _ in range(draw(st.integers(0, 3))):
+        slots = _slots_of(objs)
+        parent, key = slots[draw(st.integers(0, len(slots) - 1))]
+        op = draw(st.sampled_from(["swap", "swap", "swap", "drop", "wrap", "copy", "twice"]))
+        if op == "swap":
+            parent[key] = copy.deepcopy(draw(st.sampled_from(_ODD)))
+        elif op == "drop":
+            del parent[key]
+        elif op == "wrap":
+            parent[key] = draw(st.sampled_from([[parent[key]], {"value": parent[key]}]))
+        elif op == "copy":              # an object again: the same, or (mutated later) different
+            objs.append(copy.deepcopy(objs[draw(st.integers(0, len(objs) - 1))]))
+        elif isinstance(parent, dict):  # a key given twice in the JSON text: the last one counts
+            parent[key] = _Twice(parent[key], copy.deepcopy(draw(st.sampled_from(_ODD))))
+    return objs
+
+
+class _Twice:
+    """A value written as its key twice: ``first``, then ``last``."""
+
+    def __init__(self, first, last) -> None:
+        self.first, self.last = first, last
+
+
+def _dumps(doc) -> str:
+    """JSON text of ``doc``, a :class:`_Twice` value as its key given twice."""
+    if isinstance(doc, dict):
+        parts = []
+        for k, v in doc.items():
+            if isinstance(v, _Twice):
+                parts += [f"{json.dumps(k)}: {_dumps(v.first)}", f"{json.dumps(k)}: {_dumps(v.last)}"]
+            else:
+                parts.append(f"{json.dumps(k)}: {_dumps(v)}")
+        return "{" + ", ".join(parts) + "}"
+    if isinstance(doc, list):
+        return "[" + ", ".join(_dumps(v) for v in doc) + "]"
+    if isinstance(doc, _Twice):         # moved into a list by a later mutation: one value
+        return _dumps(doc.last)
+    return json.dumps(doc)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)
+@given(objs=_mutated(), kind=st.sampled_from(["List", "PodList", "List", "List"]))
+def test_typed_records_equal_the_plain_path(tmp_path_factory, objs, kind):
+    """A List with fields swapped, dropped, wrapped, given twice, and objects repeated loads
+    exactly as the plain path loads it (or fails with its message)."""
+    f = tmp_path_factory.mktemp("typed") / "c.json"
+    f.write_text(_dumps({"apiVersion": "v1", "kind": kind, "metadata": {}, "items": objs}))
+    with pytest.MonkeyPatch.context() as mp:
+        _same(f, mp)
+
+
+@pytest.mark.parametrize("text", [
+    # unread fields the typed decoder skips but the plain path refuses (or reads differently)
+    '{"kind": "List", "items": [{"kind": "Node", "metadata": {"name": "n1"}, "x": ' + "9" * 5000 + '}]}',
+    '{"kind": "List", "items": [{"kind": "Node", "metadata": {"name": "n1"}, "x": [' + "1" * 4301 + ']}]}',
+    '{"kind": "List", "items": [{"kind": "Node", "metadata": {"name": "n1"}, "x": ' + "9" * 4300 + '}]}',
+    '{"kind": "List", "items": [{"kind": "Node", "metadata": {"name": "n1"}, "x": "' + "9" * 5000 + '"}]}',
+    '{"kind": "List", "items": [{"kind": "Node", "metadata": {"name": "n1"}, "x": 1e400}]}',
+    '{"kind": "List", "items": [{"kind": "Node", "metadata": {"name": "n1"}, "x": "\\ud800"}]}',
+    '{"kind": "List", "items": [{"kind": "Node", "metadata": {"name": "n1"}, "x": ' + "[" * 900 + "]" * 900 + '}]}',
+    '{"kind": "List", "items": [{"kind": "Node", "metadata": {"name": "n1"}, "x": ' + "[" * 3000 + "]" * 3000 + '}]}',
+    # shapes: not a List, items missing or null, kinds missing, Lists in Lists, a kind twice
+    '{"kind": "Pod", "metadata": {"name": "p"}, "items": []}',
+    '{"kind": "List"}',
+    '{"kind": "List", "items": null}',
+    '{"kind": "NodeList", "items": [{"metadata": {"name": "n1"}}]}',
+    '{"kind": "List", "items": [{"kind": "List", "items": [{"kind": "Node", "metadata": {"name": "n1"}}]}]}',
+    '{"kind": "List", "items": [{"kind": "Node", "kind": "Pod", "metadata": {"name": "n1"}}]}',
+    '{"kind": "List", "items": [{"kind": "Pod", "kind": "Node", "metadata": {"name": "n1"}}]}',
+    '{"kind": "List", "items": [{"kind": "Node", "metadata": {"name": "n1"}}, {"kind": "Node", '
+    '"metadata": {"name": "n1"}, "x": 1}]}',
+    '{"kind": "List", "items": [{"kind": "Node", "metadata": {"name": "n1"}}, {"kind": "Node", '
+    '"metadata": {"name": "n1"}}]}',
+    '{"kind": "List", "items": [{"kind": "Namespace", "metadata": {"name": "a"}}, {"kind": "Pod", '
+    '"metadata": {"name": "p", "namespace": "a"}}, {"kind": "Pod", "metadata": {"name": "p", "namespace": "a"}}]}',
+    '[{"kind": "Node", "metadata": {"name": "n1"}}]',
+    '{"kind": "List", "items": ["x"]}',
+    '{"kind": "List", "items": [{"kind": "Node", "metadata": {"name": "n1"}}]} {}',
+])
+def test_typed_records_odd_files(tmp_path, monkeypatch, text):
+    f = tmp_path / "c.json"
+    f.write_text(text)
+    _same(f, monkeypatch)
+
+
+@pytest.mark.parametrize("data", [
+    b'{"kind": "List", "items": [{"kind": "Node", "metadata": {"name": "n1"}, "x": "\xff"}]}',
+    b'{"kind": "List", "items": [{"kind": "Node", "metadata": {"name": "n1"}, "\xc3": 1}]}',
+    b'{"kind": "List", "items": [{"kind": "Node", "metadata": {"name": "n\xc3\xa9"}, "x": "\xe4\xb8\xad"}]}',
+])
+def test_typed_records_odd_bytes(tmp_path, monkeypatch, data):
+    """Bytes that are not UTF-8 in a field nobody reads: the plain path refuses the file."""
+    f = tmp_path / "c.json"
+    f.write_bytes(data)
+    _same(f, monkeypatch)
+
+
+def test_typed_records_in_a_directory(tmp_path, monkeypatch):
+    """Files of a directory: records in one, dicts in another, the same object in both."""
+    d = tmp_path / "bundle"
+    d.mkdir()
+    (d / "a.json").write_text(json.dumps({"kind": "List", "items": _FULL}))
+    (d / "b.yaml").write_text(json.dumps({"kind": "List", "items": _FULL[:2]}))
+    (d / "version.json").write_text('{"v": 1}')
+    _same(d, monkeypatch)
+    (d / "b.yaml").unlink()
+    (d / "c.json").write_text(json.dumps({"kind": "List", "items": _FULL[1:2]}))
+    _same(d, monkeypatch)
+    assert _taken(d, monkeypatch) == "redo"         # Pod a/p1 in two files: compared as dicts
+    (d / "c.json").unlink()
+    assert _taken(d, monkeypatch) == "redo"         # an endpoint's v1beta1 topology: the plain path reads it
+    plain_free = [o for o in _FULL if o["metadata"]["name"] != "s1-abc"]
+    (d / "a.json").write_text(json.dumps({"kind": "List", "items": plain_free}))
+    assert _taken(d, monkeypatch) == "typed"
+    _same(d, monkeypatch)
+
+
+def test_long_digit_runs_are_found():
+    assert not load_fast._long_digits(b"1" * 2150 + b"x" + b"1" * 2150)
+    for at in range(0, 2200, 97):
+        assert load_fast._long_digits(b"x" * at + b"7" * 4301 + b"x")
+    assert load_fast._long_digits(b"7" * 4301)
+
+
+def test_text_caches_stop_growing_where_texts_differ():
+    pods: list = []
+    readers = load_fast.TypedReaders(load._PodParser(False), pods)
+    readers.TEXTS_KEPT = 4
+    dec = msgspec.json.Decoder(load_fast.PodRecord)
+
+    def read(i, image, time):
+        rec = dec.decode(json.dumps({"kind": "Pod", "metadata": {"name": f"p{i}"},
+                                     "spec": {"containers": [{"name": "c", "image": image}]},
+                                     "status": {"conditions": [{"type": "Ready", "status": "True",
+                                                                "lastTransitionTime": time}]}}))
+        pods.append(readers.pod(rec, "d", f"p{i}"))
+        assert pods[-1].ready
+
+    for i in range(20):                     # every text new: the caches stop at 4
+        read(i, f"i{i}", f"t{i}")
+    assert len(readers._ports_by_text) == 4 and len(readers._ready_by_text) == 4
+    assert len(readers._ports) == 1
+    for i in range(20, 60):                 # texts seen again and again: they grow again
+        read(i, f"i{i % 8}", f"t{i % 8}")
+    assert len(readers._ports_by_text) == 8 and len(readers._ready_by_text) == 8

@@ -105,6 +105,17 @@ def _cpus(value) -> int | None:
 
 
 def _cidr(text, what: str) -> tuple[int, int]:
+    if type(text) is str:       # the usual a.b.c.d/len, network bits only: at once (a node's podCIDR)
+        addr, sep, plen = text.partition("/")
+        if sep and len(plen) <= 2 and plen.isascii() and plen.isdigit():
+            length = int(plen)
+            try:
+                value = int.from_bytes(_inet_pton(_AF_INET, addr), "big")
+            except (OSError, ValueError):
+                pass
+            else:
+                if length <= 32 and not value & (0xFFFFFFFF >> length):
+                    return value, length
     try:
         return parse_cidr(text)
     except FastpathError as e:
@@ -285,38 +296,47 @@ def _service(obj: dict, ns: str, name: str) -> Service:
     texts = spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else [])
     if type(texts) is not list:
         raise _Invalid(f"spec.clusterIPs: expected a list, found {show(texts)}")
-    headless = any(t == "None" for t in texts)
+    headless = any([t == "None" for t in texts])
     cluster_ips: tuple[int, ...] = ()
     if stype != "ExternalName" and not headless:
-        cluster_ips = tuple(_ip(t, "spec.clusterIP") for t in texts if t and not _is_v6(t))
+        cluster_ips = tuple([_ip(t, "spec.clusterIP") for t in texts if t and not _is_v6(t)])
     ports: list[ServicePort] = []
     seen: set[tuple[int, int]] = set()
     for i, p in enumerate(spec.get("ports") or ()):
-        what = f"spec.ports[{i}]"
-        port = _port(p.get("port"), f"{what}.port")
-        proto = _proto(p.get("protocol"), f"{what}.protocol")
+        # each field as _port, _proto and _str read it; the field's name only for a message
+        port = p.get("port")
+        if type(port) is not int or not 0 < port < 65536:
+            port = _port(port, f"spec.ports[{i}].port")
+        given = p.get("protocol")
+        proto = 6 if given is None else PROTO_NUMBERS.get(given) if type(given) is str else None
+        if proto is None:
+            proto = _proto(given, f"spec.ports[{i}].protocol")
         if (port, proto) in seen:
-            raise _Invalid(f"{what}: port {port}/{p.get('protocol') or 'TCP'} declared twice")
+            raise _Invalid(f"spec.ports[{i}]: port {port}/{given or 'TCP'} declared twice")
         seen.add((port, proto))
         tp = p.get("targetPort")
         if tp is None:
             target: int | str = port
         elif type(tp) is int or (isinstance(tp, str) and tp.isdigit()):
-            target = _port(tp, f"{what}.targetPort")
+            target = _port(tp, f"spec.ports[{i}].targetPort")
         elif isinstance(tp, str) and tp.strip() and tp == tp.strip():
             target = tp
         else:
-            raise _Invalid(f"{what}.targetPort {tp!r} is neither a port number nor a port name")
+            raise _Invalid(f"spec.ports[{i}].targetPort {tp!r} is neither a port number nor a port name")
         np_ = p.get("nodePort")
-        node_port = _port(np_, f"{what}.nodePort") if np_ not in (None, 0) else None
-        ports.append(ServicePort(name=_str(p.get("name"), f"{what}.name") or None, port=port, proto=proto,
-                                 target_port=target, node_port=node_port))
+        node_port = _port(np_, f"spec.ports[{i}].nodePort") if np_ not in (None, 0) else None
+        pname = p.get("name")
+        if pname is not None and type(pname) is not str:
+            _str(pname, f"spec.ports[{i}].name")
+        sp = _object_new(ServicePort)
+        sp.__dict__.update(name=pname or None, port=port, proto=proto, target_port=target, node_port=node_port)
+        ports.append(sp)
     selector = _labels(spec.get("selector"), "spec.selector")
-    ext = tuple(_ip(t, "spec.externalIPs") for t in _list(spec.get("externalIPs"), "spec.externalIPs")
-                if not _is_v6(t))
-    lb = tuple(_ip(g["ip"], "status.loadBalancer.ingress ip")
-               for g in (status.get("loadBalancer") or {}).get("ingress") or ()
-               if g.get("ip") and not _is_v6(g["ip"]))
+    given = _list(spec.get("externalIPs"), "spec.externalIPs")
+    ext = tuple([_ip(t, "spec.externalIPs") for t in given if not _is_v6(t)]) if given else ()
+    given = (status.get("loadBalancer") or {}).get("ingress") or ()
+    lb = tuple([_ip(g["ip"], "status.loadBalancer.ingress ip")
+                for g in given if g.get("ip") and not _is_v6(g["ip"])]) if given else ()
     aff = spec.get("sessionAffinity") or "None"
     if aff not in ("None", "ClientIP"):
         raise _Invalid(f"spec.sessionAffinity {show(aff)} is not None or ClientIP")
@@ -327,16 +347,21 @@ def _service(obj: dict, ns: str, name: str) -> Service:
         raise _Invalid(f"sessionAffinityConfig.clientIP.timeoutSeconds {timeout!r} is outside 1-{AFFINITY_TIMEOUT_MAX}")
     etp = spec.get("externalTrafficPolicy") or "Cluster"
     itp = spec.get("internalTrafficPolicy") or "Cluster"
-    for field, v in (("externalTrafficPolicy", etp), ("internalTrafficPolicy", itp)):
-        if v not in TRAFFIC_POLICIES:
-            raise _Invalid(f"spec.{field} {show(v)} is not Cluster or Local")
-    return Service(namespace=ns, name=name, type=stype, cluster_ips=cluster_ips, headless=headless,
-                   ports=tuple(ports), selector=selector or None, external_ips=ext, lb_ips=lb,
-                   session_affinity=aff == "ClientIP", affinity_timeout=timeout,
-                   external_policy=etp, internal_policy=itp,
-                   traffic_distribution=_str(spec.get("trafficDistribution"), "spec.trafficDistribution") or None,
-                   external_name=_str(spec.get("externalName"), "spec.externalName") if stype == "ExternalName"
-                   else None)
+    if etp not in TRAFFIC_POLICIES:
+        raise _Invalid(f"spec.externalTrafficPolicy {show(etp)} is not Cluster or Local")
+    if itp not in TRAFFIC_POLICIES:
+        raise _Invalid(f"spec.internalTrafficPolicy {show(itp)} is not Cluster or Local")
+    # every field as Service(...) sets it, without the frozen dataclass's per-field __setattr__
+    svc = _object_new(Service)
+    svc.__dict__.update(namespace=ns, name=name, type=stype, cluster_ips=cluster_ips, headless=headless,
+                        ports=tuple(ports), selector=selector or None, external_ips=ext, lb_ips=lb,
+                        session_affinity=aff == "ClientIP", affinity_timeout=timeout,
+                        external_policy=etp, internal_policy=itp,
+                        traffic_distribution=_str(spec.get("trafficDistribution"), "spec.trafficDistribution")
+                        or None,
+                        external_name=_str(spec.get("externalName"), "spec.externalName") if stype == "ExternalName"
+                        else None)
+    return svc
 
 
 def _slice(obj: dict, ns: str, name: str, service: str, portless: list[str]) -> EndpointSlice:
