@@ -263,6 +263,7 @@ import msgspec  # noqa: E402
 
 from fastpath.cluster import load_fast  # noqa: E402
 from fastpath.cluster.synth import synth_cluster  # noqa: E402
+from test_fuzz import _slots  # noqa: E402  every (container, key) of a JSON tree
 
 
 def _taken(path: Path, monkeypatch) -> str:
@@ -384,24 +385,11 @@ _ODD = [None, True, False, 0, 1, -1, 65536, 80, "80", 2**64, 1.5, 80.0, "", " ",
         [], [1, "a"], [None], ["10.0.0.1"], [{}], {}, {"a": 1}, {"name": 5}, {"ip": "10.0.0.1"}]
 
 
-def _slots_of(tree) -> list:
-    """Every (container, key-or-index) of a JSON tree."""
-    out, stack = [], [tree]
-    while stack:
-        node = stack.pop()
-        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-        for k, v in items:
-            out.append((node, k))
-            if isinstance(v, (dict, list)):
-                stack.append(v)
-    return out
-
-
 @st.composite
 def _mutated(draw):
     objs = copy.deepcopy(_TYPED_BASES[draw(st.sampled_from(sorted(_TYPED_BASES)))])
     for _ in range(draw(st.integers(0, 3))):
-        slots = _slots_of(objs)
+        slots = _slots(objs)
         parent, key = slots[draw(st.integers(0, len(slots) - 1))]
         op = draw(st.sampled_from(["swap", "swap", "swap", "drop", "wrap", "copy", "twice"]))
         if op == "swap":

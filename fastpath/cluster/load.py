@@ -388,13 +388,7 @@ def _build(items: Iterable[tuple[str, object]], problems: Problems | None = None
             if kind == "Node":
                 ns = ""
             else:
-                ns = meta.namespace or "default"
-                same = ns_names.get(ns)
-                if same is None:
-                    ns_names[ns] = ns
-                    namespaces[ns] = {NAMESPACE_NAME_LABEL: ns}
-                else:
-                    ns = same
+                ns = _interned(meta.namespace or "default", ns_names, namespaces)
             ident = f"{ns}/{name}" if ns else name
             key = (kind, ident)
             if key in origin:           # given twice: the plain path compares the objects whole
@@ -437,12 +431,7 @@ def _build(items: Iterable[tuple[str, object]], problems: Problems | None = None
             ns = meta.get("namespace") or "default"
             if type(ns) is not str:
                 raise FastpathError(f"{src}: {kind} {name}: metadata.namespace: expected a string, found {show(ns)}")
-            same = ns_names.get(ns)     # one string per namespace, shared by its objects
-            if same is None:
-                ns_names[ns] = ns
-                namespaces[ns] = {NAMESPACE_NAME_LABEL: ns}
-            else:
-                ns = same
+            ns = _interned(ns, ns_names, namespaces)
         ident = f"{ns}/{name}" if ns else name
         key = (kind, ident)
         first = origin.get(key)
@@ -517,6 +506,16 @@ def _build(items: Iterable[tuple[str, object]], problems: Problems | None = None
                       skipped_kinds=skipped, problems=problems.by_key)
     extra.finish(cluster)
     return cluster
+
+
+def _interned(ns: str, ns_names: dict, namespaces: dict) -> str:
+    """One string per namespace, shared by its objects; a namespace first met gets its name label."""
+    same = ns_names.get(ns)
+    if same is None:
+        ns_names[ns] = ns
+        namespaces[ns] = {NAMESPACE_NAME_LABEL: ns}
+        return ns
+    return same
 
 
 def _malformed(obj: dict, kind: str, e: Exception) -> str:
