@@ -462,7 +462,7 @@ def _cmd_replay(a) -> int:
     if a.timeline is not None:
         opts["timeline"] = a.timeline
     if a.events is not None:
-        dp, loaded = _live_inputs(a, cluster, opts)
+        dp = loaded = _live_inputs(a, cluster, opts)
     else:
         dp = _compiled(a, cluster, lean=True)    # warnings on stderr, with --quiet too
         loaded = dp.cluster                      # from the cache: warnings and counts without loading
@@ -495,7 +495,7 @@ def _live_inputs(a, cluster: Path, opts: dict):
     opts["events"] = log
     if getattr(a, "non_masquerade_cidrs", None) is not None:
         opts["non_masquerade_cidrs"] = a.non_masquerade_cidrs
-    return loaded, loaded
+    return loaded
 
 
 def _cmd_explain(a) -> int:
@@ -510,7 +510,7 @@ def _cmd_explain(a) -> int:
 
         at = None if a.at is None else parse_ts(int(a.at) if a.at.isdigit() else a.at, "--at")
         opts: dict = {}
-        base, _ = _live_inputs(a, a.cluster, opts)       # opts: the events, --non-masquerade-cidrs
+        base = _live_inputs(a, a.cluster, opts)          # opts: the events, --non-masquerade-cidrs
         dp = compile_cluster(cluster_at(base, opts.pop("events"), at), **_service_opts(a), **opts)
     else:
         dp = _compiled(a, a.cluster)
@@ -571,7 +571,7 @@ def _cmd_study(a) -> int:
         raise FastpathError("study: give --against or --events, not both")
     if a.events is not None:                 # the events: compiled per balancer over every object they add
         cached: dict = {}
-        cluster, against = _live_inputs(a, a.cluster, cached)[0], None
+        cluster, against = _live_inputs(a, a.cluster, cached), None
     elif a.no_cache:
         cluster = _load_cluster(a, a.cluster)
         against = _load_cluster(a, a.against) if a.against else None

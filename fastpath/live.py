@@ -417,6 +417,47 @@ class LivePlane:
         self.churn_flows += np.bincount(svc[rows], minlength=n)
         self.churn_changed += np.bincount(svc[rows][moved], minlength=n)
 
+    # ------------------------------------------------------------------ the conntrack stage
+    def follow_conntrack(self, ct) -> None:
+        """Let the replay's conntrack stage (:class:`~fastpath.stages.conntrack.ReplayConntrack`, or
+        None) follow the events: its own copy of the pods' nodes, updated group by group on its
+        thread (:meth:`run_conntrack`), and each node's address from its first appearance."""
+        if ct is None:
+            return
+        st = ct.stage
+        st.pod_node = st.pod_node.copy()
+        for i, n in enumerate(self.live.nodes):
+            if not n.present and st.node_ip[i] == 0:
+                first = next((o for e, o in zip(self.log.events, self.live.parsed)
+                              if e.kind == "Node" and e.name == n.name and o is not None), None)
+                st.node_ip[i] = (first.internal_ip or 0) if first is not None else 0
+        self._ct_group = 0
+
+    def run_conntrack(self, ct, flows, r) -> None:
+        """Conntrack over a batch, the pods' nodes updated at each group of events inside it."""
+        from .pipeline import Results
+
+        st = ct.stage
+        ts = flows.ts
+        pos, n = 0, flows.n
+        while pos < n:
+            g = self._ct_group
+            while g < len(self.group_ts) and self.group_ts[g] <= ts[pos]:
+                upd = self.ct_updates.get(g)
+                if upd is not None:
+                    pods, nodes, bridged = upd
+                    st.pod_node[pods] = nodes
+                    st.pod_bridged[pods] = bridged
+                g += 1
+            self._ct_group = g
+            cut = n if g >= len(self.group_ts) else int(np.searchsorted(ts, self.group_ts[g], side="left"))
+            cut = max(cut, pos + 1)
+            if pos == 0 and cut == n:
+                st.run(flows, r)
+            else:
+                st.run(flows.slice(pos, cut), Results(**{k: v[pos:cut] for k, v in vars(r).items()}))
+            pos = cut
+
     def finish(self) -> None:
         """Apply the groups after the last flow (their records), and total the churn shares."""
         while self.applied < len(self.groups):

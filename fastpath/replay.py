@@ -373,47 +373,6 @@ def _event_log(events, cluster):
     return events_from_lines(list(events))
 
 
-def _ct_follows(ct, live) -> None:
-    """The conntrack stage keeps its own copy of the pods' nodes (updated group by group on its
-    thread) and each node's address from its first appearance."""
-    if ct is None:
-        return
-    st = ct.stage
-    st.pod_node = st.pod_node.copy()
-    for i, n in enumerate(live.live.nodes):
-        if not n.present and st.node_ip[i] == 0:
-            first = next((o for e, o in zip(live.log.events, live.live.parsed)
-                          if e.kind == "Node" and e.name == n.name and o is not None), None)
-            st.node_ip[i] = (first.internal_ip or 0) if first is not None else 0
-    ct.next_group = 0
-
-
-def _ct_run_live(ct, live, flows, r) -> None:
-    """Conntrack over a batch, the pods' nodes updated at each group of events inside it."""
-    from .pipeline import Results
-
-    st = ct.stage
-    ts = flows.ts
-    pos, n = 0, flows.n
-    while pos < n:
-        g = ct.next_group
-        while g < len(live.group_ts) and live.group_ts[g] <= ts[pos]:
-            upd = live.ct_updates.get(g)
-            if upd is not None:
-                pods, nodes, bridged = upd
-                st.pod_node[pods] = nodes
-                st.pod_bridged[pods] = bridged
-            g += 1
-        ct.next_group = g
-        cut = n if g >= len(live.group_ts) else int(np.searchsorted(ts, live.group_ts[g], side="left"))
-        cut = max(cut, pos + 1)
-        if pos == 0 and cut == n:
-            st.run(flows, r)
-        else:
-            st.run(flows.slice(pos, cut), Results(**{k: v[pos:cut] for k, v in vars(r).items()}))
-        pos = cut
-
-
 def _ready_backends(dp) -> tuple[np.ndarray, np.ndarray]:
     """Per service port, the pods of its Ready endpoints (CSR: offsets, pod indices).
 
@@ -557,7 +516,7 @@ def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "r
     if live is not None:
         if reader.schema.get_field_index("ts") < 0:
             raise FastpathError(f"{trace}: --events needs a trace with a ts column (when each flow starts)")
-        _ct_follows(ct, live)
+        live.follow_conntrack(ct)
     compile_s = time.perf_counter() - t0
 
     from .pipeline import RESULT_SCHEMA, Results
@@ -601,7 +560,7 @@ def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "r
             # releases the GIL, so it runs beside the next batch's resolve), sum up, encode, write
             if ct is not None:
                 if live is not None:
-                    _ct_run_live(ct, live, flows, r)
+                    live.run_conntrack(ct, flows, r)
                 else:
                     ct.stage.run(flows, r)
             if live is not None:
