@@ -51,11 +51,8 @@ class LivePlane:
     def __init__(self, cluster, log: EventLog, *, lb: str = "random", seed: int = 0, non_masquerade_cidrs=None,
                  **service_options) -> None:
         from .cluster.endpoints import endpoints_for
-        from .dns import DnsTable
         from .pipeline import DataPlane
-        from .stages.policy import PolicyStage
         from .tables.frontends import service_ports
-        from .tables.services import ServiceStage, compile_services
         from .tables.services_update import ServiceMapEditor
 
         self.live = LiveCluster(cluster, log)
@@ -65,19 +62,17 @@ class LivePlane:
         self.group_first = np.cumsum([0] + [len(g) for g in self.groups[:-1]]).tolist()
         self.masq = non_masquerade_cidrs
         now = self.live.cluster()
-        slices = endpoints_for(now)
-        tables = compile_forwarding(now, slices=slices, non_masquerade_cidrs=non_masquerade_cidrs)
-        smap = compile_services(now, lb=lb, seed=seed, slices=slices, sp_names=self.live.sp_names, **service_options)
-        dp = DataPlane(now, tables, smap, ServiceStage(smap), DnsTable.from_cluster(now), lb, seed)
-        dp.policy = PolicyStage.build(now, tables)
-        self.dp = dp
+        slices = endpoints_for(now)              # kept: what listens (_served_reset) comes from them too
+        dp = self.dp = DataPlane.build(now, lb=lb, seed=seed, non_masquerade_cidrs=non_masquerade_cidrs,
+                                       slices=slices, sp_names=self.live.sp_names, **service_options)
+        smap = dp.services
         self.editor = ServiceMapEditor(smap, len(now.nodes))
         self.ports = service_ports(now.services, self.live.sp_names)
         self._served_reset(slices)
         self.applied = 0                             #: groups applied so far
         self.records: list[dict] = []                #: one per group (docs/events.md "Churn")
         self.ct_updates: dict[int, tuple] = {}       #: group -> (pods, nodes, bridged) for the conntrack stage
-        self._churn = None                           #: (group, old ServiceStage, affected mask) until the next group
+        self._churn = None                           #: (group, old ServiceStage, affected mask, senders before) until the next group
         self._dns_dirty = False
         self.apply_s = 0.0                           #: seconds spent applying events
         self.full_compiles = 0                       #: forwarding recompiles (not in-place updates)

@@ -400,18 +400,21 @@ class DataPlane:
 
     @classmethod
     def build(cls, cluster: Cluster, *, lb: str = "random", seed: int = 0, non_masquerade_cidrs=None,
-              **service_options) -> "DataPlane":
+              slices=None, **service_options) -> "DataPlane":
         """Compile ``cluster``'s forwarding tables, service map and DNS.
 
         ``non_masquerade_cidrs`` (CIDR strings): destinations a pod's egress keeps its
         address for, as ip-masq-agent's ``nonMasqueradeCIDRs`` (default: the input's
         ip-masq-agent ConfigMap, if any; else every pod's egress is masqueraded).
+        ``slices``: every EndpointSlice, given and derived, when the caller has them
+        (default :func:`fastpath.cluster.endpoints.endpoints_for`).
         """
         from .cluster.endpoints import endpoints_for
         from .dns import DnsTable
         from .tables.services import ServiceStage, compile_services
 
-        slices = endpoints_for(cluster)          # given and derived: what listens, and the service map
+        if slices is None:
+            slices = endpoints_for(cluster)      # given and derived: what listens, and the service map
         tables = compile_forwarding(cluster, slices=slices, non_masquerade_cidrs=non_masquerade_cidrs)
         smap = compile_services(cluster, lb=lb, seed=seed, slices=slices, **service_options)
         dp = cls(cluster, tables, smap, ServiceStage(smap), DnsTable.from_cluster(cluster), lb, seed)

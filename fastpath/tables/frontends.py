@@ -18,7 +18,7 @@ from ..cluster.model import PROTO_NAMES, node_addresses
 from ..errors import FastpathError
 from .balancers import (F_AFFINITY, F_ETP_LOCAL, F_ITP_LOCAL, FE_CLUSTER_IP, FE_EXTERNAL_IP, FE_LOAD_BALANCER,
                         FE_NODE_PORT)
-from .exact import ExactTable, pack3_np
+from .exact import EMPTY, ExactTable, pack3_np
 
 #: Default ``sessionAffinityConfig.clientIP.timeoutSeconds``.
 DEFAULT_AFFINITY_TIMEOUT = 10800
@@ -101,6 +101,16 @@ def service_ports(services: list, sp_names: list[str] | None = None) -> ServiceP
                 np_sp.append(sp)
     return ServicePorts(names, sp_service, sp_port, sp_proto, sp_pname, sp_flags, sp_timeout, sp_by_svc, fe,
                         np_proto, np_port, np_sp, cluster_ips)
+
+
+def frontend_filter(frontends: ExactTable, node_ips: ExactTable, cluster_ips: ExactTable) -> np.ndarray:
+    """The bit set over every address the service stage may take a flow at (frontends, node
+    addresses, known ClusterIPs): most flows pass the stage with one load (``balancers.address_filter``)."""
+    from .balancers import address_filter
+
+    return address_filter(np.concatenate([
+        (frontends.keys[frontends.keys != EMPTY] >> np.uint64(24)), node_ips.keys[node_ips.keys != EMPTY],
+        cluster_ips.keys[cluster_ips.keys != EMPTY]]))
 
 
 def frontend_tables(ports: ServicePorts, nodes: list, warnings: list[str]

@@ -53,9 +53,10 @@ from .._jit import GROUP
 from ..lifetimes import lifetimes_ns
 from .balancers import (BALANCERS, F_AFFINITY, F_ETP_LOCAL, F_HAS_ANY, F_ITP_LOCAL, F_NODE_HINTS, NODE_HINT_KEY,
                         LB_LEAST_CONN, LB_MAGLEV, LB_ROUND_ROBIN, SEQ_CHUNK, BalancerState, MapArrays, PAR_CHUNK, _pick_in_order, _stage,
-                        _stage_hash, address_filter, seed_keys)
-from .exact import EMPTY, ExactTable, pack2_np, pack3_np
-from .frontends import DEFAULT_AFFINITY_TIMEOUT, frontend_tables, service_ports  # noqa: F401 (re-exported)
+                        _stage_hash, seed_keys)
+from .exact import ExactTable, pack2_np, pack3_np
+from .frontends import (DEFAULT_AFFINITY_TIMEOUT, frontend_filter, frontend_tables,  # noqa: F401 (re-exported)
+                        service_ports)
 from .maglev import DEFAULT_M, backend_names, build_tables, check_size
 
 #: Bit of an endpoint's hint mask saying it carries zone hints at all.
@@ -301,9 +302,7 @@ def compile_services(cluster: Cluster, *, lb: str = "random", seed: int = 0,
         loc_slots=local_table.slots, lbn_off=lbn_off, lbn_node=lbn_node,
         set_off=set_off, set_ep=set_ep, set_ip=set_ip, set_port=set_port, set_table=set_table,
         maglev=maglev, affinity_ns=timeouts * np.int64(1_000_000_000), keys=seed_keys(seed),
-        addr_filter=address_filter(np.concatenate([
-            (frontends.keys[frontends.keys != EMPTY] >> np.uint64(24)), node_ips.keys[node_ips.keys != EMPTY],
-            cip_table.keys[cip_table.keys != EMPTY]])),
+        addr_filter=frontend_filter(frontends, node_ips, cip_table),
         sp_span=sp_span, sp_table=sp_table,
         set_backend=set_ip.astype(np.uint64) | (set_port.astype(np.uint64) << np.uint64(32)),
         node_pool=np.array([i for i, n in enumerate(nodes) if n.present], dtype=np.int32),

@@ -28,9 +28,9 @@ import dataclasses
 import numpy as np
 
 from ..cluster.columns import _endpoint_columns
-from .balancers import (F_AFFINITY, F_ETP_LOCAL, F_HAS_ANY, F_HAS_READY, F_ITP_LOCAL, F_NODE_HINTS, NODE_HINT_KEY,
-                        address_filter)
+from .balancers import F_AFFINITY, F_ETP_LOCAL, F_HAS_ANY, F_HAS_READY, F_ITP_LOCAL, F_NODE_HINTS, NODE_HINT_KEY
 from .exact import EMPTY, ExactTable, pack2_np
+from .frontends import frontend_filter
 from .maglev import backend_names, build_tables
 
 #: The per-service-port arrays of MapArrays an update writes in place.
@@ -129,22 +129,15 @@ class ServiceMapEditor:
         return dataclasses.replace(self.smap, ep_off=off, **cols)
 
     # ------------------------------------------------------------------ services
-    def set_ports(self, ports, frontends, node_ports, node_ips, cip_table) -> list[int]:
-        """A Service changed: new per-port facts and frontend tables. Returns the ports whose facts changed."""
+    def set_ports(self, ports, frontends, node_ports, node_ips, cip_table) -> None:
+        """A Service (or node) changed: new per-port facts and frontend tables. The ports' sets are
+        rebuilt by :meth:`update` (the caller forces those whose Service changed)."""
         sm = self.smap
         a = sm.arrays
-        flags = np.array(ports.flags, np.uint8)
         keep = a.sp_flags & np.uint8(F_HAS_ANY | F_HAS_READY | F_NODE_HINTS)
-        mask = np.uint8(F_ITP_LOCAL | F_ETP_LOCAL | F_AFFINITY)
-        timeout_ns = np.array(ports.timeout, np.int64) * np.int64(1_000_000_000)
-        changed = np.flatnonzero(((a.sp_flags & mask) != flags) | (a.affinity_ns != timeout_ns)
-                                 | (sm.sp_port != np.array(ports.port, np.uint16))
-                                 | (sm.sp_proto != np.array(ports.proto, np.uint8))).tolist()
-        a.sp_flags[:] = flags | keep
-        a.affinity_ns[:] = timeout_ns
-        filt = address_filter(np.concatenate([
-            (frontends.keys[frontends.keys != EMPTY] >> np.uint64(24)), node_ips.keys[node_ips.keys != EMPTY],
-            cip_table.keys[cip_table.keys != EMPTY]]))
+        a.sp_flags[:] = np.array(ports.flags, np.uint8) | keep
+        a.affinity_ns[:] = np.array(ports.timeout, np.int64) * np.int64(1_000_000_000)
+        filt = frontend_filter(frontends, node_ips, cip_table)
         arrays = a._replace(fe_slots=frontends.slots, np_slots=node_ports.slots, nip_slots=node_ips.slots,
                             cip_slots=cip_table.slots, addr_filter=filt)
         self.smap = dataclasses.replace(
@@ -152,7 +145,6 @@ class ServiceMapEditor:
             sp_service=np.array(ports.service, np.int32), sp_port=np.array(ports.port, np.uint16),
             sp_proto=np.array(ports.proto, np.uint8), affinity_timeout=np.array(ports.timeout, np.int64),
             has_affinity=bool((a.sp_flags & F_AFFINITY).any()))
-        return changed
 
     # ------------------------------------------------------------------ endpoints
     def update(self, by_service: dict, slices: list, pods, present: np.ndarray, pname: list[str],
