@@ -251,6 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "min(max(32768 x CPUs, 131072), 1048576) from the Node's capacity.cpu)")
     rp.add_argument("--no-conntrack", action="store_true",
                     help="no connection tracking, FDB or neighbour state (a trace without ts has none)")
+    rp.add_argument("--scheduler", metavar="local|ADDRESS", default=None,
+                    help="replay on a Dask cluster (pip install 'fastpath[dask]'; docs/distributed.md): 'local' "
+                         "starts one here, an address (tcp://host:8786) joins a running scheduler; same rows "
+                         "as one process. -o names a results file, or a folder of parts (a name without "
+                         ".arrow/.parquet). Paths must be readable by every worker (default: one process)")
+    rp.add_argument("--workers", type=_positive, default=None, metavar="N",
+                    help="with --scheduler local: worker processes, one thread each (default: one per core); "
+                         "with an address: wait until N workers have joined")
 
     ex = sub.add_parser(
         "explain", help="one flow, hop by hop",
@@ -454,19 +462,35 @@ def _cmd_replay(a) -> int:
         opts["batch_size"] = a.batch_size
     from .outputs import console, is_stdout, output_format, write_text
 
-    if a.output is not None:
+    if a.workers is not None and a.scheduler is None:
+        raise FastpathError("--workers needs --scheduler (local, or a Dask scheduler's address)")
+    if a.output is not None and a.scheduler is None:
         output_format(a.output, "results file")
     if a.with_flows:
         opts["with_flows"] = True
     opts.update(conntrack=not a.no_conntrack, conntrack_max=a.conntrack_max, interval=a.interval)
     if a.timeline is not None:
         opts["timeline"] = a.timeline
-    if a.events is not None:
+    if a.scheduler is not None:
+        if a.events is not None:
+            raise FastpathError("--events with --scheduler is not supported yet: replay the events in one process")
+        dp = _compiled(a, cluster, lean=True)    # warnings here, once; local workers then read the cache
+        loaded = dp.cluster
+        opts.pop("lb"), opts.pop("seed")
+        from .distributed import replay_distributed
+
+        summary = replay_distributed(
+            cluster, trace, a.output, scheduler=a.scheduler, workers=a.workers, lb=a.lb, seed=a.seed,
+            progress=not a.quiet, plane_cache=not a.no_cache,
+            load_options={"expand_workloads": bool(getattr(a, "expand_workloads", False))},
+            **({} if a.non_masquerade_cidrs is None else {"non_masquerade_cidrs": a.non_masquerade_cidrs}), **opts)
+    elif a.events is not None:
         dp = loaded = _live_inputs(a, cluster, opts)
     else:
         dp = _compiled(a, cluster, lean=True)    # warnings on stderr, with --quiet too
         loaded = dp.cluster                      # from the cache: warnings and counts without loading
-    summary = replay(dp, trace, a.output, threads=a.threads, progress=not a.quiet, **opts)
+    if a.scheduler is None:
+        summary = replay(dp, trace, a.output, threads=a.threads, progress=not a.quiet, **opts)
     for line in summary.event_warnings or ():
         if line not in opts["events"].warnings:          # the events file's own were said before
             print(f"fastpath: warning: {line}", file=sys.stderr)

@@ -78,6 +78,10 @@ class Results:
     def __len__(self) -> int:
         return int(self.verdict.shape[0])
 
+    def take(self, idx) -> "Results":
+        """Rows ``idx`` (an index array, a mask or a slice); an index array or a mask copies them."""
+        return Results(**{k: v[idx] for k, v in vars(self).items()})
+
 
 #: The result columns written to files, in order (interfaces.md "Results out").
 RESULT_SCHEMA = pa.schema([

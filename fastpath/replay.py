@@ -137,6 +137,9 @@ class Summary:
     events: list | None = None
     #: notes about the events (skipped kinds, endpoints derived from pods), said once
     event_warnings: list | None = None
+    #: a replay on a Dask cluster (fastpath.distributed, docs/distributed.md; None in one process): workers,
+    #: ranges, state partitions, conntrack groups and rounds, seconds per phase, bytes handed between tasks
+    distributed: dict | None = None
     table: pa.Table | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -166,8 +169,9 @@ class Summary:
         head.add_row("results", self.output or "(not written)")
         head.add_row("flows", f"{self.flows:,}")
         head.add_row("balancer", f"{self.lb}, seed {self.seed}")
+        where = (f"{self.threads} Dask workers" if self.distributed is not None else f"{self.threads} threads")
         head.add_row("throughput", f"{self.flows_per_s / 1e6:,.2f} M flows/s "
-                                   f"({self.threads} threads, batches of {self.batch_size:,})")
+                                   f"({where}, batches of {self.batch_size:,})")
         head.add_row("wall time", f"{self.wall_s:.2f} s (compile {self.compile_s:.2f} s)")
         head.add_row("cross-node", f"{self.cross_node_share:.1%} of forwarded flows routed to another node")
 
@@ -258,6 +262,30 @@ class _Tally:
         counts = np.concatenate([c for _, c in self._pairs])
         uniq, inv = np.unique(keys, return_inverse=True)
         return uniq, np.bincount(inv, weights=counts).astype(np.int64)
+
+    def compact(self) -> dict:
+        """The counts as a few small arrays (the (service, backend) pairs sparse): what a distributed
+        replay's writing task sends back (:mod:`fastpath.distributed`)."""
+        keys, counts = self._merged()
+        return {"verdict": self.verdict, "reason": self.reason, "path": self.path, "service": self.service,
+                "service_bytes": self.service_bytes, "has_bytes": self.has_bytes, "keys": keys, "counts": counts}
+
+    @classmethod
+    def merged(cls, parts: list[dict], n_services: int, n_pods: int) -> "_Tally":
+        """One tally holding the sum of :meth:`compact` counts (exact: every count is a sum)."""
+        t = cls.__new__(cls)
+        t.pod_slots = n_pods + 1
+        t._dense = None
+        for name, dtype, size in (("verdict", np.int64, len(VERDICTS)), ("reason", np.int64, len(REASONS)),
+                                  ("path", np.int64, len(PATHS)), ("service", np.int64, n_services + 1),
+                                  ("service_bytes", np.uint64, n_services + 1)):
+            setattr(t, name, np.zeros(size, dtype))
+            for p in parts:
+                getattr(t, name)[:] += p[name]
+        t.has_bytes = any(p["has_bytes"] for p in parts)
+        t._pairs = [(p["keys"], p["counts"]) for p in parts if p["keys"].size]
+        t._pairs = [t._merged()]
+        return t
 
     def top_services(self, names: list[str], top: int, ready: tuple | None = None) -> list[ServiceLoad]:
         """The ``top`` busiest service ports. ``ready`` (see :func:`_ready_backends`): count a port's
@@ -416,7 +444,7 @@ def _progress(show: bool | None, total: int):
 def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "random", seed: int = 0,
            batch_size: int = DEFAULT_BATCH_SIZE, threads: int | None = None, progress: bool | None = None,
            return_table: bool = False, top: int = TOP_SERVICES, pipelined: bool = True, on_batch=None,
-           events=None, **service_opts: Any) -> Summary:
+           events=None, scheduler: str | None = None, workers: int | None = None, **service_opts: Any) -> Summary:
     """Resolve every flow of a trace; write the results; return a :class:`Summary`.
 
     Parameters
@@ -466,6 +494,12 @@ def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "r
         adds ``broken_connections``, ``udp_flushed``, ``event_groups`` and ``events``.
         ``cluster`` must then be a path or a :class:`Cluster`, not a compiled plane; or
         pass a :class:`~fastpath.live.LivePlane` as ``cluster`` (``fastpath.report.study`` does).
+    scheduler, workers
+        Replay on a Dask cluster (:func:`fastpath.distributed.replay_distributed`; the
+        ``dask`` extra): ``"local"`` starts ``workers`` processes here, an address joins a
+        running scheduler. Same rows and summary as one process. ``cluster`` must then be a
+        path or a :class:`Cluster`; ``out`` may also name a folder of parts; ``threads``,
+        ``return_table``, ``pipelined`` and ``on_batch`` do not apply.
 
     Raises
     ------
@@ -473,6 +507,17 @@ def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "r
         Bad cluster, trace or output path (one line naming it). Any error or
         ``KeyboardInterrupt`` removes the temporary results file.
     """
+    if scheduler is not None:
+        if hasattr(cluster, "resolve_flows") or hasattr(cluster, "apply_next"):
+            raise FastpathError("scheduler: give the cluster as a path or a Cluster (each worker compiles it), "
+                                "not a compiled plane")
+        if return_table or on_batch is not None:
+            raise FastpathError("scheduler: return_table and on_batch need the rows in this process; "
+                                "read the results file instead")
+        from .distributed import replay_distributed
+
+        return replay_distributed(cluster, trace, out, scheduler=scheduler, workers=workers, lb=lb, seed=seed,
+                                  batch_size=batch_size, progress=progress, top=top, events=events, **service_opts)
     t0 = time.perf_counter()
     reader = open_trace(trace, batch_size)
     out_path = Path(out) if out is not None else None

@@ -265,13 +265,9 @@ def test_explain_lines():
 
 # --------------------------------------------------------------------------- random timed traces
 
-@settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 10**6), n=st.integers(1, 120), ct_max=st.sampled_from([1, 2, 3, 5, 8, 40, None]),
-       interval=st.sampled_from([0.5, 1.0, 7.0, 60.0]), batches=st.integers(1, 4))
-def test_random_timed_traces(seed, n, ct_max, interval, batches):
-    rng = random.Random(seed)
-    c = random_service_cluster(rng, n_nodes=rng.randint(1, 4), n_services=4)
-    c = dataclasses.replace(c, nodes=[dataclasses.replace(nd, cpu=rng.choice([None, 2, 8])) for nd in c.nodes])
+def timed_flows(rng: random.Random, c, n: int) -> list[dict]:
+    """Random service flows spread over time (gaps from 0 to 1,000 s, so entries expire across the
+    neighbour wheel's horizon), with durations, bytes, and pod-to-pod rows (bridged or routed)."""
     flows = random_service_flows(rng, c, n)
     pods = [p.ip for p in c.pods if p.ip is not None]
     t = 0
@@ -283,4 +279,15 @@ def test_random_timed_traces(seed, n, ct_max, interval, batches):
         if rng.random() < 0.7:
             f["duration"] = rng.choice([None, 0.0, 0.001, 1.9, 2.0, 2.5, 40.0, 400.0])
         f["bytes"] = rng.randint(0, 10**6)
+    return flows
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10**6), n=st.integers(1, 120), ct_max=st.sampled_from([1, 2, 3, 5, 8, 40, None]),
+       interval=st.sampled_from([0.5, 1.0, 7.0, 60.0]), batches=st.integers(1, 4))
+def test_random_timed_traces(seed, n, ct_max, interval, batches):
+    rng = random.Random(seed)
+    c = random_service_cluster(rng, n_nodes=rng.randint(1, 4), n_services=4)
+    c = dataclasses.replace(c, nodes=[dataclasses.replace(nd, cpu=rng.choice([None, 2, 8])) for nd in c.nodes])
+    flows = timed_flows(rng, c, n)
     assert_agree(c, flows, conntrack_max=ct_max, interval=interval, batches=batches, default_duration=30.0)

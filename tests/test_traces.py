@@ -505,3 +505,30 @@ def test_synth_failure_leaves_nothing(tmp_path, cluster, monkeypatch):
 def test_synth_zero_flows(tmp_path, cluster):
     assert synth_trace(cluster, 0, out=tmp_path / "t.arrow") == 0
     assert open_trace(tmp_path / "t.arrow").num_rows == 0
+
+
+def test_flows_concat_and_take_keep_each_rows_name():
+    """Batches of one file share a dictionary (their codes are joined as they are); batches with
+    different dictionaries are merged. Either way every row keeps its own name; take() keeps them too."""
+    def named(names, codes):
+        n = len(codes)
+        return Flows(src_ip=np.arange(n, dtype=np.uint32), dst_ip=np.zeros(n, np.uint32),
+                     src_port=np.zeros(n, np.uint16), dst_port=np.zeros(n, np.uint16), proto=np.full(n, 6, np.uint8),
+                     name_code=np.array(codes, np.int32), name_dict=list(names))
+
+    def names_of(f):
+        return [f.name_dict[c] if c >= 0 else None for c in f.name_code]
+
+    a, b = named(["x", "y"], [0, -1, 1]), named(["x", "y"], [1, 1])
+    c = named(["y", "z"], [1, 0, -1])
+    plain = Flows(src_ip=np.zeros(1, np.uint32), dst_ip=np.zeros(1, np.uint32), src_port=np.zeros(1, np.uint16),
+                  dst_port=np.zeros(1, np.uint16), proto=np.full(1, 6, np.uint8))
+    assert names_of(Flows.concat([a, b])) == ["x", None, "y", "y", "y"]
+    assert names_of(Flows.concat([a, plain, b])) == ["x", None, "y", None, "y", "y"]
+    joined = Flows.concat([a, c, b])
+    assert names_of(joined) == ["x", None, "y", "z", "y", None, "y", "y"]
+    assert names_of(joined.take(np.array([3, 0, 7]))) == ["z", "x", "y"]
+    small = joined.take(np.array([3, 1, 5])).compact_names()
+    assert names_of(small) == ["z", None, None] and small.name_dict == ["z"]
+    assert names_of(joined.compact_names()) == names_of(joined)
+    assert joined.take(np.array([3, 0])).n == 2

@@ -22,6 +22,10 @@ The rules, with every choice the spec left open, are in ``docs/dataplane.md``
 Memory holds live state only: an entry record is 40 bytes (expiry, when it
 becomes ASSURED, node, hash bucket, three links, state), pooled and reused.
 The kernel and the layout of its arrays are :mod:`fastpath.stages.conntrack_kernel`.
+
+A stage may keep only some nodes' state (:meth:`ConntrackStage.set_owned`), the
+rest being tracked by other stages, maybe in other processes; the driver that
+makes their union the single run is :mod:`fastpath.stages.conntrack_split`.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from .._jit import read_only
-from ..codes import DELIVERED, DENIED, DROPPED, EGRESS, REFUSED
+from ..codes import DELIVERED, DENIED, DROPPED, EGRESS, LOOPBACK, REFUSED
 from ..errors import FastpathError
 from ..lifetimes import UDP_DEFAULT_DURATION, lifetimes_ns
 from ..tables.balancers import seed_key
@@ -114,6 +118,9 @@ class ConntrackStage:
         Keep one row per node and interval (:meth:`timeline_table`).
     seed
         Seed of the bucket hash.
+
+    A stage keeps every node's state unless told otherwise (:meth:`set_owned`: a
+    node group of :mod:`fastpath.stages.conntrack_split`).
     """
 
     def __init__(self, dp, *, conntrack_max: int | None = None, interval: float = 1.0,
@@ -180,6 +187,19 @@ class ConntrackStage:
         self.ix_key = np.full(16, K.EMPTY, np.int64)
         self.ix_val = np.zeros(16, np.int32)
         self._rows: list[np.ndarray] = []
+        #: 1 for each node whose state this stage keeps (writable, as a deep copy or an unpickled one is:
+        #: one specialization)
+        self.own = np.ones(n, np.uint8)
+        self._last_ts: int | None = None             # the last row's ts (the clock never goes back)
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickled (a stage sent to another process: the distributed replay's conntrack chain), every
+        array owns its memory again: the pools grow in place (:meth:`_grow`), which a view of a received
+        buffer cannot."""
+        self.__dict__.update(state)
+        for k, v in state.items():
+            if isinstance(v, np.ndarray) and not v.flags.owndata:
+                setattr(self, k, v.copy())
 
     # ------------------------------------------------------------------ pools
     @staticmethod
@@ -230,32 +250,52 @@ class ConntrackStage:
         if k:
             self._rows.append(tl[:k])
 
-    def _call(self, tl: np.ndarray, cols: tuple, results: tuple, finish: bool) -> None:
+    def _call(self, tl: np.ndarray, cols: tuple, results: tuple, finish: bool, far_ok: np.ndarray | None = None,
+              decided: np.ndarray | None = None) -> None:
         K.track(self.ct64, self.ct32, self.ct_free, self.ct_heads, self.ct_lanes, self.ch_key, self.ch_val, self.nb64,
                 self.nb32, self.nb_free, self.nb_wheel, self.nb_heap, self.ix_key, self.ix_val, self.nd, tl, self.meta,
                 self.params, *cols, *results, self.node_ip, self.pod_node, self.pod_bridged, self.fdb_last,
+                self.own, _ALL_OK if far_ok is None else far_ok, _NO_DECIDED if decided is None else decided,
                 self.timeline, finish)
         self._keep(tl)
 
     def _tl(self, intervals: int) -> np.ndarray:
-        rows = max(0, intervals) * len(self.node_names) if self.timeline else 0
+        rows = max(0, intervals) * int(np.count_nonzero(self.own)) if self.timeline else 0
         return np.empty((rows, len(K.TL_COLS)), np.int64)
 
+    def _first_iv(self, t0: int) -> int:
+        """The interval the clock is in, or would start in at ``t0``."""
+        return t0 // self.interval_ns if self.meta[K.M_STARTED] == 0 else int(self.meta[K.M_IV])
+
     # ------------------------------------------------------------------ running
-    def run(self, flows, r) -> None:
+    def run(self, flows, r, *, far_ok: np.ndarray | None = None, decided: np.ndarray | None = None) -> None:
         """Track one batch of resolved flows (``r``: :class:`fastpath.pipeline.Results`), in place.
 
         Rows must come in time order across calls. A batch without ``ts``
         is left alone (conntrack needs time).
+
+        A stage that keeps only some nodes (:meth:`set_owned`) takes ``far_ok``
+        (uint8 per row: whether the table of the row's other side, kept by
+        another stage, admitted the connection; see
+        :func:`fastpath.stages.conntrack_kernel.track`) and writes ``decided``
+        (uint8 per row, the kernel's ``D_*`` bits) if given.
         """
         if flows.ts is None or flows.n == 0:
             return
         n = flows.n
         if len(r) != n:                              # a reused buffer longer than the batch: its first rows
             r = type(r)(**{k: v[:n] for k, v in vars(r).items()})
+        if far_ok is not None:
+            far_ok = _ro_u8(far_ok)
+            if far_ok.shape != (n,):
+                raise FastpathError(f"conntrack: far_ok has {far_ok.shape[0]} rows, the batch {n}")
+        if decided is not None and (decided.shape != (n,) or decided.dtype != np.uint8
+                                    or not decided.flags.c_contiguous or not decided.flags.writeable):
+            raise FastpathError(f"conntrack: decided must be a writable, contiguous uint8 array of {n} rows")
         self._reserve(n)
         ts = flows.ts
-        first_iv = int(ts[0]) // self.interval_ns if self.meta[K.M_STARTED] == 0 else int(self.meta[K.M_IV])
+        self._last_ts = int(ts[-1])
+        first_iv = self._first_iv(int(ts[0]))
         nb = flows.bytes
         # every input column read-only (as Arrow's are) and of one dtype: one specialization
         ro = read_only
@@ -266,7 +306,45 @@ class ConntrackStage:
                 ro(np.asarray(nb, np.uint64)) if nb is not None else _NO_BYTES, nb is not None)
         self._call(self._tl(int(ts[-1]) // self.interval_ns - first_iv), cols,
                    (r.verdict, r.reason, r.path, r.src_node, r.dst_node, r.src_pod, r.dst_pod, r.src_kind, r.hops,
-                    r.dnat_ip), False)
+                    r.dnat_ip), False, far_ok, decided)
+
+    def set_owned(self, own: np.ndarray) -> None:
+        """Keep only the state of the nodes where ``own`` (one per node) is true: a node group.
+
+        Before the first row. Other nodes' counters stay 0 and get no timeline
+        rows; :meth:`run` then needs ``far_ok`` for rows whose other side is
+        kept elsewhere. The driver is :mod:`fastpath.stages.conntrack_split`.
+        """
+        if self.started:
+            raise FastpathError("conntrack: the owned nodes are set before the first row")
+        own = np.asarray(own)
+        if own.shape != (len(self.node_names),):
+            raise FastpathError(f"conntrack: own has {own.shape} entries, the cluster {len(self.node_names)} nodes")
+        self.own = np.ascontiguousarray(own != 0, dtype=np.uint8)
+
+    def advance(self, t: int) -> None:
+        """Move the clock to ``t`` (ns) without a flow.
+
+        On a stage that has seen no row yet this starts the clock at ``t`` as a
+        first flow at ``t`` would (its interval, every pod's FDB time);
+        afterwards it closes the intervals before ``t``'s (their timeline rows)
+        and expires what is due by ``t``, as a flow at ``t`` would before its
+        own work. A node group starts its clock at the whole trace's first
+        ``ts`` and advances it to the last one before :meth:`finish`, so its
+        timeline and final occupancies are the single run's.
+        """
+        t = int(t)
+        if self._last_ts is not None and t < self._last_ts:
+            raise FastpathError(f"conntrack: the clock cannot go back from {self._last_ts} to {t} ns")
+        self._last_ts = t
+        ro = read_only
+        cols = (ro(np.array([t], np.int64)), ro(np.zeros(1, np.uint8)), ro(np.zeros(1, np.uint32)),
+                ro(np.zeros(1, np.uint32)), ro(np.zeros(1, np.uint16)), ro(np.zeros(1, np.uint16)),
+                ro(np.zeros(1, np.int64)), _NO_BYTES, False)
+        results = (np.zeros(1, np.uint8), np.zeros(1, np.uint8), np.full(1, LOOPBACK, np.uint8),
+                   np.full(1, -1, np.int32), np.full(1, -1, np.int32), np.full(1, -1, np.int32),
+                   np.full(1, -1, np.int32), np.ones(1, np.uint8), np.zeros(1, np.uint8), np.zeros(1, np.uint32))
+        self._call(self._tl(t // self.interval_ns - self._first_iv(t)), cols, results, False)
 
     def finish(self) -> None:
         """Close the last interval (its timeline rows). Call once, after the last batch."""
@@ -310,9 +388,14 @@ class ConntrackStage:
                       for name, s in self.node_states().items()},
         }
 
+    def timeline_rows(self) -> np.ndarray:
+        """The timeline as kept: int64 rows of :data:`~fastpath.stages.conntrack_kernel.TL_COLS` (the nodes
+        this stage keeps only)."""
+        return np.concatenate(self._rows) if self._rows else np.zeros((0, len(K.TL_COLS)), np.int64)
+
     def timeline_table(self) -> pa.Table:
         """The timeline (``--timeline``): one row per node and interval, in time then node order."""
-        tl = np.concatenate(self._rows) if self._rows else np.zeros((0, len(K.TL_COLS)), np.int64)
+        tl = self.timeline_rows()
         c = dict(zip(K.TL_COLS, tl.T))
         names = pa.array(self.node_names, pa.string())
         idx = np.ascontiguousarray(c["node"], np.int32)
@@ -336,8 +419,16 @@ def conntrack_max_of(cpu: int | None) -> int:
     return conntrack_max(cpu)
 
 
+def _ro_u8(a) -> np.ndarray:
+    """``a`` as a contiguous, read-only uint8 array (the kernel's type for ``own`` and ``far_ok``)."""
+    return read_only(np.ascontiguousarray(a, dtype=np.uint8))
+
+
 #: Placeholder for a trace without ``bytes`` (read-only, like the columns).
 _NO_BYTES = read_only(np.zeros(1, np.uint64))
+#: ``far_ok`` of a stage that keeps every node (never read), and ``decided`` not wanted.
+_ALL_OK = _ro_u8(np.ones(1, np.uint8))
+_NO_DECIDED = np.zeros(0, np.uint8)
 
 
 def _dst_of(flows, r) -> np.ndarray:

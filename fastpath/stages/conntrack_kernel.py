@@ -28,6 +28,11 @@ twenty array arguments costs more than the work it does):
 
 Every helper is a plain compiled function (no ``inline="always"``, no parallel
 passes): LLVM inlines the small ones, and the kernel compiles in seconds.
+
+A call may keep only some nodes' state (``own``, a node group of
+:mod:`fastpath.stages.conntrack_split`): the records then hold those nodes'
+entries only, and the other side of a row that crosses groups answers through
+``far_ok`` (see :func:`track`).
 """
 from __future__ import annotations
 
@@ -536,11 +541,13 @@ def _nb_add(nb64, nb32, nb_free, wheel, heap, ix_key, ix_val, nd, meta, n, key, 
 # ----------------------------------------------------------------------------- intervals
 
 @jit(_nrt=False)
-def _emit(nd, tl, meta, interval):
-    """Timeline rows of the current interval (one per node); the interval's counters reset."""
+def _emit(nd, tl, meta, interval, own):
+    """Timeline rows of the current interval: one per node this call keeps, in node order."""
     row = meta[M_ROWS]
     start = meta[M_IV] * interval
     for n in range(nd.shape[0]):
+        if own[n] == 0:
+            continue
         tl[row, 0] = start
         tl[row, 1] = n
         tl[row, 2] = nd[n, N_IV_PEAK]
@@ -556,9 +563,11 @@ def _emit(nd, tl, meta, interval):
 
 
 @jit(_nrt=False)
-def _next_interval(nd):
-    """Counters of a new interval: peaks start at what the tables hold now."""
+def _next_interval(nd, own):
+    """Counters of a new interval (of the nodes this call keeps): peaks start at what the tables hold now."""
     for n in range(nd.shape[0]):
+        if own[n] == 0:
+            continue
         nd[n, N_IV_NEW] = 0
         nd[n, N_IV_DROPS] = 0
         nd[n, N_IV_FLOODS] = 0
@@ -588,10 +597,12 @@ def _lifetime(v, tcp, pr, t, d, P):
 
 
 @jit(_nrt=False, inline="always")
-def _drop_full(nd, n, verdict, reason, path, dst_pod, hops, i, h):
-    """Row ``i`` dropped by node ``n``'s full table (reason ``conntrack-full``), ``h`` hops in."""
-    nd[n, N_DROPS] += 1
-    nd[n, N_IV_DROPS] += 1
+def _drop_full(nd, n, count, verdict, reason, path, dst_pod, hops, i, h):
+    """Row ``i`` dropped by node ``n``'s full table (reason ``conntrack-full``), ``h`` hops in; the drop
+    counted on ``n`` where ``count`` (this call keeps ``n``'s state)."""
+    if count:
+        nd[n, N_DROPS] += 1
+        nd[n, N_IV_DROPS] += 1
     verdict[i] = DROPPED
     reason[i] = R_CONNTRACK_FULL
     path[i] = NONE
@@ -609,20 +620,35 @@ def _bucket(h, nd, n):
     return np.int64((np.uint64(h) * np.uint64(nd[n, N_BUCKETS])) >> np.uint64(32))
 
 
+#: ``decided`` bits (node-group mode, see :func:`track`): the client's node is kept by this call and its table
+#: admitted the connection (or was not asked); the same for the far node; the client's node is kept here;
+#: the far node is kept here.
+D_SN_OK, D_DN_OK, D_SN_OWNED, D_DN_OWNED = 1, 2, 4, 8
+
+
 @jit(_nrt=False)
 def track(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nb64, nb32, nb_free, nb_wheel, nb_heap, ix_key,
           ix_val, nd, tl, meta, P, ts, proto, src_ip, dst_ip, src_port, dst_port, life_ns, nbytes, has_bytes,
           verdict, reason, path, src_node, dst_node, src_pod, dst_pod, src_kind, hops, dnat_ip,
-          node_ip, pod_node, pod_bridged, fdb_last, timeline, finish):
+          node_ip, pod_node, pod_bridged, fdb_last, own, far_ok, decided, timeline, finish):
     """Walk rows in time order: conntrack entries, FDB ageing, neighbour entries, counters.
 
     ``life_ns``: each connection's lifetime (:func:`fastpath.lifetimes.lifetimes_ns`). With
     ``finish`` it only emits the last interval's timeline rows.
+
+    Node groups (:mod:`fastpath.stages.conntrack_split`): ``own[x]`` (uint8 per node) says whether this
+    call keeps node ``x``'s state (its counters and timeline rows, conntrack and neighbour entries, the
+    FDB times of its pods); every other node's state is neither read nor written. Where a row's other
+    side is kept elsewhere, whether that side's table admitted the connection is read from ``far_ok[i]``
+    (the client's node's answer for a row whose client node is not kept here; the far node's answer for
+    a row whose far node is not kept here; both together for a row where neither is). ``decided``
+    (uint8 per row, or empty: not written) gets :data:`D_SN_OK` ... :data:`D_DN_OWNED`. With ``own``
+    all ones ``far_ok`` is never read (one element will do) and the walk is the single run's.
     """
     interval = P[P_INTERVAL]
     if finish:
         if timeline and meta[M_STARTED] != 0:
-            _emit(nd, tl, meta, interval)
+            _emit(nd, tl, meta, interval, own)
         return
     n_rows = ts.shape[0]
     if n_rows == 0:
@@ -634,27 +660,32 @@ def track(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nb64, nb32, n
         for p in range(fdb_last.shape[0]):           # every pod's MAC learned as the replay starts
             fdb_last[p] = ts[0]
     life = P[P_NB_LIFE]
+    want = decided.shape[0] != 0
     for i in range(n_rows):
         t = ts[i]
         iv = t // interval
         while meta[M_IV] < iv:                       # close intervals: emit, expire to the next start
             if timeline:
-                _emit(nd, tl, meta, interval)
+                _emit(nd, tl, meta, interval, own)
             meta[M_IV] += 1
             start = meta[M_IV] * interval
             _ct_expire(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nd, meta, start)
             _nb_expire(nb64, nb32, nb_free, nb_wheel, nb_heap, ix_key, ix_val, nd, meta, start)
-            _next_interval(nd)
+            _next_interval(nd, own)
         if _ct_due(ct_heads, ct_lanes, t):
             _ct_expire(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nd, meta, t)
         if _nb_due(nb_heap, meta, t):
             _nb_expire(nb64, nb32, nb_free, nb_wheel, nb_heap, ix_key, ix_val, nd, meta, t)
+        sn = np.int64(src_node[i])
+        dn = np.int64(dst_node[i])
+        own_s = sn >= 0 and own[sn] != 0             # this call keeps the client's node
+        own_d = dn >= 0 and own[dn] != 0             # ... the far node
+        if want:
+            decided[i] = np.uint8((D_SN_OK | D_SN_OWNED if own_s else 0) | (D_DN_OK | D_DN_OWNED if own_d else 0))
         pa_ = path[i]
         if pa_ == LOOPBACK:
             continue
         v = verdict[i]
-        sn = np.int64(src_node[i])
-        dn = np.int64(dst_node[i])
         pr = np.int64(proto[i])
         tcp = pr == 6 or pr == 132
         d = life_ns[i]                               # fastpath.lifetimes: duration, else the default
@@ -673,55 +704,74 @@ def track(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nb64, nb32, n
             expiry, assured_at = _lifetime(v, tcp, pr, t, d, P)
             h = flow_hash(np.uint64(P[P_KEY]), src_ip[i], dst_ip[i], src_port[i], dst_port[i], proto[i])
             src_part = 2 if kind == 0 else (0 if kind == 1 else 1)
-            mine = _ct_insert(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nd, meta, sn, t, expiry,
-                              assured_at, _bucket(h, nd, sn))
-            if mine < 0:
-                _drop_full(nd, sn, verdict, reason, path, dst_pod, hops, i, src_part)
+            mine = np.int64(-1)
+            if own_s:
+                mine = _ct_insert(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nd, meta, sn, t, expiry,
+                                  assured_at, _bucket(h, nd, sn))
+                ok = mine >= 0
+            else:                                    # the client's node is kept elsewhere: its answer
+                ok = far_ok[i] != 0
+            if not ok:
+                _drop_full(nd, sn, own_s, verdict, reason, path, dst_pod, hops, i, src_part)
+                if want:
+                    decided[i] = decided[i] & np.uint8(0xFF ^ D_SN_OK)
                 dst_node[i] = -1
                 dn = -1
                 v = DROPPED
-            elif both and _ct_insert(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nd, meta, dn, t, expiry,
-                                     assured_at, _bucket(h, nd, dn)) < 0:
-                _drop_full(nd, dn, verdict, reason, path, dst_pod, hops, i, src_part + (1 if kind == 2 else 2))
-                v = DROPPED
-                # the client's entry stays, unanswered: its record is retired and a new one filed
-                _ct_retire(ct32, ch_key, ch_val, nd, meta, mine)
-                _ct_insert(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nd, meta, sn, t,
-                           t + _unanswered(tcp, pr, P), I64_MAX, _bucket(h, nd, sn))
-                nd[sn, N_NEW] -= 1
-                nd[sn, N_IV_NEW] -= 1
+            elif both:
+                if own_d:
+                    ok = _ct_insert(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nd, meta, dn, t, expiry,
+                                    assured_at, _bucket(h, nd, dn)) >= 0
+                elif own_s:                          # the far node is kept elsewhere: its answer
+                    ok = far_ok[i] != 0
+                if not ok:
+                    _drop_full(nd, dn, own_d, verdict, reason, path, dst_pod, hops, i,
+                               src_part + (1 if kind == 2 else 2))
+                    if want and own_d:
+                        decided[i] = decided[i] & np.uint8(0xFF ^ D_DN_OK)
+                    v = DROPPED
+                    if own_s:
+                        # the client's entry stays, unanswered: its record is retired and a new one filed
+                        _ct_retire(ct32, ch_key, ch_val, nd, meta, mine)
+                        _ct_insert(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nd, meta, sn, t,
+                                   t + _unanswered(tcp, pr, P), I64_MAX, _bucket(h, nd, sn))
+                        nd[sn, N_NEW] -= 1
+                        nd[sn, N_IV_NEW] -= 1
         # bytes: out of the client's node, into the far node (interval of the first packet)
         if has_bytes and (v == DELIVERED or v == EGRESS):
-            if sn >= 0:
+            if own_s:
                 nd[sn, N_IV_BOUT] += np.int64(nbytes[i])
-            if dn >= 0 and dn != sn:
+            if dn >= 0 and dn != sn and own_d:
                 nd[dn, N_IV_BIN] += np.int64(nbytes[i])
         # the bridge FDB: the client pod's MAC is heard, then the frame to the destination pod
         alive = t + d if (v == DELIVERED or v == EGRESS) else t
         sp = np.int64(src_pod[i])
         if kind == 0 and sp >= 0:
-            if alive > fdb_last[sp]:
+            ps = np.int64(pod_node[sp])
+            if alive > fdb_last[sp] and (ps < 0 or own[ps] != 0):
                 fdb_last[sp] = alive
         dp = np.int64(dst_pod[i])
         if (v == DELIVERED or v == REFUSED) and dp >= 0 and pod_bridged[dp] != 0 and \
                 (pa_ == BRIDGE or pa_ == ROUTED or pa_ == EXTERNAL):
             pn = np.int64(pod_node[dp])
-            if t > fdb_last[dp] + P[P_FDB_AGE]:
-                nd[pn, N_FLOODS] += 1
-                nd[pn, N_IV_FLOODS] += 1
-            if alive > fdb_last[dp]:
-                fdb_last[dp] = alive
-            # the node's neighbour entry for its pod (pod -> pod on one bridge: the pod's own table)
-            if pa_ != BRIDGE or kind != 0:
-                _nb_use_pod(nb64, nb32, nb_wheel, nb_heap, nd, meta, pn, dp, np.int64(dnat_ip[i]), t, life)
+            if own[pn] != 0:
+                if t > fdb_last[dp] + P[P_FDB_AGE]:
+                    nd[pn, N_FLOODS] += 1
+                    nd[pn, N_IV_FLOODS] += 1
+                if alive > fdb_last[dp]:
+                    fdb_last[dp] = alive
+                # the node's neighbour entry for its pod (pod -> pod on one bridge: the pod's own table)
+                if pa_ != BRIDGE or kind != 0:
+                    _nb_use_pod(nb64, nb32, nb_wheel, nb_heap, nd, meta, pn, dp, np.int64(dnat_ip[i]), t, life)
         # neighbour entries between nodes (next hop, and the answer back), and to the gateway
         if sn >= 0:
             if dn >= 0 and dn != sn and (v == DELIVERED or v == REFUSED or v == DROPPED or v == DENIED):
-                _nb_use(nb64, nb32, nb_free, nb_wheel, nb_heap, ix_key, ix_val, nd, meta, sn, np.int64(node_ip[dn]), t,
-                        life)
-                if v == DELIVERED or v == REFUSED:
+                if own_s:
+                    _nb_use(nb64, nb32, nb_free, nb_wheel, nb_heap, ix_key, ix_val, nd, meta, sn,
+                            np.int64(node_ip[dn]), t, life)
+                if (v == DELIVERED or v == REFUSED) and own_d:
                     _nb_use(nb64, nb32, nb_free, nb_wheel, nb_heap, ix_key, ix_val, nd, meta, dn, np.int64(node_ip[sn]),
                             t, life)
-            if v == EGRESS or (kind == 2 and (v == DELIVERED or v == REFUSED)):
+            if own_s and (v == EGRESS or (kind == 2 and (v == DELIVERED or v == REFUSED))):
                 # the default gateway
                 _nb_use(nb64, nb32, nb_free, nb_wheel, nb_heap, ix_key, ix_val, nd, meta, sn, np.int64(0), t, life)

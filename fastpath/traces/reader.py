@@ -111,8 +111,11 @@ class _TraceFile:
         fields = _field_indices(full)
         return cls(path, kind, num_rows, pa.schema([full.field(i) for i in fields]), fields)
 
-    def batches(self, batch_size: int) -> Iterator[pa.RecordBatch]:
-        """The file's record batches, trace columns only, as stored (any size).
+    def batches(self, batch_size: int, start: int = 0) -> Iterator[tuple[int, pa.RecordBatch]]:
+        """The file's record batches with the row number of each one's first row, trace columns
+        only, as stored (any size), from the batch that holds row ``start`` on (the batches
+        before it are not read: Arrow batches are skipped by their row counts, Parquet row
+        groups by their metadata).
 
         Arrow files are memory-mapped and read zero-copy. Once the caller asks
         for the next batch, the pages of the previous one are handed back to
@@ -129,14 +132,28 @@ class _TraceFile:
                     stored = (reader.get_batch(i) for i in range(reader.num_record_batches))
                 else:
                     stored = iter(pa.ipc.open_stream(source, options=options))
+                row = 0
                 for batch in stored:
-                    yield batch
+                    if row + batch.num_rows > start:
+                        yield row, batch
+                    row += batch.num_rows
                     del batch
                     _drop_pages(mapped)
             else:
                 names = self.schema.names
                 pf = pq.ParquetFile(self.path, read_dictionary=[n for n in ("dst_name",) if n in names])
-                yield from pf.iter_batches(batch_size=batch_size, columns=names)
+                row, groups, acc = 0, [], 0
+                for g in range(pf.metadata.num_row_groups):
+                    rows = pf.metadata.row_group(g).num_rows
+                    if acc + rows > start:
+                        row = acc if not groups else row
+                        groups.append(g)
+                    acc += rows
+                if not groups:
+                    return
+                for batch in pf.iter_batches(batch_size=batch_size, columns=names, row_groups=groups):
+                    yield row, batch
+                    row += batch.num_rows
 
 
 def _map(path: Path) -> tuple[mmap.mmap, pa.BufferReader]:
@@ -245,16 +262,31 @@ class TraceReader:
         return None
 
     def __iter__(self) -> Iterator[Flows]:
+        return self.rows(0, self.num_rows)
+
+    def rows(self, start: int, stop: int) -> Iterator[Flows]:
+        """Rows ``start:stop`` of the whole trace (counted across its files), in batches of
+        ``batch_size`` (the last one fewer), checked as iteration checks them; time order is
+        checked within the range. What the distributed replay's tasks read
+        (:mod:`fastpath.distributed`): batches and files before ``start`` are skipped unread."""
         size = self.batch_size
         state = {"last_ts": None, "last_where": ""}
         groups: list[tuple[_TraceFile, int, list[pa.RecordBatch]]] = []
         have = 0
+        base = 0                                     # the first row of this file in the whole trace
         for tf in self._files:
-            row = 0
-            for raw in tf.batches(size):
-                off = 0
-                while off < raw.num_rows:
-                    take = min(size - have, raw.num_rows - off)
+            lo, hi = max(start - base, 0), min(stop - base, tf.num_rows)
+            base += tf.num_rows
+            if lo >= hi:
+                continue
+            for row, raw in tf.batches(size, lo):
+                if row >= hi:
+                    break
+                off = max(lo - row, 0)
+                end = min(raw.num_rows, hi - row)
+                row += off
+                while off < end:
+                    take = min(size - have, end - off)
                     piece = raw.slice(off, take)
                     if groups and groups[-1][0] is tf:
                         groups[-1][2].append(piece)

@@ -102,6 +102,23 @@ class Flows:
                if isinstance(getattr(self, f.name), np.ndarray)}
         return replace(self, n=max(0, stop - start), **cut)
 
+    def take(self, idx: np.ndarray) -> "Flows":
+        """Rows ``idx`` (an index array or a boolean mask), as copies; the name dictionary is shared."""
+        cut = {f.name: getattr(self, f.name)[idx] for f in fields(self)
+               if isinstance(getattr(self, f.name), np.ndarray)}
+        return replace(self, n=int(cut["src_ip"].shape[0]), **cut)
+
+    def compact_names(self) -> "Flows":
+        """The same rows with only the names they use in ``name_dict`` (DNS resolves a batch's whole
+        dictionary: a few rows taken from a big batch should not carry all of it)."""
+        if self.name_code is None or not self.name_dict:
+            return self
+        used, codes = np.unique(self.name_code, return_inverse=True)
+        keep = used[used >= 0]
+        shift = int(used.size - keep.size)                   # -1 sorts first: its slot stays -1
+        codes = codes.astype(np.int32).reshape(-1) - shift
+        return replace(self, name_code=codes, name_dict=[self.name_dict[i] for i in keep.tolist()])
+
     @staticmethod
     def concat(parts: Sequence["Flows"]) -> "Flows":
         """Rows of ``parts`` one after the other; name dictionaries are merged."""
@@ -120,6 +137,11 @@ class Flows:
                 out[f.name] = np.concatenate(vals)
         if all(p.name_code is None for p in parts):
             return Flows(**out)
+        named = [p for p in parts if p.name_code is not None]
+        if all(p.name_dict == named[0].name_dict for p in named[1:]):    # one dictionary (a file's batches)
+            codes = [p.name_code if p.name_code is not None else np.full(p.n, -1, dtype=np.int32) for p in parts]
+            return Flows(name_code=np.concatenate(codes).astype(np.int32, copy=False),
+                         name_dict=list(named[0].name_dict), **out)
         merged: dict[str, int] = {}
         codes = []
         for p in parts:
