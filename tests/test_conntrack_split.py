@@ -33,7 +33,6 @@ from fastpath.stages.conntrack_split import (GroupFigures, merge_figures, merge_
 from naive.pipeline import ip
 from naive.pipeline import make_pod as _pod
 from naive.services import random_cluster as random_service_cluster
-from naive.services import random_flows as random_service_flows
 from test_conntrack import S, TCP, UDP, fl, timed_flows, to_flows, two_nodes
 
 

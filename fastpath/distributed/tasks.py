@@ -3,13 +3,18 @@
 Every function here is a pure function of its arguments (the trace and cluster
 are read from their paths, the compiled plane comes from a per-process cache),
 so Dask may run any of them again on another worker after a failure and get
-the same answer. The pieces they hand each other are tuples of numpy arrays:
+the same answer. (The two chains, conntrack's and affinity's, carry a stage
+from step to step; a step never changes what an earlier step returned but that
+stage, which only the next step reads.) The pieces they hand each other are
+numpy arrays in tuples or small dataclasses:
 
-* a **resolved part**: ``(rows, flows, results)``, global row numbers (int64,
-  increasing), the :class:`~fastpath.traces.Flows` and the integer
+* a **resolved part** (:class:`Resolved`, or a ``(rows, flows, results)`` piece
+  of one): global row numbers (int64, increasing), the
+  :class:`~fastpath.traces.Flows` and the integer
   :class:`~fastpath.pipeline.Results` of those rows;
-* a **change list** from the conntrack groups: the rows conntrack changed and
-  their new ``verdict``, ``reason``, ``path``, ``dst_node``, ``dst_pod``, ``hops``.
+* a **change list** from connection tracking: the rows it changed (refused by
+  a full table) and their new ``verdict``, ``reason``, ``path``, ``dst_node``,
+  ``dst_pod``, ``hops`` (:data:`CT_FIELDS`).
 """
 from __future__ import annotations
 
@@ -32,8 +37,8 @@ class PlaneSpec:
     """How a worker gets the compiled cluster: once per process, not per task.
 
     ``cluster`` is a path (read by each worker: the path must be valid there) or a
-    :class:`~fastpath.cluster.model.Cluster` (shipped to each worker once, scattered
-    by the driver). ``cache``: compile through the user's compiled-table cache
+    :class:`~fastpath.cluster.model.Cluster` (in the task graph once, sent to each
+    worker that needs it). ``cache``: compile through the user's compiled-table cache
     (``fastpath.cache``, what the command line does); else compile in process.
     """
 
@@ -524,7 +529,6 @@ def track_group_task(spec: PlaneSpec, ct_opts: dict, own: np.ndarray, clock: tup
                      pieces: list) -> GroupRun:
     """One node group's conntrack over its rows (every piece that touches its nodes, put in trace order),
     assuming the refusals ``assumed`` (client-side rows, far-side rows) of the other groups' last round."""
-    from ..stages import conntrack_kernel as K
     from ..stages.conntrack_split import GroupFigures, track_group
 
     got = [p for p in pieces if p is not None]
@@ -552,10 +556,17 @@ def track_group_task(spec: PlaneSpec, ct_opts: dict, own: np.ndarray, clock: tup
         decided = track_group(stage, _read_only(flows), r, own, far_ok, clock)
         mine = own_s & np.logical_or.reduce([getattr(r, k) != before[k] for k in CT_FIELDS]) if rows.size \
             else np.zeros(0, bool)
-        refused_s = rows[((decided & K.D_SN_OWNED) != 0) & ((decided & K.D_SN_OK) == 0)]
-        refused_d = rows[((decided & K.D_DN_OWNED) != 0) & ((decided & K.D_DN_OK) == 0)]
+        refused_s, refused_d = _refused(decided)
         return GroupRun(rows[mine], tuple(getattr(r, k)[mine] for k in CT_FIELDS), GroupFigures.of(stage),
-                        refused_s, refused_d)
+                        rows[refused_s], rows[refused_d])
+
+
+def _refused(decided: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (masks) whose client node's table, and whose far node's table, kept here, refused them."""
+    from ..stages import conntrack_kernel as K
+
+    return (((decided & K.D_SN_OWNED) != 0) & ((decided & K.D_SN_OK) == 0),
+            ((decided & K.D_DN_OWNED) != 0) & ((decided & K.D_DN_OK) == 0))
 
 
 def refusals(run: GroupRun) -> tuple[np.ndarray, np.ndarray]:
@@ -603,8 +614,6 @@ def chain_step(spec: PlaneSpec, ct_opts: dict, stage, pieces: list, start: int, 
             stage = _stage(dp, ct_opts)
     if stop <= start:
         return stage, None
-    from ..stages import conntrack_kernel as K
-
     flows, r0 = _gather(pieces, start, stop)
     r = Results(**{k: v.copy() for k, v in vars(r0).items()})
     n = r.verdict.shape[0]
@@ -613,8 +622,7 @@ def chain_step(spec: PlaneSpec, ct_opts: dict, stage, pieces: list, start: int, 
         hi = min(n, lo + batch_size)
         stage.run(flows.slice(lo, hi), r.take(slice(lo, hi)), decided=decided[lo:hi])
     # every node is kept: a row changes only where a table refused it
-    refused_s = ((decided & K.D_SN_OWNED) != 0) & ((decided & K.D_SN_OK) == 0)
-    refused_d = ((decided & K.D_DN_OWNED) != 0) & ((decided & K.D_DN_OK) == 0)
+    refused_s, refused_d = _refused(decided)
     rows = np.flatnonzero(refused_s | refused_d)
     return stage, (rows + start, *(getattr(r, k)[rows] for k in CT_FIELDS)) if rows.size else None
 

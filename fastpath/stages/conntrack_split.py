@@ -77,7 +77,7 @@ groups here assume the pods' nodes (``stage.pod_node``) do not change.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
