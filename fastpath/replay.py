@@ -222,7 +222,7 @@ class _Tally:
     boolean masking (which costs more than the counting).
     """
 
-    def __init__(self, n_services: int, n_pods: int) -> None:
+    def __init__(self, n_services: int, n_pods: int, dense: bool = True) -> None:
         self.verdict = np.zeros(len(VERDICTS), np.int64)
         self.reason = np.zeros(len(REASONS), np.int64)
         self.path = np.zeros(len(PATHS), np.int64)
@@ -233,8 +233,10 @@ class _Tally:
         self._pairs: list[tuple[np.ndarray, np.ndarray]] = []
         # (service, backend) counts: a dense array while it is small enough (zeroed lazily by
         # the OS, so only the pages of pairs that occur take memory), else sorted key runs.
+        # dense=False: always sparse (a distributed replay's task counts a range once: the dense array's
+        # pages would cost more to touch and scan than the range's own key runs)
         pairs = self.service.shape[0] * self.pod_slots
-        self._dense = np.zeros(pairs, np.int64) if pairs <= _DENSE_PAIRS else None
+        self._dense = np.zeros(pairs, np.int64) if dense and pairs <= _DENSE_PAIRS else None
 
     def add(self, r, flows) -> None:
         # one pass of the tally kernel (nogil: it runs on the writer thread beside the resolving)

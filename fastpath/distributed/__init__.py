@@ -165,12 +165,12 @@ class _Waiter:
 
         self.phases: dict[str, float] = {}
 
-    def wait(self, what: str, futures: list) -> list:
+    def wait(self, what: str, futures: list, show: bool = True) -> list:
         """The futures' results (a task's error raised here as it was raised); the wait is timed as
         phase ``what`` (a phase's tasks may have started while an earlier phase was waited on)."""
         d = _dask()
         t = time.perf_counter()
-        if self.bar is not None:
+        if self.bar is not None and show:
             task = self.bar.add_task(f"{what} ({self.workers} workers)", total=len(futures))
             for _ in d.as_completed(futures):
                 self.bar.advance(task)
@@ -304,11 +304,11 @@ def replay_distributed(cluster, trace, out=None, *, scheduler: str = "local", wo
                 ct_fields, changes = _conntrack_phase(client, waiter, spec_f, parts, pieces, bounds, facts, ct_opts,
                                                       session, conntrack_groups, edges, batch_size)
                 stats.update(ct_fields.pop("_how"))
-            counts = waiter.wait("write", [
+            counts = waiter.wait("resolve, track, write" if timed else "resolve and write", [
                 client.submit(tasks.write_range, spec_f, batch_size, a, b, k, output, pieces[k], changes[k],
-                              pure=False)
+                              pure=False, priority=_first(k, bounds))
                 for k, (a, b) in enumerate(bounds)])
-            smalls = waiter.wait("resolve", [client.submit(tasks.small, p, pure=False) for p in parts])
+            smalls = waiter.wait("resolve", [client.submit(tasks.small, p, pure=False) for p in parts], show=False)
             _check_time_order(trace, edges if edges is not None else [s["edges"] for s in smalls], bounds)
             allowed = _sum([s["allowed"] for s in smalls])
             if timed:
@@ -368,20 +368,23 @@ def _resolve_phase(client, waiter, spec_f, trace: str, batch_size: int, bounds, 
     from operator import getitem
 
     if not facts["stateful"]:
-        parts = [client.submit(tasks.resolve_range, spec_f, trace, batch_size, a, b, pure=False) for a, b in bounds]
+        # a range's tasks before the next range's: the conntrack chain behind them starts early
+        parts = [client.submit(tasks.resolve_range, spec_f, trace, batch_size, a, b, pure=False,
+                               priority=_first(k, bounds)) for k, (a, b) in enumerate(bounds)]
         if facts["affinity_only"]:               # the affinity rows again: a chain per key partition
             nparts = max(workers, 1) * 2
-            splits = [client.submit(tasks.affinity_split, spec_f, p, nparts, pure=False) for p in parts]
             states: list = [None] * nparts
             fixed = []
-            for p, split in zip(parts, splits):
+            for k, p in enumerate(parts):
+                first = {"pure": False, "priority": _first(k, bounds)}
+                split = client.submit(tasks.affinity_split, spec_f, p, nparts, **first)
                 fixes = []
                 for q in range(nparts):
                     step = client.submit(tasks.affinity_step, spec_f, states[q], batch_size,
-                                         client.submit(getitem, split, q, pure=False), pure=False)
-                    states[q] = client.submit(getitem, step, 0, pure=False)
-                    fixes.append(client.submit(getitem, step, 1, pure=False))
-                fixed.append(client.submit(tasks.fixed_part, p, *fixes, pure=False))
+                                         client.submit(getitem, split, q, **first), **first)
+                    states[q] = client.submit(getitem, step, 0, **first)
+                    fixes.append(client.submit(getitem, step, 1, **first))
+                fixed.append(client.submit(tasks.fixed_part, p, *fixes, **first))
             parts = fixed
         return parts, None
     keys = [client.submit(tasks.state_keys, spec_f, trace, batch_size, a, b, pure=False) for a, b in bounds]
@@ -397,6 +400,11 @@ def _resolve_phase(client, waiter, spec_f, trace: str, batch_size: int, bounds, 
                            *[client.submit(getitem, s, q, pure=False) for s in splits], pure=False)
              for q in range(nparts)]
     return parts, [h["edges"] for h in heads]
+
+
+def _first(k: int, bounds: list) -> int:
+    """Dask priority of range ``k``'s tasks: earlier ranges first."""
+    return len(bounds) - k
 
 
 def _key_facts(keys: dict) -> dict:

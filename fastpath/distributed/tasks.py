@@ -437,7 +437,7 @@ def _count_and_write(dp, batch_size: int, k: int, out: Output, r: Results, flows
     from ..stages.policy_summary import PolicyTally
 
     n = r.verdict.shape[0]
-    tally = _Tally(len(dp.services.names), len(dp.tables.pod_names))
+    tally = _Tally(len(dp.services.names), len(dp.tables.pod_names), dense=False)
     ptally = PolicyTally(dp) if dp.policy is not None else None
     for lo in range(0, n, batch_size):
         part = r.take(slice(lo, lo + batch_size))
