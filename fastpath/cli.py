@@ -254,8 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--scheduler", metavar="local|ADDRESS", default=None,
                     help="replay on a Dask cluster (pip install 'fastpath[dask]'; docs/distributed.md): 'local' "
                          "starts one here, an address (tcp://host:8786) joins a running scheduler; same rows "
-                         "as one process. -o names a results file, or a folder of parts (a name without "
-                         ".arrow/.parquet). Paths must be readable by every worker (default: one process)")
+                         "as one process (with --events: one task on one worker). -o names a results file, or "
+                         "a folder of parts (a name without .arrow/.parquet). Paths must be readable by every "
+                         "worker (default: one process)")
     rp.add_argument("--workers", type=_positive, default=None, metavar="N",
                     help="with --scheduler local: worker processes, one thread each (default: one per core); "
                          "with an address: wait until N workers have joined")
@@ -472,10 +473,11 @@ def _cmd_replay(a) -> int:
     if a.timeline is not None:
         opts["timeline"] = a.timeline
     if a.scheduler is not None:
-        if a.events is not None:
-            raise FastpathError("--events with --scheduler is not supported yet: replay the events in one process")
-        dp = _compiled(a, cluster, lean=True)    # warnings here, once; local workers then read the cache
-        loaded = dp.cluster
+        if a.events is not None:                 # read and checked here, before any work; replayed in one task
+            loaded = _live_inputs(a, cluster, opts)
+            opts.pop("non_masquerade_cidrs", None)
+        else:
+            loaded = _compiled(a, cluster, lean=True).cluster   # warnings here, once; local workers read the cache
         opts.pop("lb"), opts.pop("seed")
         from .distributed import replay_distributed
 

@@ -219,13 +219,35 @@ def test_empty_trace(tmp_path, dask_cluster):
     _same_summary(one, many)
 
 
+def test_cluster_events_replay_in_one_task(tmp_path, dask_cluster):
+    """--events: the replay runs as one task on a worker; the same bytes, summary and timeline."""
+    from fastpath.cluster.synth_events import synth_events
+
+    cluster, trace = sample_paths()
+    events = synth_events(cluster, rollouts=2, drains=1, span_s=7.0, grace_s=0.2, ready_s=0.1,
+                          start_ns=1_700_000_000_000_000_000)
+    one = replay(str(cluster), str(trace), tmp_path / "one.parquet", progress=False, lb="maglev", events=events,
+                 timeline=tmp_path / "tl1.arrow")
+    many = replay(str(cluster), str(trace), tmp_path / "many.parquet", progress=False, lb="maglev", events=events,
+                  timeline=tmp_path / "tl2.arrow", scheduler=dask_cluster.scheduler_address)
+    assert one.event_groups > 5 and one.broken_connections is not None
+    assert many.distributed["events"] == "one task"
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(tmp_path / "one.parquet").equals(pq.read_table(tmp_path / "many.parquet"))
+    assert pa.ipc.open_file(str(tmp_path / "tl1.arrow")).read_all().equals(
+        pa.ipc.open_file(str(tmp_path / "tl2.arrow")).read_all())
+    a, b = one.to_dict(), many.to_dict()
+    for k in _RUN_FIELDS + ("trace",):
+        a.pop(k), b.pop(k)
+    assert a == b
+
+
 def test_options_refused_before_any_work(tmp_path, monkeypatch):
     import fastpath.distributed
 
     monkeypatch.setattr(fastpath.distributed, "CONNECT_TIMEOUT", "1s")
     cluster, trace = sample_paths()
-    with pytest.raises(FastpathError, match="not supported yet"):
-        replay(str(cluster), str(trace), scheduler="local", events=[])
     from fastpath.cluster.compile import compile_cluster
 
     with pytest.raises(FastpathError, match="path or a Cluster"):

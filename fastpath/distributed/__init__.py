@@ -217,7 +217,8 @@ def replay_distributed(cluster, trace, out=None, *, scheduler: str = "local", wo
         the chain.
     lb, seed, batch_size, progress, top, **service_opts
         As :func:`fastpath.replay` (``conntrack``, ``conntrack_max``, ``interval``,
-        ``timeline``, ``with_flows`` included). ``events`` is not supported here yet.
+        ``timeline``, ``with_flows``, ``events`` included). With ``events`` the replay runs
+        as one task on one worker (exact; not split: see ``docs/distributed.md``).
     """
     from ..files import RESULT_BYTES_PER_ROW, check_free_space, check_outputs
     from ..outputs import flow_fields_of_schema, output_format, results_metadata
@@ -229,8 +230,7 @@ def replay_distributed(cluster, trace, out=None, *, scheduler: str = "local", wo
     t0 = time.perf_counter()
     batch_size = batch_size or DEFAULT_BATCH_SIZE
     top = TOP_SERVICES if top is None else top
-    if service_opts.pop("events", None) is not None:
-        raise FastpathError("--events with --scheduler is not supported yet: replay the events in one process")
+    events = service_opts.pop("events", None)
     reader = open_trace(trace, batch_size)
     out_path = Path(out) if out is not None else None
     kind, suffix = _output(out_path)
@@ -280,6 +280,10 @@ def replay_distributed(cluster, trace, out=None, *, scheduler: str = "local", wo
         if out_path is not None:
             folder = tempfile.mkdtemp(prefix=f".{out_path.name}.", suffix=".parts", dir=out_path.parent)
         output = tasks.Output(folder, suffix or ".arrow", schema, tuple(flow_cols))
+        if events is not None:                   # one ordered task (see _with_events)
+            return _with_events(client, waiter, cluster, trace_s, trace, out_path, kind, folder, events, lb, seed,
+                                batch_size, top, with_flows, ct_opts, service_opts, session, t0, schema,
+                                cluster_name)
         bounds = plan.ranges(reader.num_rows, session.workers, batch_size, part_rows or plan.PART_ROWS)
         stats = {"workers": session.workers, "ranges": len(bounds), "stateful": facts["stateful"], "timed": timed}
         sent0 = session.bytes_sent()
@@ -343,6 +347,33 @@ def replay_distributed(cluster, trace, out=None, *, scheduler: str = "local", wo
 
 def _same(x):
     return x
+
+
+def _with_events(client, waiter, cluster, trace_s: str, trace, out_path, kind: str, folder, events, lb, seed,
+                 batch_size: int, top: int, with_flows: bool, ct_opts: dict, service_opts: dict, session, t0: float,
+                 schema, cluster_name: str):
+    """``--events``: the replay in one task on a worker (exact, not split). A group of events changes
+    every stage's tables at once, and pods moving between nodes couple the conntrack node groups, so
+    neither the ranges nor the node groups apply; the run is the single process's, on the cluster."""
+    if isinstance(events, (str, os.PathLike)):
+        events = str(Path(events).resolve())        # read by the worker at this path
+    options = dict(service_opts, lb=lb, seed=seed, batch_size=batch_size, top=top, with_flows=with_flows, **ct_opts)
+    if ct_opts.get("timeline") is not None:
+        options["timeline"] = str(Path(ct_opts["timeline"]).resolve())
+    part = str(Path(folder) / tasks.part_name(0, ".arrow")) if folder is not None else None
+    t1 = time.perf_counter()
+    summary = waiter.wait("replay with events", [
+        client.submit(tasks.replay_with_events, cluster, trace_s, part, events, options, pure=False)])[0]
+    if out_path is not None:                         # a results file says the paths as given here
+        _commit(Path(folder), out_path, kind, 1, ".arrow", schema)
+    t2 = time.perf_counter()
+    summary.cluster, summary.trace = cluster_name, str(trace)
+    summary.output = str(out_path) if out_path is not None else None
+    summary.distributed = {"workers": session.workers, "ranges": 1, "events": "one task",
+                           "phases_s": waiter.phases}
+    summary.compile_s = round(summary.compile_s + (t1 - t0), 6)
+    summary.wall_s = round(t2 - t0, 6)
+    return summary
 
 
 def _sum(arrays: list):
@@ -514,7 +545,7 @@ def _commit(folder: Path, out: Path, kind: str, n_parts: int, suffix: str, schem
             with pa.memory_map(str(folder / tasks.part_name(k, suffix))) as src:
                 r = pa.ipc.open_file(src)
                 for i in range(r.num_record_batches):
-                    writer.write(r.get_batch(i))
+                    writer.write(r.get_batch(i).replace_schema_metadata(schema.metadata))
         writer.commit()
     except BaseException:
         writer.abort()

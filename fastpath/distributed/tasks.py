@@ -633,3 +633,14 @@ def chain_finish(ct_opts: dict, stage) -> dict:
     out = dict(stage.summary())
     out["timeline"] = stage.timeline_table() if ct_opts.get("timeline") is not None else None
     return out
+
+
+# --------------------------------------------------------------------------- cluster events
+
+def replay_with_events(cluster, trace: str, out: str | None, events, options: dict):
+    """The whole replay of a trace with cluster events (``--events``), in this one task, as one process
+    runs it (``fastpath.replay``): its results file and its summary. The events are applied in time
+    order to every stage's tables at once (``fastpath.live``), so this part is not split."""
+    from ..replay import replay
+
+    return replay(cluster, trace, out, events=events, threads=_threads(), progress=False, **options)
