@@ -192,14 +192,24 @@ class ConntrackStage:
         self.own = np.ones(n, np.uint8)
         self._last_ts: int | None = None             # the last row's ts (the clock never goes back)
 
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_read_only"] = [k for k, v in state.items() if isinstance(v, np.ndarray) and not v.flags.writeable]
+        return state
+
     def __setstate__(self, state: dict) -> None:
         """Unpickled (a stage sent to another process: the distributed replay's conntrack chain), every
         array owns its memory again: the pools grow in place (:meth:`_grow`), which a view of a received
-        buffer cannot."""
+        buffer cannot; and each array is as writable as it was, so the kernel's one specialization
+        serves it (a received buffer's arrays are read-only or not as the transport made them)."""
+        read_only_names = set(state.pop("_read_only", ()))
         self.__dict__.update(state)
         for k, v in state.items():
-            if isinstance(v, np.ndarray) and not v.flags.owndata:
-                setattr(self, k, v.copy())
+            if isinstance(v, np.ndarray):
+                if not v.flags.owndata or v.flags.writeable == (k in read_only_names):
+                    v = v.copy()
+                v.flags.writeable = k not in read_only_names
+                setattr(self, k, v)
 
     # ------------------------------------------------------------------ pools
     @staticmethod
