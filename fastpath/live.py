@@ -367,7 +367,7 @@ class LivePlane:
                 int(np.searchsorted(ts, self.group_ts[self.applied], side="left"))
             cut = max(cut, pos + 1)
             part = flows.slice(pos, cut)
-            r = Results(**{k: v[pos:cut] for k, v in vars(out).items()})
+            r = out.take(slice(pos, cut))
             if self._dns_dirty and part.name_code is not None:
                 from .dns import DnsTable
                 self.dp.dns = DnsTable.from_cluster(self.dp.cluster)
@@ -430,8 +430,6 @@ class LivePlane:
 
     def run_conntrack(self, ct, flows, r) -> None:
         """Conntrack over a batch, the pods' nodes updated at each group of events inside it."""
-        from .pipeline import Results
-
         st = ct.stage
         ts = flows.ts
         pos, n = 0, flows.n
@@ -450,7 +448,7 @@ class LivePlane:
             if pos == 0 and cut == n:
                 st.run(flows, r)
             else:
-                st.run(flows.slice(pos, cut), Results(**{k: v[pos:cut] for k, v in vars(r).items()}))
+                st.run(flows.slice(pos, cut), r.take(slice(pos, cut)))
             pos = cut
 
     def finish(self) -> None:

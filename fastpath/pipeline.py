@@ -82,6 +82,17 @@ class Results:
         """Rows ``idx`` (an index array, a mask or a slice); an index array or a mask copies them."""
         return Results(**{k: v[idx] for k, v in vars(self).items()})
 
+    def copy(self) -> "Results":
+        """Every column copied (a stage that writes rows in place then leaves these alone)."""
+        return Results(**{k: v.copy() for k, v in vars(self).items()})
+
+    @staticmethod
+    def concat(parts: "list[Results]") -> "Results":
+        """Rows of ``parts`` one after the other (the one part itself when there is one)."""
+        if len(parts) == 1:
+            return parts[0]
+        return Results(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in vars(parts[0])})
+
 
 #: The result columns written to files, in order (interfaces.md "Results out").
 RESULT_SCHEMA = pa.schema([

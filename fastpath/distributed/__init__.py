@@ -326,7 +326,9 @@ def replay_distributed(cluster, trace, out=None, *, scheduler: str = "local", wo
             _commit(Path(folder), out_path, kind, len(bounds), suffix, schema)
             folder = None
         if timeline is not None:
-            _write_timeline(ct_fields.pop("timeline_table"), Path(timeline))
+            from ..stages.conntrack import write_timeline
+
+            write_timeline(ct_fields.pop("timeline_table"), timeline)
         ct_fields.pop("timeline_table", None)
     except BaseException as e:
         if _is_worker_death(e):
@@ -552,16 +554,3 @@ def _commit(folder: Path, out: Path, kind: str, n_parts: int, suffix: str, schem
         raise
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _write_timeline(table, path: Path) -> None:
-    import pyarrow as pa
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
-            w.write_table(table)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

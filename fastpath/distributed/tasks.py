@@ -127,7 +127,6 @@ def facts(spec: PlaneSpec) -> dict:
                 "affinity_only": affinity and not counters and dp.policy is None,
                 "nodes": len(dp.tables.node_names), "pods": len(dp.tables.pod_names),
                 "services": len(dp.services.names), "policy": dp.policy is not None,
-                "conn_duration": float(getattr(dp.services, "conn_duration", 30.0)),
                 "cluster_name": getattr(dp, "source_name", None) or getattr(dp.cluster, "source", None)}
 
 
@@ -139,12 +138,6 @@ def _read_only(f: Flows) -> Flows:
     from .._jit import read_only
 
     return replace(f, **{k: read_only(v) for k, v in vars(f).items() if isinstance(v, np.ndarray)})
-
-
-def concat_results(parts: list[Results]) -> Results:
-    if len(parts) == 1:
-        return parts[0]
-    return Results(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in vars(parts[0])})
 
 
 def _read(trace: str, batch_size: int, start: int, stop: int) -> list[Flows]:
@@ -160,7 +153,7 @@ def _edges(batches: list[Flows]) -> tuple[int | None, int | None]:
 def _resolve(dp, batches: list[Flows]) -> Results:
     """Resolve batches in order with one plane (its balancer state carried between them)."""
     out = [dp.resolve_flows(flows) for flows in batches]
-    return concat_results(out) if out else Results.empty(0)
+    return Results.concat(out) if out else Results.empty(0)
 
 
 @dataclass
@@ -309,7 +302,7 @@ def fixed_part(part: Resolved, *fixes) -> Resolved:
     got = [f for f in fixes if f is not None]
     if not got:
         return part
-    r = Results(**{k: v.copy() for k, v in vars(part.results).items()})
+    r = part.results.copy()
     for rows, res in got:
         lo, hi = np.searchsorted(rows, [part.rows[0], part.rows[-1] + 1])
         if lo == hi:
@@ -344,7 +337,7 @@ def _gather(pieces: list, start: int, stop: int) -> tuple[Flows, Results]:
         return got[0][1], got[0][2]
     rows = np.concatenate([g[0] for g in got])
     order = np.argsort(rows, kind="stable")
-    return _read_only(Flows.concat([g[1] for g in got]).take(order)), concat_results([g[2] for g in got]).take(order)
+    return _read_only(Flows.concat([g[1] for g in got]).take(order)), Results.concat([g[2] for g in got]).take(order)
 
 
 def _with_changes(r: Results, start: int, changes: list) -> Results:
@@ -352,7 +345,7 @@ def _with_changes(r: Results, start: int, changes: list) -> Results:
     changes = [c for c in changes if c is not None]
     if not changes:
         return r
-    r = Results(**{k: v.copy() for k, v in vars(r).items()})
+    r = r.copy()
     for c in changes:
         at = c[0] - start
         for k, v in zip(CT_FIELDS, c[1:]):
@@ -529,7 +522,7 @@ def track_group_task(spec: PlaneSpec, ct_opts: dict, own: np.ndarray, clock: tup
                      pieces: list) -> GroupRun:
     """One node group's conntrack over its rows (every piece that touches its nodes, put in trace order),
     assuming the refusals ``assumed`` (client-side rows, far-side rows) of the other groups' last round."""
-    from ..stages.conntrack_split import GroupFigures, track_group
+    from ..stages.conntrack_split import GroupFigures, far_ok_of, track_group
 
     got = [p for p in pieces if p is not None]
     own = np.asarray(own) != 0
@@ -540,16 +533,14 @@ def track_group_task(spec: PlaneSpec, ct_opts: dict, own: np.ndarray, clock: tup
             order = np.argsort(rows, kind="stable")
             rows = rows[order]
             flows = Flows.concat([p[1] for p in got]).take(order)
-            r = concat_results([p[2] for p in got]).take(order)
+            r = Results.concat([p[2] for p in got]).take(order)
         else:
             rows, flows, r = np.zeros(0, np.int64), None, Results.empty(0)
         before = {k: getattr(r, k).copy() for k in CT_FIELDS}
         sn, dn = r.src_node.astype(np.int64), r.dst_node.astype(np.int64)
         own_s = (sn >= 0) & own[np.maximum(sn, 0)]
         own_d = (dn >= 0) & own[np.maximum(dn, 0)]
-        not_s = np.isin(rows, assumed[0], assume_unique=False) & ~own_s
-        not_d = np.isin(rows, assumed[1], assume_unique=False) & ~own_d
-        far_ok = (~(not_s | not_d)).astype(np.uint8)
+        far_ok = far_ok_of(own_s, own_d, ~np.isin(rows, assumed[0]), ~np.isin(rows, assumed[1]))
         if flows is None:                        # a group whose nodes see no flow still has timeline rows
             z = np.zeros(0, np.uint32)
             flows = Flows(z, z, z.astype(np.uint16), z.astype(np.uint16), z.astype(np.uint8), ts=z.astype(np.int64))
@@ -615,7 +606,7 @@ def chain_step(spec: PlaneSpec, ct_opts: dict, stage, pieces: list, start: int, 
     if stop <= start:
         return stage, None
     flows, r0 = _gather(pieces, start, stop)
-    r = Results(**{k: v.copy() for k, v in vars(r0).items()})
+    r = r0.copy()
     n = r.verdict.shape[0]
     decided = np.zeros(n, np.uint8)
     for lo in range(0, n, batch_size):           # batch by batch, as the single process: its pools stay small

@@ -294,7 +294,7 @@ class ConntrackStage:
             return
         n = flows.n
         if len(r) != n:                              # a reused buffer longer than the batch: its first rows
-            r = type(r)(**{k: v[:n] for k, v in vars(r).items()})
+            r = r.take(slice(0, n))
         if far_ok is not None:
             far_ok = _ro_u8(far_ok)
             if far_ok.shape != (n,):
@@ -429,6 +429,23 @@ def conntrack_max_of(cpu: int | None) -> int:
     return conntrack_max(cpu)
 
 
+def write_timeline(table: pa.Table, path) -> None:
+    """The ``--timeline`` table as an Arrow IPC file at ``path``, whole or not at all (a temporary name
+    beside it, then renamed)."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+            w.write_table(table)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _ro_u8(a) -> np.ndarray:
     """``a`` as a contiguous, read-only uint8 array (the kernel's type for ``own`` and ``far_ok``)."""
     return read_only(np.ascontiguousarray(a, dtype=np.uint8))
@@ -541,33 +558,18 @@ class ReplayConntrack:
         import copy
 
         throwaway = copy.deepcopy(self.stage)
-        throwaway.run(flows, Results_copy(r))
+        throwaway.run(flows, r.copy())
         throwaway.finish()
 
     def finish(self) -> None:
         """Close the last interval; write the timeline (whole or not at all)."""
-        import os
-
         self.stage.finish()
-        if self.timeline is None:
-            return
-        table = self.stage.timeline_table()
-        tmp = self.timeline.with_name(f".{self.timeline.name}.{os.getpid()}.tmp")
-        try:
-            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
-                w.write_table(table)
-            os.replace(tmp, self.timeline)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        if self.timeline is not None:
+            write_timeline(self.stage.timeline_table(), self.timeline)
 
     def summary_fields(self) -> dict:
         """``Summary`` keywords: conntrack_drops, fdb_floods, neigh_overflows, nodes."""
         return self.stage.summary()
-
-
-def Results_copy(r):  # noqa: N802 -- a copy of a Results (the warm-up must not touch the real rows)
-    return type(r)(**{k: np.array(v, copy=True) for k, v in vars(r).items()})
 
 
 def render_nodes(nodes: dict, drops: int, floods: int, overflows: int = 0):

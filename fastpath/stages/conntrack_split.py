@@ -89,8 +89,8 @@ from ..traces.schema import Flows
 from . import conntrack_kernel as K
 from .conntrack import ConntrackStage
 
-__all__ = ["GroupFigures", "SplitResult", "merge_figures", "merge_rows", "next_assumptions", "relevant_rows",
-           "track_group", "track_split"]
+__all__ = ["GroupFigures", "SplitResult", "far_ok_of", "merge_figures", "merge_rows", "next_assumptions",
+           "relevant_rows", "track_group", "track_split"]
 
 
 # --------------------------------------------------------------------------- rows
@@ -165,6 +165,15 @@ def track_group(stage: ConntrackStage, flows: Flows, r: Results, own: np.ndarray
 
 # --------------------------------------------------------------------------- rounds
 
+def far_ok_of(own_s: np.ndarray, own_d: np.ndarray, ok_s: np.ndarray, ok_d: np.ndarray) -> np.ndarray:
+    """A group's ``far_ok`` for its rows (uint8), from whether it keeps each row's client node
+    (``own_s``) and far node (``own_d``), and the answers it assumes of those tables (``ok_s``,
+    ``ok_d``; a node not asked admits). Keeping the client's node only: the far answer where the
+    client admitted (1 where not: not read); the far node only: the client's answer; neither (the
+    destination pod's node): both; both: 1."""
+    return np.where(own_s, np.where(own_d, True, ~ok_s | ok_d), np.where(own_d, ok_s, ok_s & ok_d)).astype(np.uint8)
+
+
 def next_assumptions(n_rows: int, rows: Sequence[np.ndarray], decided: Sequence[np.ndarray],
                      far_ok: Sequence[np.ndarray | None] | None = None) -> tuple[list[np.ndarray], bool]:
     """Each group's ``far_ok`` for the next round, and whether any differs from this round's.
@@ -190,10 +199,7 @@ def next_assumptions(n_rows: int, rows: Sequence[np.ndarray], decided: Sequence[
         ok_d[idx[own_d]] = (d[own_d] & K.D_DN_OK) != 0
     out, changed = [], False
     for g, (idx, d) in enumerate(zip(rows, decided)):
-        own_s = (d & K.D_SN_OWNED) != 0
-        own_d = (d & K.D_DN_OWNED) != 0
-        s, dd = ok_s[idx], ok_d[idx]
-        new = np.where(own_s, np.where(own_d, True, ~s | dd), np.where(own_d, s, s & dd)).astype(np.uint8)
+        new = far_ok_of((d & K.D_SN_OWNED) != 0, (d & K.D_DN_OWNED) != 0, ok_s[idx], ok_d[idx])
         old = None if far_ok is None else far_ok[g]
         changed |= bool((new != 1).any()) if old is None else not np.array_equal(new, old)
         out.append(new)
@@ -208,7 +214,7 @@ def merge_rows(r: Results, rows: Sequence[np.ndarray], results: Sequence[Results
     tracked by a group taken from the group keeping its client node (``owns[g]``: group ``g``'s nodes;
     ``results[g]``: its rows ``rows[g]`` after :func:`track_group`). Rows without a client node are
     not changed by conntrack and stay as resolved."""
-    out = Results(**{k: v.copy() for k, v in vars(r).items()})
+    out = r.copy()
     for idx, res, own in zip(rows, results, owns):
         own = np.asarray(own) != 0
         sn = np.asarray(r.src_node, np.int64)[idx]
@@ -294,7 +300,7 @@ def track_split(make_stage: Callable[[], ConntrackStage], flows: Flows, r: Resul
         raise FastpathError(f"group_of_node has {group_of_node.shape} entries, the cluster {like.nd.shape[0]} nodes")
     n = flows.n
     if len(r) != n:                                  # a reused buffer longer than the batch: its first rows
-        r = Results(**{k: v[:n] for k, v in vars(r).items()})
+        r = r.take(slice(0, n))
     if flows.ts is None or n == 0:                   # nothing tracked, as ConntrackStage.run
         like.finish()
         return SplitResult(r.take(np.arange(n)), like.summary(), like.timeline_table(), 0, False, like)
