@@ -13,9 +13,11 @@ At Kubernetes' tested limits, 5,000 nodes / 150,000 pods / 10,000 services
   dropped before each round.
 * ``test_cached_load``: :func:`fastpath.cache.compile_cached` on a warm cache entry:
   the compiled tables back from disk (hashes checked) without loading the cluster.
-* ``test_synth_trace``: ``fastpath synth trace --flows 10000000`` as a whole process;
-  ``extra_info`` holds the rate of the synthesis itself (``synth_flows_per_s``: flows over
-  the time inside ``synth_trace``, set-up included) and the peak RSS (VmHWM of the child).
+* ``test_synth_trace[cold|cached]``: ``fastpath synth trace --flows 10000000`` as a whole
+  process, ``--no-cache`` (load the cluster, build the pools) and on a warm cache (the pools
+  from the cache, no load); ``extra_info`` holds the seconds inside ``synth_trace``
+  (``synth_s``) and its rate (``synth_flows_per_s``: the pools' set-up, the rows and the
+  writing, without the cluster's load), and the peak RSS (VmHWM of the child).
 * ``test_replay_whole_process[cold|cached]``: ``fastpath replay CLUSTER TRACE --quiet`` of
   those 10M flows as a whole process (no results file), ``--no-cache`` and on a warm
   cache; peak RSS beside.
@@ -54,14 +56,37 @@ ROUNDS = 1 if QUICK else 3
 PROCESS_ROUNDS = 1 if QUICK else 2
 
 #: A child process: run ``fastpath`` in process, then print its peak RSS (VmHWM of its own
-#: address space) and the seconds inside ``main`` as JSON on the last line of stderr.
+#: address space), the seconds inside ``main`` and those inside ``synth_trace`` less its
+#: cluster load (a ``synth trace`` run) as JSON on the last line of stderr.
 CHILD = PEAK_RSS + """
 import json, sys, time
 
 from fastpath.cli import main
+from fastpath.cluster import load
+from fastpath.traces import synth
+import fastpath.traces
+
+spent = {"synth_trace": 0.0, "load_cluster": 0.0}
+
+
+def timed(module, name):                      # seconds inside a function, summed
+    fn = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spent[name] += time.perf_counter() - t
+    return wrapper
+
+
+synth.synth_trace = fastpath.traces.synth_trace = timed(synth, "synth_trace")
+load.load_cluster = timed(load, "load_cluster")
 t = time.perf_counter()
 rc = main(sys.argv[1:])
-print(json.dumps({"rc": rc, "main_s": time.perf_counter() - t, "peak_rss_mb": peak_rss_mb()}), file=sys.stderr)
+print(json.dumps({"rc": rc, "main_s": time.perf_counter() - t, "peak_rss_mb": peak_rss_mb(),
+                  "synth_s": spent["synth_trace"] - spent["load_cluster"]}), file=sys.stderr)
 sys.exit(rc)
 """
 
@@ -141,19 +166,27 @@ def test_cached_load(benchmark, throughput, work):
     throughput(benchmark, len(dp.tables.pod_names), unit="pods", entry_mb=round(size / 2**20, 1))
 
 
-def test_synth_trace(benchmark, throughput, work):
+@pytest.mark.parametrize("mode", ["cold", "cached"])
+def test_synth_trace(benchmark, throughput, work, mode):
+    """``fastpath synth trace`` of FLOWS rows as a whole process: ``--no-cache`` (the cluster
+    loaded, its pools built), and on a warm cache (the pools from the cache, no load)."""
+    argv = ["synth", "trace", str(work.cluster_file), "--flows", str(FLOWS), "-o", str(work.trace_file)]
+    if mode == "cold":
+        argv.append("--no-cache")
+    else:
+        work.child(*argv)                             # fill the cache
     reports = []
 
     def run():
-        _, rep = work.child("synth", "trace", str(work.cluster_file), "--flows", str(FLOWS),
-                            "-o", str(work.trace_file))
+        _, rep = work.child(*argv)
         reports.append(rep)
 
     _rounds(benchmark, run, PROCESS_ROUNDS)
     rep = min(reports, key=lambda r: r["main_s"])
-    throughput(benchmark, FLOWS, unit="flows", peak_rss_mb=round(max(r["peak_rss_mb"] for r in reports)),
-               main_s=round(rep["main_s"], 3), nodes=NODES, services=SERVICES,
-               trace_mb=round(work.trace_file.stat().st_size / 2**20))
+    throughput(benchmark, FLOWS, unit="flows", mode=mode,
+               peak_rss_mb=round(max(r["peak_rss_mb"] for r in reports)), main_s=round(rep["main_s"], 3),
+               synth_s=round(rep["synth_s"], 3), synth_flows_per_s=round(FLOWS / rep["synth_s"]),
+               nodes=NODES, services=SERVICES, trace_mb=round(work.trace_file.stat().st_size / 2**20))
 
 
 @pytest.mark.parametrize("mode", ["cold", "cached"])

@@ -28,6 +28,17 @@ def run() -> None:
         r = dp.resolve_flows(flows)                 # sources, the service stage, policy, forwarding
     ConntrackStage(dp).run(flows, r)                # connection tracking over time
     _events(cluster, items, flows)
+    _synth(cluster)
+
+
+def _synth(cluster) -> None:
+    """The trace generator: a few rows (and the alias-table builder long tables use)."""
+    from .traces import synth
+
+    mix = synth.TraceMix(duration_mix=True)
+    pools = synth._Pools(cluster, mix, np.random.default_rng(0))
+    synth._Generator(pools, mix, 0).rows(0, 4)
+    synth._vose(np.ones(2), np.ones(2), np.arange(2, dtype=np.int64))
 
 
 def _events(cluster, items: list, flows) -> None:
@@ -100,6 +111,16 @@ def is_cold() -> bool:
     return not (marker.exists() and index.exists())
 
 
+def _kernel_cold(kernel) -> bool:
+    """Whether numba's cache has no index for this kernel (a dispatcher compiled with ``cache=True``)."""
+    try:
+        from pathlib import Path
+
+        return not Path(kernel._cache._cache_file._index_path).exists()
+    except Exception:  # noqa: BLE001 -- unknown: never in the way of a run
+        return False
+
+
 def mark_warm() -> None:
     """Record that the kernels are compiled and cached (after a run that compiled them)."""
     m = _marker()
@@ -118,18 +139,25 @@ class FirstRun:
 
     ``start()`` before the first kernel call, ``stop(ok)`` once the kernels ran;
     a successful stop on a cold cache writes the marker. ``show=False``: silent.
+    ``kernel``: the run needs that one kernel only (``synth trace``'s generator); it
+    is cold when numba's cache has no index for it, and no marker is written.
     """
 
-    def __init__(self, show: bool | None = None) -> None:
+    def __init__(self, show: bool | None = None, kernel=None, what: str = "kernels",
+                 seconds: int = COLD_COMPILE_S) -> None:
         self.show = show
         self.cold = False
         self._status = None
+        #: one numba kernel the run needs (cold: not in numba's cache), else every replay kernel (the marker)
+        self.kernel = kernel
+        self.what = what
+        self.seconds = seconds
 
     def start(self) -> "FirstRun":
-        self.cold = is_cold()
+        self.cold = is_cold() if self.kernel is None else _kernel_cold(self.kernel)
         if not self.cold or self.show is False:
             return self
-        text = f"compiling kernels for this machine, once (~{COLD_COMPILE_S} s)"
+        text = f"compiling {self.what} for this machine, once (~{self.seconds} s)"
         try:
             from rich.console import Console
 
@@ -158,5 +186,6 @@ class FirstRun:
             self._status.stop()
             self._status = None
         if ok and self.cold:
-            mark_warm()
+            if self.kernel is None:
+                mark_warm()
             self.cold = False

@@ -539,6 +539,11 @@ def _json_loads(data: bytes):
 def store(directory: Path, key: str, dp) -> Path | None:
     """Write ``dp``'s entry (atomically: a temporary folder renamed into place); None if uncacheable."""
     tree, arrays = encode_plane(dp)
+    return _store_entry(directory, key, tree, arrays)
+
+
+def _store_entry(directory: Path, key: str, tree: dict, arrays: dict[str, np.ndarray]) -> Path:
+    """Write an entry's three files into a temporary folder, then rename it into place."""
     directory.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory, prefix=".tmp-"))
     try:
@@ -611,6 +616,11 @@ def _unpack_arrays(raw: bytearray, index: dict) -> dict[str, np.ndarray]:
 
 def fetch(directory: Path, key: str, loader: Callable[[], Cluster]):
     """The DataPlane of entry ``key``; :class:`CacheError` if it is absent or fails any check."""
+    return _fetch_entry(directory, key, lambda tree, arrays: decode_plane(tree, arrays, loader))
+
+
+def _fetch_entry(directory: Path, key: str, decode: Callable[[dict, dict], Any]):
+    """``decode(tree, arrays)`` of entry ``key``, every digest checked; :class:`CacheError` on any failure."""
     d = directory / key
     try:
         entry = json.loads((d / "entry.json").read_text())
@@ -631,7 +641,7 @@ def fetch(directory: Path, key: str, loader: Callable[[], Cluster]):
         raise CacheError("tables.bin does not match its digest")
     try:
         tree = _json_loads(meta)
-        dp = decode_plane(tree, _unpack_arrays(raw, tree["arrays"]), loader)
+        out = decode(tree, _unpack_arrays(raw, tree["arrays"]))
     except CacheError:
         raise
     except Exception as e:  # noqa: BLE001 - any failure to decode means: rebuild
@@ -640,7 +650,7 @@ def fetch(directory: Path, key: str, loader: Callable[[], Cluster]):
         os.utime(d / "entry.json")          # most recently used
     except OSError:
         pass
-    return dp
+    return out
 
 
 def _prune(directory: Path) -> None:
@@ -778,3 +788,66 @@ def compile_cached(path: str | os.PathLike, *, cache: bool = True, directory: st
     stats["seconds"] = time.perf_counter() - t0
     dp.prepare_s = stats["seconds"]
     return dp
+
+
+def cached_object(path: str | os.PathLike, kind: str, options: dict, build: Callable[[Cluster], Any], *,
+                  cache: bool = True, directory: str | os.PathLike | None = None, load_options: dict | None = None,
+                  on_load: Callable[[Cluster], None] | None = None, stats: dict | None = None) -> tuple[Any, Cluster]:
+    """``build(cluster)`` of the cluster at ``path``, or that object from the cache: ``(object, cluster)``.
+
+    For what else than a DataPlane depends only on the cluster's input and a few options
+    (the trace generator's pools, :func:`fastpath.traces.synth.synth_trace`). The entry
+    is keyed as a compiled plane's is, with ``kind`` and ``options`` in place of the
+    compile options, and holds the object (arrays, plain values, fastpath classes: the
+    same codec) and the cluster's light fields. On a hit the cluster is a
+    :class:`LazyCluster` (warnings and counts without loading); on a miss it is loaded,
+    ``build`` runs and the entry is stored. ``stats`` gets ``hit``, ``key`` and ``why``.
+    """
+    from .cluster.load import load_cluster
+
+    load_options = dict(load_options or {})
+    stats = stats if stats is not None else {}
+    p = Path(path)
+    folder = Path(directory) if directory is not None else cache_dir()
+
+    def loader() -> Cluster:
+        return load_cluster(p, **load_options)
+
+    key = None
+    if cache:
+        try:
+            key = entry_key(p, load_options, {"$object": kind, **options}, folder)
+        except (OSError, TypeError, ValueError):
+            key = None
+    stats.update(hit=False, key=key, why=None)
+    if key is not None:
+        def decode(tree: dict, arrays) -> tuple[Any, Cluster]:
+            dec = _Decoder(arrays)
+            if tree.get("kind") != kind:
+                raise CacheError(f"an entry for {tree.get('kind')!r}, not {kind!r}")
+            light = {k: dec.dec(v) for k, v in tree["cluster"].items()}
+            return dec.dec(tree["object"]), LazyCluster(light, loader)
+
+        try:
+            obj, cluster = _fetch_entry(folder, key, decode)
+        except CacheError as e:
+            stats["why"] = str(e)
+            if str(e) != "no entry":
+                shutil.rmtree(folder / key, ignore_errors=True)
+        else:
+            stats["hit"] = True
+            if on_load is not None:
+                on_load(cluster)
+            return obj, cluster
+    cluster = loader()
+    if on_load is not None:
+        on_load(cluster)
+    obj = build(cluster)
+    if key is not None:
+        try:
+            enc = _Encoder()
+            tree = {"kind": kind, "object": enc.enc(obj), "cluster": _light_fields(cluster, enc)}
+            _store_entry(folder, key, tree, enc.arrays)
+        except (Uncacheable, OSError) as e:     # a read-only or full disk: go on without the cache
+            stats["why"] = f"not cached: {e}"
+    return obj, cluster

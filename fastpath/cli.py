@@ -199,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--duration-mix", action="store_true",
                     help="write a 'duration' column: heavy-tailed TCP lifetimes, one-shot DNS over UDP, "
                          "2%% long-lived streams (TraceMix.duration_mix) (default: off)")
+    st.add_argument("--no-cache", action="store_true",
+                    help="neither read nor write the cache (~/.cache/fastpath, or $FASTPATH_CACHE_DIR) that keeps "
+                         "what flows are drawn from per cluster input, seed and zipf: load the cluster every time")
     st.add_argument("-o", "--output", required=True, type=Path,
                     help="trace file: .arrow/.feather (Arrow IPC) or .parquet (required)")
     se = ssub.add_parser("events", help="cluster changes for replay --events: rollouts, drains, scaling (JSON lines)",
@@ -404,7 +407,6 @@ def _cmd_synth(a) -> int:
               f"{', '.join(f'{kinds[t]} {t}' for t in ('ADDED', 'MODIFIED', 'DELETED'))}) over {span}",
               file=sys.stderr if is_stdout(a.output) else sys.stdout)
         return 0
-    from .cluster.load import load_cluster
     from .outputs import output_format
     from .traces import synth_trace
 
@@ -416,8 +418,18 @@ def _cmd_synth(a) -> int:
         knobs["rate"] = a.rate
     if a.duration_mix:
         knobs["duration_mix"] = True
-    cluster = _load_cluster(a, a.cluster)
-    n = synth_trace(cluster, a.flows, seed=a.seed, out=a.output, **knobs)
+    from ._warmup import FirstRun
+    from .cluster.problems import report
+    from .traces.synth_kernel import make_rows
+
+    first_run = FirstRun(kernel=make_rows, what="the trace generator", seconds=15).start()
+    try:
+        n = synth_trace(a.cluster, a.flows, seed=a.seed, out=a.output, cache=not a.no_cache,
+                        on_load=lambda c: report(c, debug=bool(getattr(a, "debug", False))), **knobs)
+    except BaseException:
+        first_run.stop(ok=False)
+        raise
+    first_run.stop()
     print(f"wrote {a.output}: {n} flows")
     return 0
 

@@ -264,3 +264,70 @@ def test_lean_miss_compiles_in_a_child_and_answers_as_a_hit(cluster_file, trace_
     from fastpath.errors import FastpathError
     with pytest.raises(FastpathError, match="bad.json"):
         compile_cached(bad, directory=tmp_path, lean=True)
+
+
+# --------------------------------------------------------------------------- synth trace's pools
+
+def _pools_entry(d: Path) -> Path:
+    found = [p for p in d.iterdir() if p.is_dir() and p.name != "inputs"
+             and json.loads((p / "meta.json").read_text()).get("kind") == "synth-pools"]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_synth_trace_from_the_cache_is_the_same_bytes_without_a_load(cluster_file, tmp_path, monkeypatch):
+    """A path's pools come from the cache on the second trace: the same file, the cluster not loaded."""
+    from fastpath.cluster import load
+
+    d = tmp_path / "cache"
+    monkeypatch.setenv("FASTPATH_CACHE_DIR", str(d))
+    direct, first, second = tmp_path / "a.arrow", tmp_path / "b.arrow", tmp_path / "c.arrow"
+    synth_trace(load_cluster(cluster_file), 5000, seed=3, out=direct, duration_mix=True)
+    seen = []
+    synth_trace(cluster_file, 5000, seed=3, out=first, duration_mix=True, on_load=seen.append)
+    assert not isinstance(seen[0], LazyCluster)
+    monkeypatch.setattr(load, "load_cluster", lambda *a, **k: pytest.fail("loaded on a cache hit"))
+    synth_trace(cluster_file, 5000, seed=3, out=second, duration_mix=True, on_load=seen.append)
+    assert isinstance(seen[1], LazyCluster) and not seen[1].loaded
+    assert seen[1].warnings == seen[0].warnings
+    assert direct.read_bytes() == first.read_bytes() == second.read_bytes()
+    # another seed or zipf shapes other pools: a new entry; the rate does not
+    synth_trace(cluster_file, 100, seed=3, out=tmp_path / "d.arrow", rate=5.0)
+    monkeypatch.undo()
+    monkeypatch.setenv("FASTPATH_CACHE_DIR", str(d))
+    synth_trace(cluster_file, 100, seed=4, out=tmp_path / "e.arrow")
+    kinds = [json.loads((p / "meta.json").read_text())["kind"] for p in d.iterdir() if p.is_dir()
+             and p.name != "inputs"]
+    assert kinds == ["synth-pools", "synth-pools"]
+
+
+@pytest.mark.parametrize("kind", ["truncated-tables", "flipped-tables", "truncated-meta", "garbage-entry",
+                                  "missing-tables", "stale-format"])
+def test_bad_pools_entry_is_rebuilt_never_used(cluster_file, tmp_path, kind):
+    d = tmp_path / "cache"
+    want = tmp_path / "want.arrow"
+    synth_trace(load_cluster(cluster_file), 2000, seed=1, out=want)
+    stats: dict = {}
+    synth_trace(cluster_file, 2000, seed=1, out=tmp_path / "a.arrow", cache_dir=d)
+    _corrupt(kind, _pools_entry(d))
+    got = tmp_path / "b.arrow"
+    synth_trace(cluster_file, 2000, seed=1, out=got, cache_dir=d, cache_stats=stats)
+    assert not stats["hit"] and stats["why"] and stats["why"] != "no entry"
+    assert got.read_bytes() == want.read_bytes()
+    synth_trace(cluster_file, 2000, seed=1, out=got, cache_dir=d, cache_stats=stats)
+    assert stats["hit"]
+
+
+def test_cli_synth_trace_cache_and_no_cache(cluster_file, tmp_path, monkeypatch, capsys):
+    from clirun import cli
+
+    d = tmp_path / "cache"
+    monkeypatch.setenv("FASTPATH_CACHE_DIR", str(d))
+    outs = []
+    for extra in ([], [], ["--no-cache"]):
+        out = tmp_path / f"t{len(outs)}.arrow"
+        rc, stdout, err = cli(capsys, "synth", "trace", cluster_file, "--flows", 3000, "-o", out, *extra)
+        assert rc == 0 and f"wrote {out}: 3000 flows" in stdout, err
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1] == outs[2]
+    assert len([p for p in d.iterdir() if p.is_dir() and p.name != "inputs"]) == 1

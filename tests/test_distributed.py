@@ -130,7 +130,7 @@ def test_trace_without_ts_and_with_flows(tmp_path, dask_cluster):
     _same_summary(one, many)
 
 
-@pytest.mark.parametrize("lb, table, settles", [("random", 9000, True), ("least-connection", 9000, True),
+@pytest.mark.parametrize("lb, table, settles", [("random", 9000, True), ("least-connection", 9500, True),
                                                 ("round-robin", 1500, False)])
 def test_tables_fill_groups_settle_in_rounds(tmp_path, dask_cluster, busy, lb, table, settles):
     """Node groups (asked for: two workers default to the chain). Full tables drop new connections on

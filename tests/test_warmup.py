@@ -7,10 +7,12 @@ def test_prepare_compiles_every_kernel():
     from fastpath import pipeline
     from fastpath.stages import conntrack_kernel, policy_kernel
     from fastpath.tables import balancers
+    from fastpath.traces import synth, synth_kernel
 
     # the data path's kernels, the policy stage's and connection tracking's have a compiled form
     for kernel in (pipeline._sources, pipeline._forward, balancers._stage_hash_random, balancers._stage_hash_maglev,
-                   balancers._pick_in_order, policy_kernel._policy_kernel, conntrack_kernel.track):
+                   balancers._pick_in_order, policy_kernel._policy_kernel, conntrack_kernel.track,
+                   synth_kernel.make_rows, synth._vose):
         assert kernel.signatures, kernel.py_func.__name__
 
 

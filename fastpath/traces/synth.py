@@ -7,41 +7,40 @@ spread evenly over the pods, services are chosen by a Zipf-like popularity
 (the service of rank ``r`` has weight ``1 / r**zipf``, ranks shuffled by the
 seed), arrivals are Poisson, sizes lognormal with a Pareto tail of elephants.
 
-Generation is vectorized numpy, block by block (:data:`BLOCK` rows, each
-block with its own random stream derived from the seed), so the rows depend
-on ``seed``, ``flows``, the mix and the cluster only, never on the batch size
-or the number of threads.
+The cluster becomes flat arrays once (:class:`_Pools`: clients, frontends, names,
+alias tables for every weighted choice); then a compiled kernel
+(:mod:`fastpath.traces.synth_kernel`) draws every row on its own from a
+counter-based random stream keyed by the seed and the row's index, so the rows
+depend on ``seed``, the mix and the cluster only, never on the batch size or the
+number of threads, and batches are drawn in parallel while the previous one is
+written.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pac
 
 from .._jit import jit
-from ..addr import int_to_ip, ips_to_strings
+from ..addr import ips_to_strings
 from ..cluster.model import Cluster
 from ..errors import FastpathError
 from ..outputs import output_format
+from ..tables.exact import AddressTable, ExactTable
+from . import synth_kernel as K
 from .schema import CANONICAL_TYPES
 
-#: Rows drawn from one random stream; the unit that makes rows independent of batch size.
-BLOCK = 1 << 16
-#: Ephemeral source ports (Linux ``ip_local_port_range``).
-EPHEMERAL_PORTS = (32768, 60999)
-#: 127.0.0.1, where localhost flows go.
-LOCALHOST = 0x7F000001
 #: Internet addresses (clients and servers) are drawn from 11.0.0.0 - 99.255.255.255,
 #: public space clear of the private ranges clusters use.
-INTERNET_RANGE = (0x0B000000, 0x64000000)
+INTERNET_RANGE = (K.INTERNET_LO, K.INTERNET_HI)
 #: How many internet servers egress flows go to (popularity Zipf-like too).
 EGRESS_SERVERS = 4096
 #: Egress destination ports and their shares: HTTPS, HTTP, DNS over UDP.
@@ -51,8 +50,6 @@ EGRESS_PORTS = ((443, 6, 0.80), (80, 6, 0.15), (53, 17, 0.05))
 NAME_FORMS = (0.4, 0.3, 0.1, 0.2)
 #: Share of resolvable names that are pod records (``10-244-1-7.shop.pod.<domain>``).
 POD_RECORD_SHARE = 0.1
-#: Bytes per full packet when deriving packets from bytes (a TCP segment at MTU 1500).
-MSS = 1448
 #: Schema metadata key holding how the trace was made.
 METADATA_KEY = b"fastpath.synth"
 
@@ -131,13 +128,9 @@ class _Choice:
             self.k = 0
             return
         scaled = w * (k / w.sum())
-        _vose(scaled, self.prob, self.alias)   # compiled: millions of NodePort frontends at 5,000 nodes
-
-    def draw(self, rng: np.random.Generator, m: int) -> np.ndarray:
-        u = rng.random(m) * self.k
-        i = u.astype(np.int64)
-        np.minimum(i, self.k - 1, out=i)
-        return np.where(u - i < self.prob[i], i, self.alias[i])
+        # compiled for the long tables (hundreds of thousands of names at 5,000 nodes); the same
+        # function as Python for a short one (the kinds), which then needs no compiled kernel loaded
+        (_vose.py_func if k < 256 else _vose)(scaled, self.prob, self.alias)
 
 
 @jit
@@ -171,55 +164,51 @@ def _vose(scaled, prob, alias):
             nl += 1
 
 
-def _pick(rng: np.random.Generator, start: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """For each row, a uniform index in ``start .. start+count-1`` (count > 0)."""
-    return start + (rng.random(start.shape[0]) * count).astype(np.int64)
-
-
-def _in_sorted(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
-    if keys.shape[0] == 0:
-        return np.zeros(values.shape[0], dtype=np.bool_)
-    pos = np.minimum(np.searchsorted(keys, values), keys.shape[0] - 1)
-    return keys[pos] == values
-
-
-def _redraw(draw, bad, values: np.ndarray, tries: int = 8) -> np.ndarray:
-    """Redraw the values ``bad(values)`` flags, a few times (rare collisions)."""
-    for _ in range(tries):
-        miss = np.flatnonzero(bad(values))
-        if miss.size == 0:
-            break
-        values[miss] = draw(miss.size)
-    return values
-
-
 # --------------------------------------------------------------------------- the cluster's pools
 
 class _Pools:
-    """Everything flows are drawn from, as flat arrays, built once from the cluster."""
+    """Everything flows are drawn from, as flat arrays, built once from the cluster.
+
+    Built column-wise (:func:`~fastpath.cluster.columns.pod_columns`: one pass over the
+    pods), so at 5,000 nodes / 150,000 pods / 10,000 services it takes a fraction of a
+    second. Only arrays, scalars, :class:`_Choice` tables and the list of names: the
+    compiled-table cache can keep it (:func:`pools_cached`).
+    """
 
     def __init__(self, cluster: Cluster, mix: TraceMix, rng: np.random.Generator) -> None:
+        from ..cluster.columns import pod_columns
+
         domain = cluster.domain
-        node_by_name = {n.name: n for n in cluster.nodes}
-        clients = [p for p in cluster.pods if p.ip is not None and p.node is not None and not p.host_network]
-        self.cli_ip = np.array([p.ip for p in clients], dtype=np.uint32)
-        namespaces = sorted({p.namespace for p in clients})
+        self.summary = cluster.summary()          # for the trace's metadata
+        cols = pod_columns(cluster.pods, cluster.nodes)
+        client = cols.has_ip & cols.node_given & ~cols.host           # a pod on a node's bridge
+        clients = np.flatnonzero(client)
+        self.cli_ip = cols.ip[clients]
+        # namespaces of the clients, sorted by name
+        used = np.unique(cols.ns[clients])
+        namespaces = sorted(cols.ns_names[i] for i in used.tolist())
         ns_id = {ns: i for i, ns in enumerate(namespaces)}
+        remap = np.full(len(cols.ns_names), -1, dtype=np.int64)
+        remap[used] = [ns_id[cols.ns_names[i]] for i in used.tolist()]
+        cli_ns = remap[cols.ns[clients]]
         # Clients of each namespace (CSR), for short names that only resolve there.
-        cli_ns = np.array([ns_id[p.namespace] for p in clients], dtype=np.int64)
         self.ns_members = np.argsort(cli_ns, kind="stable")
         self.ns_count = np.bincount(cli_ns, minlength=len(namespaces)).astype(np.int64)
         self.ns_start = np.concatenate([[0], np.cumsum(self.ns_count)[:-1]]).astype(np.int64)
         # Each client's declared ports (CSR), for localhost flows.
-        self.cli_pcount = np.array([len(p.ports) for p in clients], dtype=np.int64)
+        own = client[cols.port_pod]
+        self.cli_pcount = np.bincount(cols.port_pod[own], minlength=len(client))[clients].astype(np.int64)
         self.cli_pstart = np.concatenate([[0], np.cumsum(self.cli_pcount)[:-1]]).astype(np.int64)
-        self.cli_port = np.array([c.port for p in clients for c in p.ports], dtype=np.uint16)
-        self.cli_proto = np.array([c.proto for p in clients for c in p.ports], dtype=np.uint8)
+        self.cli_port = cols.port_num[own].astype(np.uint16)
+        self.cli_proto = cols.port_proto[own].astype(np.uint8)
         # Pod ports anyone can connect to straight (pod -> pod), and what listens.
         self.pp_ip = np.repeat(self.cli_ip, self.cli_pcount)
         self.pp_port, self.pp_proto = self.cli_port, self.cli_proto
         self.listen_keys = np.unique((self.pp_ip.astype(np.int64) << 16) | self.pp_port)
-        self.pod_ips = np.unique(np.array([p.ip for p in cluster.pods if p.ip is not None], dtype=np.int64))
+        self.pod_ips = np.unique(cols.ip[cols.has_ip].astype(np.int64))
+        # the same as exact-match sets, for the kernel (one probe where a binary search takes twenty)
+        self.listen_set = _exact_set(self.listen_keys)
+        self.pod_set = AddressTable.build(self.pod_ips.astype(np.uint64), np.zeros(self.pod_ips.size, np.int64)).slots
         self.host_ip = np.array([n.internal_ip for n in cluster.nodes if n.internal_ip is not None], dtype=np.uint32)
         cidrs = [c for n in cluster.nodes for c in n.pod_cidrs if c[1] <= 30]
         self.cidr_net = np.array([c[0] for c in cidrs], dtype=np.int64)
@@ -229,52 +218,71 @@ class _Pools:
         services = [s for s in cluster.services if s.type != "ExternalName" and s.ports]
         rank = rng.permutation(len(services)) + 1
         svc_w = 1.0 / rank.astype(np.float64) ** float(mix.zipf)
+        self._frontends(cluster, services, svc_w)
+        self._names(services, svc_w, clients, cols, namespaces, ns_id, domain)
+
+        # Internet servers for egress, popular ones first.
+        lo, hi = INTERNET_RANGE
+        self.egress_ip = rng.integers(lo, hi, EGRESS_SERVERS, dtype=np.int64).astype(np.uint32)
+        self.egress = _Choice(1.0 / np.arange(1, EGRESS_SERVERS + 1, dtype=np.float64))
+
+    def _frontends(self, cluster: Cluster, services: list, svc_w: np.ndarray) -> None:
+        """ClusterIP frontends (``ci_*``), and the north-south ones as segments (``ns_*``).
+
+        North-south: a service's external and load-balancer IPs on each of its ports
+        (a segment of one address each), and each NodePort on every node address
+        (InternalIP, ExternalIP): one segment of all of them, drawn uniformly inside.
+        At 5,000 nodes that is millions of (address, port) pairs, never made: a flow
+        draws its segment by weight, then its node address from the draw's residual
+        (:meth:`_Choice.draw_residual`).
+        """
+        # every node's addresses, in node order: InternalIP, then ExternalIP
+        self.node_addr = np.array([ip for node in cluster.nodes for ip in (node.internal_ip, node.external_ip)
+                                   if ip is not None], dtype=np.uint32)
+        n_addr = self.node_addr.size
         ci = []
-        # north-south frontends: a service's external and LB IPs on each port, then each NodePort on
-        # every node address (InternalIP, ExternalIP): at 5,000 nodes millions of rows, made as
-        # array segments (one per NodePort), never a tuple each
-        node_addr = np.array([ip for node in node_by_name.values() for ip in (node.internal_ip, node.external_ip)
-                              if ip is not None], dtype=np.uint32)
-        seg_ip, seg_port, seg_proto, seg_w = [], [], [], []
-        for s, w in zip(services, svc_w):
-            for sp in s.ports:
+        seg_ip, seg_port, seg_proto, seg_nodes, seg_w = [], [], [], [], []
+        for s, w in zip(services, svc_w.tolist()):
+            ports = s.ports
+            for sp in ports:
                 for ip in s.cluster_ips:
-                    ci.append((ip, sp.port, sp.proto, w / (len(s.ports) * len(s.cluster_ips))))
-            outside = [(ip, sp.port, sp.proto) for sp in s.ports for ip in s.external_ips + s.lb_ips]
-            node_ports = [(sp.node_port, sp.proto) for sp in s.ports if sp.node_port] \
-                if s.type in ("NodePort", "LoadBalancer") else []
-            total = len(outside) + len(node_ports) * node_addr.size
+                    ci.append((ip, sp.port, sp.proto, w / (len(ports) * len(s.cluster_ips))))
+            outside = [(ip, sp.port, sp.proto) for sp in ports for ip in s.external_ips + s.lb_ips]
+            node_ports = [(sp.node_port, sp.proto) for sp in ports if sp.node_port] \
+                if s.type in ("NodePort", "LoadBalancer") and n_addr else []
+            total = len(outside) + len(node_ports) * n_addr
             if not total:
                 continue
             share = w / total
-            if outside:
-                ip, port, proto = zip(*outside)
-                seg_ip.append(np.array(ip, dtype=np.uint32))
-                seg_port.append(np.array(port, dtype=np.uint16))
-                seg_proto.append(np.array(proto, dtype=np.uint8))
-                seg_w.append(np.full(len(outside), share))
+            for ip, port, proto in outside:
+                seg_ip.append(ip), seg_port.append(port), seg_proto.append(proto), seg_nodes.append(False)
+                seg_w.append(share)
             for port, proto in node_ports:
-                seg_ip.append(node_addr)
-                seg_port.append(np.full(node_addr.size, port, dtype=np.uint16))
-                seg_proto.append(np.full(node_addr.size, proto, dtype=np.uint8))
-                seg_w.append(np.full(node_addr.size, share))
-        self.ci_ip, self.ci_port, self.ci_proto, self.ci = self._frontends(ci)
-        if seg_ip:
-            self.ns_ip, self.ns_port, self.ns_proto = (np.concatenate(seg_ip), np.concatenate(seg_port),
-                                                       np.concatenate(seg_proto))
-            self.ns = _Choice(np.concatenate(seg_w))
+                seg_ip.append(0), seg_port.append(port), seg_proto.append(proto), seg_nodes.append(True)
+                seg_w.append(share * n_addr)
+        if ci:
+            ip, port, proto, w = zip(*ci)
+            self.ci_ip, self.ci_port = np.array(ip, dtype=np.uint32), np.array(port, dtype=np.uint16)
+            self.ci_proto, self.ci = np.array(proto, dtype=np.uint8), _Choice(np.array(w, dtype=np.float64))
         else:
-            self.ns_ip, self.ns_port, self.ns_proto, self.ns = self._frontends([])
+            self.ci_ip, self.ci_port, self.ci_proto = (np.zeros(0, np.uint32), np.zeros(0, np.uint16),
+                                                       np.zeros(0, np.uint8))
+            self.ci = _Choice(np.zeros(0))
+        self.ns_ip, self.ns_port = np.array(seg_ip, dtype=np.uint32), np.array(seg_port, dtype=np.uint16)
+        self.ns_proto, self.ns_nodes = np.array(seg_proto, dtype=np.uint8), np.array(seg_nodes, dtype=np.bool_)
+        self.ns = _Choice(np.array(seg_w, dtype=np.float64))
         self.ci_keys = np.unique((self.ci_ip.astype(np.int64) << 16) | self.ci_port)
+        self.ci_set = _exact_set(self.ci_keys)
         self.ci_addrs = np.unique(self.ci_ip)
 
-        # DNS names: every service by its four forms, pod records, and names that do not exist.
+    def _names(self, services: list, svc_w: np.ndarray, clients: np.ndarray, cols, namespaces: list[str],
+               ns_id: dict[str, int], domain: str) -> None:
+        """DNS names: every service by its four forms, pod records, and names that do not exist."""
         codes: dict[str, int] = {}  # each distinct name once in the dictionary
-        code = lambda name: codes.setdefault(name, len(codes))  # noqa: E731
         entries = []  # (name code, port, proto, namespace id or -1, weight)
-        for s, w in zip(services, svc_w):
-            forms = [s.name, f"{s.name}.{s.namespace}", f"{s.name}.{s.namespace}.svc",
-                     f"{s.name}.{s.namespace}.svc.{domain}"]
+        for s, w in zip(services, svc_w.tolist()):
+            forms = (s.name, f"{s.name}.{s.namespace}", f"{s.name}.{s.namespace}.svc",
+                     f"{s.name}.{s.namespace}.svc.{domain}")
             shares = list(NAME_FORMS)
             nsid = ns_id.get(s.namespace, -1)
             if nsid < 0:  # no client in the namespace: the short form could never resolve
@@ -282,51 +290,42 @@ class _Pools:
                 shares[0] = 0.0
             for form, share in zip(forms, shares):
                 if share:
+                    c = codes.setdefault(form, len(codes))
+                    bound = nsid if form is forms[0] else -1
                     for sp in s.ports:
-                        entries.append((code(form), sp.port, sp.proto, nsid if form == s.name else -1,
-                                        (1 - POD_RECORD_SHARE) * w * share / len(s.ports)))
-        pod_entries = None
+                        entries.append((c, sp.port, sp.proto, bound, (1 - POD_RECORD_SHARE) * w * share / len(s.ports)))
+        arr = np.array([e[:4] for e in entries], dtype=np.int64).reshape(-1, 4)
+        weights = np.array([e[4] for e in entries], dtype=np.float64)
+        names = list(codes)
         if len(self.pp_ip):
             pod_share = POD_RECORD_SHARE * (svc_w.sum() if len(services) else 1.0) / len(self.pp_ip)
-            pod_ns = {p.ip: p.namespace for p in clients}
-            # one record name per pod address, named in order of first appearance (as row by row)
+            # one record name per pod address (the namespace of the last client holding it),
+            # coded in order of first appearance among the pod ports
             uniq, first, inverse = np.unique(self.pp_ip, return_index=True, return_inverse=True)
-            rec_code = np.empty(uniq.size, dtype=np.int64)
+            _, last_rev = np.unique(self.cli_ip[::-1], return_index=True)
+            last = clients[self.cli_ip.size - 1 - last_rev]            # uniq is a subset of the client IPs
+            last = last[np.searchsorted(np.unique(self.cli_ip), uniq)]
             in_order = np.argsort(first, kind="stable")
-            dashed = pac.replace_substring(ips_to_strings(uniq[in_order]), ".", "-").to_pylist()
-            for j, ip, text in zip(in_order.tolist(), uniq[in_order].tolist(), dashed):
-                rec_code[j] = code(f"{text}.{pod_ns[ip]}.pod.{domain}")
-            pod_entries = (rec_code[inverse.reshape(-1)], self.pp_port, self.pp_proto,
-                           np.full(self.pp_ip.size, pod_share))
+            rec_ns = pa.array([cols.ns_names[i] for i in cols.ns[last[in_order]].tolist()], type=pa.string())
+            dashed = pac.replace_substring(ips_to_strings(uniq[in_order]), ".", "-")
+            text = pac.binary_join_element_wise(dashed, rec_ns, pa.scalar(f"pod.{domain}"), ".")
+            rec_code = np.empty(uniq.size, dtype=np.int64)
+            rec_code[in_order] = np.arange(len(codes), len(codes) + uniq.size, dtype=np.int64)
+            names += text.to_pylist()   # never equal to a service's form (those end in .svc.<domain>, or have one dot)
+            pc = rec_code[inverse.reshape(-1)]
+            arr = np.concatenate([arr, np.stack([pc, self.pp_port.astype(np.int64), self.pp_proto.astype(np.int64),
+                                                 np.full(pc.size, -1, np.int64)], axis=1)])
+            weights = np.concatenate([weights, np.full(self.pp_ip.size, pod_share)])
+        taken = set(names)
         some_ns = (namespaces or ["default"])[:4]
         missing = [f"nosuch-{i}.{ns}.svc.{domain}" for ns in some_ns for i in range(4)]
         missing += [f"nosuch-{i}" for i in range(4)] + [f"{s.name}.nosuch-ns" for s in services[:8]]
-        missing = list(dict.fromkeys(m for m in missing if m not in codes))
-        self.missing_codes = np.array([code(m) for m in missing], dtype=np.int32)
-        self.names = list(codes)
-        arr = np.array([e[:4] for e in entries], dtype=np.int64).reshape(-1, 4)
-        weights = np.array([e[4] for e in entries], dtype=np.float64)
-        if pod_entries is not None:
-            pc, pp, pq, pw = pod_entries
-            arr = np.concatenate([arr, np.stack([pc, pp.astype(np.int64), pq.astype(np.int64),
-                                                 np.full(pc.size, -1, np.int64)], axis=1)])
-            weights = np.concatenate([weights, pw])
+        missing = [m for m in dict.fromkeys(missing) if m not in taken]
+        self.missing_codes = np.arange(len(names), len(names) + len(missing), dtype=np.int32)
+        self.names = names + missing
         self.nm_code, self.nm_port = arr[:, 0].astype(np.int32), arr[:, 1].astype(np.uint16)
         self.nm_proto, self.nm_ns = arr[:, 2].astype(np.uint8), arr[:, 3]
         self.nm = _Choice(weights)
-
-        # Internet servers for egress, popular ones first.
-        lo, hi = INTERNET_RANGE
-        self.egress_ip = rng.integers(lo, hi, EGRESS_SERVERS, dtype=np.int64).astype(np.uint32)
-        self.egress = _Choice(1.0 / np.arange(1, EGRESS_SERVERS + 1, dtype=np.float64))
-
-    @staticmethod
-    def _frontends(rows):
-        if not rows:
-            return (np.zeros(0, np.uint32), np.zeros(0, np.uint16), np.zeros(0, np.uint8), _Choice(np.zeros(0)))
-        ip, port, proto, w = zip(*rows)
-        return (np.array(ip, dtype=np.uint32), np.array(port, dtype=np.uint16), np.array(proto, dtype=np.uint8),
-                _Choice(np.array(w, dtype=np.float64)))
 
     def kind_weights(self, mix: TraceMix) -> np.ndarray:
         """The kinds' shares, zero for the kinds this cluster cannot produce, normalized."""
@@ -347,158 +346,7 @@ class _Pools:
         return w / w.sum()
 
 
-# --------------------------------------------------------------------------- kinds
-
-def _service_or_pod(pools: _Pools, rng, m: int, via_service: float):
-    """Destinations of east-west and host flows: a ClusterIP by popularity, or a pod port."""
-    dst = np.empty(m, np.uint32)
-    port = np.empty(m, np.uint16)
-    proto = np.empty(m, np.uint8)
-    share = via_service if len(pools.pp_ip) else 1.0
-    share = share if pools.ci.k else 0.0
-    svc = rng.random(m) < share
-    i = np.flatnonzero(svc)
-    f = pools.ci.draw(rng, i.size) if i.size else np.zeros(0, np.int64)
-    dst[i], port[i], proto[i] = pools.ci_ip[f], pools.ci_port[f], pools.ci_proto[f]
-    j = np.flatnonzero(~svc)
-    p = rng.integers(0, len(pools.pp_ip), j.size) if j.size else np.zeros(0, np.int64)
-    dst[j], port[j], proto[j] = pools.pp_ip[p], pools.pp_port[p], pools.pp_proto[p]
-    return dst, port, proto
-
-
-def _clients(pools: _Pools, rng, m: int) -> np.ndarray:
-    return rng.integers(0, len(pools.cli_ip), m)
-
-
-def _east_west(pools, mix, rng, m):
-    src = pools.cli_ip[_clients(pools, rng, m)]
-    return (src, *_service_or_pod(pools, rng, m, mix.via_service), None)
-
-
-def _host(pools, mix, rng, m):
-    src = pools.host_ip[rng.integers(0, len(pools.host_ip), m)]
-    return (src, *_service_or_pod(pools, rng, m, mix.via_service), None)
-
-
-def _north_south(pools, mix, rng, m):
-    src = rng.integers(*INTERNET_RANGE, m, dtype=np.int64).astype(np.uint32)
-    f = pools.ns.draw(rng, m)
-    return src, pools.ns_ip[f], pools.ns_port[f], pools.ns_proto[f], None
-
-
-def _localhost(pools, mix, rng, m):
-    c = _clients(pools, rng, m)
-    port = rng.integers(1024, 65536, m).astype(np.uint16)
-    proto = np.full(m, 6, np.uint8)
-    listen = (rng.random(m) < mix.localhost_listening) & (pools.cli_pcount[c] > 0)
-    i = np.flatnonzero(listen)
-    k = _pick(rng, pools.cli_pstart[c[i]], pools.cli_pcount[c[i]])
-    port[i], proto[i] = pools.cli_port[k], pools.cli_proto[k]
-    j = np.flatnonzero(~listen)
-    ip_j = pools.cli_ip[c[j]].astype(np.int64) << 16
-    port[j] = _redraw(lambda n: rng.integers(1024, 65536, n),
-                      lambda v: _in_sorted(pools.listen_keys, ip_j | v), port[j].astype(np.int64))
-    return pools.cli_ip[c], np.full(m, LOCALHOST, np.uint32), port, proto, None
-
-
-def _by_name(pools, mix, rng, m):
-    c = _clients(pools, rng, m)
-    code = np.empty(m, np.int32)
-    port = np.full(m, 80, np.uint16)
-    proto = np.full(m, 6, np.uint8)
-    missing = (rng.random(m) < mix.missing_names) | (pools.nm.k == 0)
-    i = np.flatnonzero(~missing)
-    e = pools.nm.draw(rng, i.size)
-    code[i], port[i], proto[i] = pools.nm_code[e], pools.nm_port[e], pools.nm_proto[e]
-    ns = pools.nm_ns[e]
-    bound = np.flatnonzero(ns >= 0)  # short names: a client of the service's namespace
-    if bound.size:
-        nsb = ns[bound]
-        c[i[bound]] = pools.ns_members[_pick(rng, pools.ns_start[nsb], pools.ns_count[nsb])]
-    j = np.flatnonzero(missing)
-    code[j] = pools.missing_codes[rng.integers(0, len(pools.missing_codes), j.size)]
-    return pools.cli_ip[c], np.zeros(m, np.uint32), port, proto, code
-
-
-def _egress(pools, mix, rng, m):
-    src = pools.cli_ip[_clients(pools, rng, m)]
-    dst = pools.egress_ip[pools.egress.draw(rng, m)]
-    table = np.array([p for p, _, _ in EGRESS_PORTS]), np.array([q for _, q, _ in EGRESS_PORTS])
-    k = np.searchsorted(np.cumsum([s for _, _, s in EGRESS_PORTS]), rng.random(m) * sum(s for *_, s in EGRESS_PORTS),
-                        side="right")
-    return src, dst, table[0][k].astype(np.uint16), table[1][k].astype(np.uint8), None
-
-
-def _to_nothing(pools, mix, rng, m):
-    src = pools.cli_ip[_clients(pools, rng, m)]
-    dst = np.empty(m, np.uint32)
-    port = rng.integers(1, 65536, m).astype(np.uint16)
-    proto = np.full(m, 6, np.uint8)
-    ways = np.array([len(pools.cidr_net) > 0, len(pools.pp_ip) > 0, pools.ci.k > 0], dtype=np.float64)
-    way = np.searchsorted(np.cumsum(ways / ways.sum()), rng.random(m), side="right")
-    # A pod-CIDR address no pod holds, on a common port.
-    i = np.flatnonzero(way == 0)
-    if i.size:
-        cidr = rng.integers(0, len(pools.cidr_net), i.size)
-        net, size = pools.cidr_net[cidr], pools.cidr_size[cidr]
-        addr = net + 1 + (rng.random(i.size) * (size - 2)).astype(np.int64)
-        for _ in range(8):
-            hit = np.flatnonzero(_in_sorted(pools.pod_ips, addr))
-            if hit.size == 0:
-                break
-            addr[hit] = net[hit] + 1 + (rng.random(hit.size) * (size[hit] - 2)).astype(np.int64)
-        dst[i] = addr
-        port[i] = 80
-    # A pod's address on a port it does not declare (way 1); a ClusterIP on a port it does
-    # not serve (way 2).
-    for kind, addrs, taken in ((1, pools.pp_ip, pools.listen_keys), (2, pools.ci_addrs, pools.ci_keys)):
-        j = np.flatnonzero(way == kind)
-        if j.size:
-            ip = addrs[rng.integers(0, len(addrs), j.size)]
-            key = ip.astype(np.int64) << 16
-            port[j] = _redraw(lambda n: rng.integers(1, 65536, n),
-                              lambda v: _in_sorted(taken, key | v), port[j].astype(np.int64))
-            dst[j] = ip
-    return src, dst, port, proto, None
-
-
-_KIND_FUNCS = (_east_west, _north_south, _localhost, _by_name, _egress, _host, _to_nothing)
-
-
-# --------------------------------------------------------------------------- blocks and batches
-
-def _block(pools: _Pools, mix: TraceMix, kinds: _Choice, seed: int, index: int, m: int) -> dict[str, np.ndarray]:
-    """Rows of block ``index`` (``ts`` relative: gaps only, summed by the caller)."""
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(1, index))))
-    src = np.empty(m, np.uint32)
-    dst = np.empty(m, np.uint32)
-    dport = np.empty(m, np.uint16)
-    proto = np.empty(m, np.uint8)
-    code = np.full(m, -1, np.int32)
-    kind = kinds.draw(rng, m).astype(np.uint8)
-    order = np.argsort(kind, kind="stable")  # rows grouped by kind, each group in row order
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(kind, minlength=len(_KIND_FUNCS)))])
-    for k, func in enumerate(_KIND_FUNCS):
-        rows = order[bounds[k]:bounds[k + 1]]
-        if rows.size:
-            s, d, p, q, c = func(pools, mix, rng, rows.size)
-            src[rows], dst[rows], dport[rows], proto[rows] = s, d, p, q
-            if c is not None:
-                code[rows] = c
-    sport = rng.integers(EPHEMERAL_PORTS[0], EPHEMERAL_PORTS[1] + 1, m, dtype=np.int32).astype(np.uint16)
-    gaps = (rng.standard_exponential(m, dtype=np.float32) * np.float32(1e9 / float(mix.rate))).astype(np.int64)
-    z = rng.standard_normal(m, dtype=np.float32)
-    size = np.exp(z.astype(np.float64) * float(mix.bytes_sigma) + np.log(float(mix.bytes_median)))
-    big = np.flatnonzero(rng.random(m) < mix.elephants)
-    size[big] = float(mix.elephant_min) * (1.0 + rng.pareto(float(mix.elephant_alpha), big.size))
-    nbytes = np.clip(np.rint(size), 1, 2.0 ** 62).astype(np.uint64)
-    packets = np.minimum((nbytes + np.uint64(MSS - 1)) // np.uint64(MSS), np.uint64(0xFFFFFFFF)).astype(np.uint32)
-    cols = dict(src_ip=src, dst_ip=dst, src_port=sport, dst_port=dport, proto=proto,
-                gaps=gaps, name_code=code, bytes=nbytes, packets=packets)
-    if mix.duration_mix:
-        cols["duration"] = _durations(mix, seed, index, proto)
-    return cols
-
+# --------------------------------------------------------------------------- rows
 
 #: ``duration_mix``: TCP lifetimes are Pareto (shape TCP_ALPHA, scale TCP_SCALE seconds: median
 #: about 0.04 s, mean 0.3 s, a heavy tail); UDP is one-shot (exponential, mean UDP_ONE_SHOT s,
@@ -507,18 +355,108 @@ def _block(pools: _Pools, mix: TraceMix, kinds: _Choice, seed: int, index: int, 
 TCP_ALPHA, TCP_SCALE, UDP_ONE_SHOT, STREAM_RANGE = 1.2, 0.05, 0.005, (300.0, 3600.0)
 
 
-def _durations(mix: TraceMix, seed: int, index: int, proto: np.ndarray) -> np.ndarray:
-    """Seconds each row's connection lives (``duration_mix``), from a stream of its own:
-    the other columns are the same with the mix on or off."""
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(2, index))))
-    m = proto.shape[0]
-    tcp = TCP_SCALE * (rng.pareto(TCP_ALPHA, m) + 1.0)
-    udp = rng.standard_exponential(m) * UDP_ONE_SHOT
-    out = np.where(proto == 17, udp, tcp)
-    lo, hi = STREAM_RANGE
-    stream = rng.random(m) < float(mix.long_lived)
-    out[stream] = lo + rng.random(int(stream.sum())) * (hi - lo)
-    return out
+def seed_key(seed: int) -> int:
+    """The 64-bit key of a seed's random streams (:mod:`fastpath.traces.synth_kernel`)."""
+    return int.from_bytes(hashlib.sha256(f"fastpath synth trace {int(seed)}".encode()).digest()[:8], "little")
+
+
+def _knob_array(mix: TraceMix) -> np.ndarray:
+    """The mix's numbers in :mod:`~fastpath.traces.synth_kernel`'s ``knobs`` order."""
+    k = np.zeros(K.KNOBS, dtype=np.float64)
+    k[K.N_VIA_SERVICE] = mix.via_service
+    k[K.N_LISTENING] = mix.localhost_listening
+    k[K.N_MISSING] = mix.missing_names
+    k[K.N_GAP_NS] = 1e9 / float(mix.rate)
+    k[K.N_SIGMA] = mix.bytes_sigma
+    k[K.N_LOG_MEDIAN] = np.log(float(mix.bytes_median))
+    k[K.N_ELEPHANTS] = mix.elephants
+    k[K.N_ALPHA] = mix.elephant_alpha
+    k[K.N_ELEPHANT_MIN] = mix.elephant_min
+    k[K.N_LONG_LIVED] = mix.long_lived
+    k[K.N_TCP_ALPHA], k[K.N_TCP_SCALE], k[K.N_UDP_ONE_SHOT] = TCP_ALPHA, TCP_SCALE, UDP_ONE_SHOT
+    k[K.N_STREAM_LO], k[K.N_STREAM_HI] = STREAM_RANGE
+    return k
+
+
+class _Generator:
+    """The kernel's arguments for one trace: the pools packed for it, the mix, the seed's key.
+
+    Every alias table's ``(prob, alias)`` pairs interleaved in one array; each table of
+    destinations one uint64 an entry (:func:`~fastpath.traces.synth_kernel._pack`); the
+    sets a drawn value must miss are the pools' exact-match tables.
+    """
+
+    def __init__(self, pools: _Pools, mix: TraceMix, seed: int) -> None:
+        p = pools
+        tables = [_Choice(p.kind_weights(mix)), p.ci, p.ns, p.nm, p.egress]
+        self.duration = bool(mix.duration_mix)
+        off = np.zeros(len(tables) + 1, dtype=np.int64)
+        np.cumsum([t.k for t in tables], out=off[1:])
+        ch = np.empty(2 * int(off[-1]), dtype=np.float64)
+        ch[0::2] = np.concatenate([t.prob[:t.k] for t in tables])
+        ch[1::2] = np.concatenate([t.alias[:t.k] for t in tables])
+        shares = np.array([sh for _, _, sh in EGRESS_PORTS], dtype=np.float64)
+        ways = [w for w, ok in enumerate((len(p.cidr_net) > 0, len(p.pp_ip) > 0, p.ci.k > 0)) if ok]
+        nm = np.empty(2 * p.nm_code.size, dtype=np.uint64)
+        nm[0::2] = _packed(p.nm_code.astype(np.uint32), p.nm_port, p.nm_proto)          # the code where the ip goes
+        nm[1::2] = (p.nm_ns + 1).astype(np.uint64)
+        nothing = np.zeros(0, np.int64)
+        self.args = (np.uint64(seed_key(seed)), _knob_array(mix), ch, off,
+                     p.cli_ip, p.cli_pstart, p.cli_pcount, p.cli_port, p.cli_proto, p.ns_members, p.ns_start,
+                     p.ns_count, _packed(p.pp_ip, p.pp_port, p.pp_proto), p.listen_set, p.pod_set,
+                     p.host_ip, p.cidr_net, p.cidr_size, _packed(p.ci_ip, p.ci_port, p.ci_proto), p.ci_set, p.ci_addrs, _packed(p.ns_ip, p.ns_port, p.ns_proto) | p.ns_nodes.astype(np.uint64),
+                     p.node_addr, nm, p.missing_codes, p.egress_ip, np.cumsum(shares),
+                     np.array([pt for pt, _, _ in EGRESS_PORTS], dtype=np.uint16),
+                     np.array([q for _, q, _ in EGRESS_PORTS], dtype=np.uint8), np.array(ways or nothing, np.int64))
+
+    def rows(self, start: int, m: int) -> dict[str, np.ndarray]:
+        """Rows ``start .. start + m`` (``gaps``: nanoseconds since the previous arrival)."""
+        cols = dict(src_ip=np.empty(m, np.uint32), dst_ip=np.empty(m, np.uint32), src_port=np.empty(m, np.uint16),
+                    dst_port=np.empty(m, np.uint16), proto=np.empty(m, np.uint8), gaps=np.empty(m, np.int64),
+                    name_code=np.empty(m, np.int32), bytes=np.empty(m, np.uint64), packets=np.empty(m, np.uint32),
+                    duration=np.empty(m if self.duration else 0, np.float64))
+        K.make_rows(np.int64(start), *self.args, cols["src_ip"], cols["dst_ip"], cols["src_port"], cols["dst_port"],
+                    cols["proto"], cols["gaps"], cols["name_code"], cols["bytes"], cols["packets"], cols["duration"])
+        if not self.duration:
+            del cols["duration"]
+        return cols
+
+
+def _exact_set(keys: np.ndarray) -> np.ndarray:
+    """``keys`` as an exact-match table's slots (values unused)."""
+    return ExactTable.build(keys.astype(np.uint64), np.zeros(keys.size, np.int64)).slots
+
+
+def _packed(ip: np.ndarray, port: np.ndarray, proto: np.ndarray) -> np.ndarray:
+    """Destinations as the kernel's packed tables hold them: ``ip << 32 | port << 16 | proto << 8``."""
+    return (ip.astype(np.uint64) << np.uint64(32)) | (port.astype(np.uint64) << np.uint64(16)) \
+        | (proto.astype(np.uint64) << np.uint64(8))
+
+
+def _batches(gen: _Generator, start_ns: int, flows: int, batch_size: int, threads: int) -> Iterator[dict]:
+    """Generated rows in batches of ``batch_size``, ``ts`` made absolute.
+
+    The next batch is made in a second thread (the kernel releases the GIL; ``threads``
+    of numba's threads) while the caller writes this one, so writing and drawing overlap.
+    """
+    from .._jit import set_threads
+
+    def make(start: int) -> dict:
+        set_threads(threads)                  # numba's thread count is per calling thread
+        return gen.rows(start, min(batch_size, flows - start))
+
+    t = int(start_ns)
+    with ThreadPoolExecutor(1) as pool:
+        ahead = pool.submit(make, 0)
+        for start in range(0, flows, batch_size):
+            cols = ahead.result()
+            if start + batch_size < flows:
+                ahead = pool.submit(make, start + batch_size)
+            ts = np.cumsum(cols.pop("gaps"))
+            ts += t
+            t = int(ts[-1])
+            cols["ts"] = ts
+            yield cols
 
 
 def _validity(valid: np.ndarray) -> pa.Buffer | None:
@@ -546,50 +484,6 @@ def _record_batch(cols: dict[str, np.ndarray], schema: pa.Schema, names: pa.Arra
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def _blocks(pools: _Pools, mix: TraceMix, seed: int, flows: int, threads: int) -> Iterator[dict]:
-    """Blocks in order, drawn by ``threads`` threads (numpy releases the GIL in its loops)."""
-    kinds = _Choice(pools.kind_weights(mix))
-    count = -(-flows // BLOCK)
-
-    def make(index: int) -> dict:
-        return _block(pools, mix, kinds, seed, index, min(BLOCK, flows - index * BLOCK))
-
-    if threads <= 1 or count <= 1:
-        yield from map(make, range(count))
-        return
-    with ThreadPoolExecutor(threads) as pool:
-        ahead: deque = deque()
-        for index in range(count):
-            ahead.append(pool.submit(make, index))
-            if len(ahead) > 2 * threads:
-                yield ahead.popleft().result()
-        while ahead:
-            yield ahead.popleft().result()
-
-
-def _batches(pools: _Pools, mix: TraceMix, seed: int, flows: int, batch_size: int,
-             threads: int) -> Iterator[dict]:
-    """Generated rows in batches of ``batch_size``, ``ts`` made absolute."""
-    t = int(mix.start_ns)
-    pending: list[dict] = []
-    have = done = 0
-    for cols in _blocks(pools, mix, seed, flows, threads):
-        ts = np.cumsum(cols.pop("gaps"))
-        ts += t
-        t = int(ts[-1])
-        cols["ts"] = ts
-        pending.append(cols)
-        have += ts.shape[0]
-        done += ts.shape[0]
-        while have >= batch_size or (have and done == flows):
-            take = min(have, batch_size)
-            joined = {k: np.concatenate([c[k] for c in pending]) if len(pending) > 1 else pending[0][k]
-                      for k in pending[0]}
-            yield {k: v[:take] for k, v in joined.items()}
-            have -= take
-            pending = [{k: v[take:] for k, v in joined.items()}] if have else []
-
-
 def trace_schema(ts_type: str = "timestamp", metadata: dict | None = None, duration: bool = False) -> pa.Schema:
     """The schema of the traces fastpath writes (the canonical column types; ``duration`` only if asked)."""
     types = dict(CANONICAL_TYPES)
@@ -600,15 +494,40 @@ def trace_schema(ts_type: str = "timestamp", metadata: dict | None = None, durat
     return pa.schema(list(types.items()), metadata=metadata)
 
 
-def synth_trace(cluster: Cluster, flows: int, *, seed: int = 0, out: str | os.PathLike,
+#: Layout of the pools kept in the cache; bump when :class:`_Pools` changes shape.
+POOLS_FORMAT = 2
+
+
+def _pools_of(cluster: Cluster | str | os.PathLike, mix: TraceMix, seed: int, cache: bool,
+              on_load: Callable[[Cluster], None] | None, directory=None, stats: dict | None = None) -> _Pools:
+    """The pools of a cluster, or of a cluster input through the cache (keyed by seed and ``zipf``:
+    all that shapes them besides the input)."""
+    def build(c: Cluster) -> _Pools:
+        return _Pools(c, mix, np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(0,)))))
+
+    if isinstance(cluster, Cluster):
+        return build(cluster)
+    from ..cache import cached_object
+
+    pools, _ = cached_object(cluster, "synth-pools", {"format": POOLS_FORMAT, "seed": seed, "zipf": float(mix.zipf)},
+                             build, cache=cache, on_load=on_load, directory=directory, stats=stats)
+    return pools
+
+
+def synth_trace(cluster: Cluster | str | os.PathLike, flows: int, *, seed: int = 0, out: str | os.PathLike,
                 batch_size: int = 1 << 20, threads: int | None = None, compression: str | None = None,
-                **mix: Any) -> int:
+                cache: bool = True, cache_dir: str | os.PathLike | None = None, cache_stats: dict | None = None,
+                on_load: Callable[[Cluster], None] | None = None, **mix: Any) -> int:
     """Write a synthetic trace of ``flows`` rows over ``cluster`` to an Arrow IPC file.
 
     Parameters
     ----------
     cluster
-        The cluster whose pods, services and nodes the flows go between.
+        The cluster whose pods, services and nodes the flows go between, or the path
+        of a cluster input: then what flows are drawn from (its pools: clients,
+        frontends, names) comes from the compiled-table cache when an earlier trace of
+        the same input, seed and ``zipf`` put it there, without loading the cluster
+        (:func:`fastpath.cache.cached_object`).
     flows
         Number of rows.
     seed
@@ -621,10 +540,18 @@ def synth_trace(cluster: Cluster, flows: int, *, seed: int = 0, out: str | os.Pa
     batch_size
         Rows per record batch in the file (does not change the rows).
     threads
-        Threads drawing blocks (default: all cores); the rows do not depend on it.
+        Threads drawing rows (default: all cores); the rows do not depend on it.
     compression
         ``None`` (default: readers memory-map the columns, zero-copy), ``"zstd"``
         (about a third of the size; the bundled sample) or ``"lz4"``.
+    cache
+        With a path: False neither reads nor writes the cache (``--no-cache``).
+    cache_dir, cache_stats
+        With a path: the cache folder (default :func:`fastpath.cache.cache_dir`), and a
+        dict given ``hit``, ``key`` and ``why`` (why an entry was rebuilt).
+    on_load
+        With a path: called with the cluster once it is known (loaded, or the cache's
+        :class:`~fastpath.cache.LazyCluster`), e.g. to print its load warnings.
     **mix
         Knobs of :class:`TraceMix` (``east_west=0.6``, ``zipf=1.3``, ``rate=1e6``, ...).
 
@@ -644,12 +571,11 @@ def synth_trace(cluster: Cluster, flows: int, *, seed: int = 0, out: str | os.Pa
     flows, batch_size, seed = int(flows), int(batch_size), int(seed)
     threads = (os.cpu_count() or 1) if threads is None else max(1, int(threads))
     knobs = TraceMix.from_knobs(**mix)
-    pools = _Pools(cluster, knobs, np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(0,)))))
-    about = {"seed": seed, "flows": flows, "cluster": cluster.summary(), "mix": asdict(knobs)}
+    pools = _pools_of(cluster, knobs, seed, cache, on_load, cache_dir, cache_stats)
+    about = {"seed": seed, "flows": flows, "cluster": pools.summary, "mix": asdict(knobs)}
     schema = trace_schema(knobs.ts_type, {METADATA_KEY: json.dumps(about, sort_keys=True)}, knobs.duration_mix)
     names = pa.array(pools.names, type=pa.string())
-    if flows:  # fail on an empty cluster before creating anything
-        pools.kind_weights(knobs)
+    gen = _Generator(pools, knobs, seed) if flows else None   # fails on an empty cluster before creating anything
 
     out = Path(out)
     if not out.parent.is_dir():
@@ -661,12 +587,12 @@ def synth_trace(cluster: Cluster, flows: int, *, seed: int = 0, out: str | os.Pa
             import pyarrow.parquet as pq
 
             with pq.ParquetWriter(str(tmp), schema, compression=compression or "snappy") as writer:
-                for cols in (_batches(pools, knobs, seed, flows, batch_size, threads) if flows else ()):
+                for cols in (_batches(gen, knobs.start_ns, flows, batch_size, threads) if flows else ()):
                     writer.write_batch(_record_batch(cols, schema, names))
         else:
             options = pa.ipc.IpcWriteOptions(compression=compression)
             with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema, options=options) as writer:
-                for cols in (_batches(pools, knobs, seed, flows, batch_size, threads) if flows else ()):
+                for cols in (_batches(gen, knobs.start_ns, flows, batch_size, threads) if flows else ()):
                     writer.write_batch(_record_batch(cols, schema, names))
         os.replace(tmp, out)
     except OSError as e:  # a full disk: name the user's path, not the temporary file
