@@ -166,6 +166,12 @@ def _vose(scaled, prob, alias):
 
 # --------------------------------------------------------------------------- the cluster's pools
 
+def _unique(a: np.ndarray) -> np.ndarray:
+    """``np.unique(a)`` by a sort (numpy 2's hashing ``unique`` is several times slower here)."""
+    s = np.sort(a)
+    return s[np.concatenate(([True], s[1:] != s[:-1]))] if s.size else s
+
+
 class _Pools:
     """Everything flows are drawn from, as flat arrays, built once from the cluster.
 
@@ -185,7 +191,7 @@ class _Pools:
         clients = np.flatnonzero(client)
         self.cli_ip = cols.ip[clients]
         # namespaces of the clients, sorted by name
-        used = np.unique(cols.ns[clients])
+        used = np.flatnonzero(np.bincount(cols.ns[clients], minlength=len(cols.ns_names)))
         namespaces = sorted(cols.ns_names[i] for i in used.tolist())
         ns_id = {ns: i for i, ns in enumerate(namespaces)}
         remap = np.full(len(cols.ns_names), -1, dtype=np.int64)
@@ -204,8 +210,8 @@ class _Pools:
         # Pod ports anyone can connect to straight (pod -> pod), and what listens.
         self.pp_ip = np.repeat(self.cli_ip, self.cli_pcount)
         self.pp_port, self.pp_proto = self.cli_port, self.cli_proto
-        self.listen_keys = np.unique((self.pp_ip.astype(np.int64) << 16) | self.pp_port)
-        self.pod_ips = np.unique(cols.ip[cols.has_ip].astype(np.int64))
+        self.listen_keys = _unique((self.pp_ip.astype(np.int64) << 16) | self.pp_port)
+        self.pod_ips = _unique(cols.ip[cols.has_ip].astype(np.int64))
         # the same as exact-match sets, for the kernel (one probe where a binary search takes twenty)
         self.listen_set = _exact_set(self.listen_keys)
         self.pod_set = AddressTable.build(self.pod_ips.astype(np.uint64), np.zeros(self.pod_ips.size, np.int64)).slots
@@ -271,9 +277,9 @@ class _Pools:
         self.ns_ip, self.ns_port = np.array(seg_ip, dtype=np.uint32), np.array(seg_port, dtype=np.uint16)
         self.ns_proto, self.ns_nodes = np.array(seg_proto, dtype=np.uint8), np.array(seg_nodes, dtype=np.bool_)
         self.ns = _Choice(np.array(seg_w, dtype=np.float64))
-        self.ci_keys = np.unique((self.ci_ip.astype(np.int64) << 16) | self.ci_port)
+        self.ci_keys = _unique((self.ci_ip.astype(np.int64) << 16) | self.ci_port)
         self.ci_set = _exact_set(self.ci_keys)
-        self.ci_addrs = np.unique(self.ci_ip)
+        self.ci_addrs = _unique(self.ci_ip)
 
     def _names(self, services: list, svc_w: np.ndarray, clients: np.ndarray, cols, namespaces: list[str],
                ns_id: dict[str, int], domain: str) -> None:
@@ -304,7 +310,7 @@ class _Pools:
             uniq, first, inverse = np.unique(self.pp_ip, return_index=True, return_inverse=True)
             _, last_rev = np.unique(self.cli_ip[::-1], return_index=True)
             last = clients[self.cli_ip.size - 1 - last_rev]            # uniq is a subset of the client IPs
-            last = last[np.searchsorted(np.unique(self.cli_ip), uniq)]
+            last = last[np.searchsorted(_unique(self.cli_ip), uniq)]
             in_order = np.argsort(first, kind="stable")
             rec_ns = pa.array([cols.ns_names[i] for i in cols.ns[last[in_order]].tolist()], type=pa.string())
             dashed = pac.replace_substring(ips_to_strings(uniq[in_order]), ".", "-")
@@ -409,12 +415,16 @@ class _Generator:
                      np.array([pt for pt, _, _ in EGRESS_PORTS], dtype=np.uint16),
                      np.array([q for _, q, _ in EGRESS_PORTS], dtype=np.uint8), np.array(ways or nothing, np.int64))
 
-    def rows(self, start: int, m: int) -> dict[str, np.ndarray]:
-        """Rows ``start .. start + m`` (``gaps``: nanoseconds since the previous arrival)."""
-        cols = dict(src_ip=np.empty(m, np.uint32), dst_ip=np.empty(m, np.uint32), src_port=np.empty(m, np.uint16),
+    def columns(self, m: int) -> dict[str, np.ndarray]:
+        """Empty output columns for ``m`` rows (``gaps``: nanoseconds since the previous arrival)."""
+        return dict(src_ip=np.empty(m, np.uint32), dst_ip=np.empty(m, np.uint32), src_port=np.empty(m, np.uint16),
                     dst_port=np.empty(m, np.uint16), proto=np.empty(m, np.uint8), gaps=np.empty(m, np.int64),
                     name_code=np.empty(m, np.int32), bytes=np.empty(m, np.uint64), packets=np.empty(m, np.uint32),
                     duration=np.empty(m if self.duration else 0, np.float64))
+
+    def rows(self, start: int, m: int, out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Rows ``start .. start + m``, into ``out`` (:meth:`columns` of at least ``m`` rows) if given."""
+        cols = {k: v[:m] for k, v in (out or self.columns(m)).items()}
         K.make_rows(np.int64(start), *self.args, cols["src_ip"], cols["dst_ip"], cols["src_port"], cols["dst_port"],
                     cols["proto"], cols["gaps"], cols["name_code"], cols["bytes"], cols["packets"], cols["duration"])
         if not self.duration:
@@ -438,21 +448,28 @@ def _batches(gen: _Generator, start_ns: int, flows: int, batch_size: int, thread
 
     The next batch is made in a second thread (the kernel releases the GIL; ``threads``
     of numba's threads) while the caller writes this one, so writing and drawing overlap.
+    Two sets of columns take turns (fresh memory would cost page faults every batch): a
+    batch's arrays are written over two batches later, so the caller must be done with
+    them (written out) when it asks for the next.
     """
     from .._jit import set_threads
 
-    def make(start: int) -> dict:
+    size = min(batch_size, flows)
+    buffers = [gen.columns(size), gen.columns(size) if flows > size else None]
+
+    def make(start: int, out: dict) -> dict:
         set_threads(threads)                  # numba's thread count is per calling thread
-        return gen.rows(start, min(batch_size, flows - start))
+        return gen.rows(start, min(batch_size, flows - start), out)
 
     t = int(start_ns)
     with ThreadPoolExecutor(1) as pool:
-        ahead = pool.submit(make, 0)
-        for start in range(0, flows, batch_size):
+        ahead = pool.submit(make, 0, buffers[0])
+        for k, start in enumerate(range(0, flows, batch_size)):
             cols = ahead.result()
             if start + batch_size < flows:
-                ahead = pool.submit(make, start + batch_size)
-            ts = np.cumsum(cols.pop("gaps"))
+                ahead = pool.submit(make, start + batch_size, buffers[(k + 1) % 2])
+            ts = cols.pop("gaps")
+            np.cumsum(ts, out=ts)                 # in place: the gaps become arrival times
             ts += t
             t = int(ts[-1])
             cols["ts"] = ts
