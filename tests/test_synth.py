@@ -5,11 +5,12 @@ import ipaddress
 import json
 from collections import Counter, defaultdict
 
+import numpy as np
 import pytest
 
 from fastpath.cluster.endpoints import derive_slices
 from fastpath.cluster.load import cluster_from_objects, load_cluster
-from fastpath.cluster.synth import synth_cluster, write_cluster
+from fastpath.cluster.synth import _Gen, synth_cluster, write_cluster
 from fastpath.errors import FastpathError
 from naive.endpoints import canonical
 
@@ -148,6 +149,17 @@ def test_calico_addressing():
     # blocks are handed out in no particular node order (not one contiguous range per node)
     firsts = [min(b for b, ns in block_nodes.items() if n.name in ns) for n in c.nodes]
     assert firsts != sorted(firsts)
+
+
+@pytest.mark.parametrize("addressing", ["bridge", "calico"])
+@pytest.mark.parametrize("size", [(40, 20, 30), (3, 2, 6), (2, 1, 1)])
+def test_generator_pods_are_the_loaders(addressing, size):
+    # synth_cluster derives the slices from the generator's pods, not from reading its pod objects back
+    g = _Gen(np.random.default_rng(2), *size, 3, 2, addressing)
+    objects = g.nodes() + g.pods()
+    loaded = cluster_from_objects(objects).pods
+    assert len(g.pod_models) == len(loaded) == size[0] * size[1]
+    assert [vars(p) for p in g.pod_models] == [vars(p) for p in loaded]        # labels too
 
 
 def test_write_round_trip(tmp_path):

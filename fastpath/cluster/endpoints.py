@@ -25,6 +25,7 @@ from __future__ import annotations
 import zlib
 
 from .load import gc_paused
+from .load_kinds import _object_new
 from .model import Cluster, Endpoint, EndpointSlice, EndpointSlicePort, Pod, Service
 
 #: ``trafficDistribution`` values for which the controller writes zone hints.
@@ -126,9 +127,10 @@ def _derive(cluster: Cluster) -> list[EndpointSlice]:
                     mapping = by_template.get(id(p.ports))
                     if mapping is None:
                         mapping = by_template[id(p.ports)] = _port_mapping(svc, p)
-                ep = cache.get((i, hints, node_hints))
+                key = (i, hints, node_hints)
+                ep = cache.get(key)
                 if ep is None:
-                    ep = cache[(i, hints, node_hints)] = _endpoint(p, zone_of.get(p.node), hints, node_hints)
+                    ep = cache[key] = _endpoint(p, zone_of.get(p.node), hints, node_hints)
                 group = groups.get(mapping)
                 if group is None:
                     groups[mapping] = [ep]
@@ -165,10 +167,21 @@ def _port_mapping(svc: Service, pod: Pod) -> tuple[tuple[str | None, int, int], 
 
 
 def _endpoint(p: Pod, zone: str | None, hints: bool, node_hints: bool = False) -> Endpoint:
-    return Endpoint(addresses=(p.ip,), ready=p.ready and not p.terminating, serving=p.ready,
-                    terminating=p.terminating, node=p.node, zone=zone,
-                    hint_zones=(zone,) if hints and zone else (), target_pod=p.key,
-                    hint_nodes=(p.node,) if node_hints and p.node else ())
+    # every field set in its order at once, not by the frozen dataclass's __init__ (one
+    # object.__setattr__ a field: a third of the derivation at 150,000 pods)
+    ready, term, node = p.ready, p.terminating, p.node
+    ep = _object_new(Endpoint)
+    fields = ep.__dict__
+    fields["addresses"] = (p.ip,)
+    fields["ready"] = ready and not term
+    fields["serving"] = ready
+    fields["terminating"] = term
+    fields["node"] = node
+    fields["zone"] = zone
+    fields["hint_zones"] = (zone,) if hints and zone else ()
+    fields["target_pod"] = f"{p.namespace}/{p.name}"
+    fields["hint_nodes"] = (node,) if node_hints and node else ()
+    return ep
 
 
 def _slice_name(svc: Service, salt: int, used: set[tuple[str, str]]) -> str:

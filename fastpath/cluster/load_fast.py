@@ -47,13 +47,22 @@ class _S(Struct, gc=False):
     """A record the collector need not track (no record refers back to another)."""
 
 
+#: A field kept as its JSON text, decoded when read (an empty text: not given).
+_NOT_GIVEN = msgspec.Raw(b"")
+
+
 class _Meta(_S):
     name: Union[str, None] = None
     namespace: Union[str, None] = None
     labels: Union[dict[str, str], None] = None
 
 
-class _PodMeta(_Meta):
+class _PodMeta(_S):
+    name: Union[str, None] = None
+    namespace: Union[str, None] = None
+    #: the labels' JSON text: replicas of a template give the same text, read once (and
+    #: their pods share one mapping)
+    labels: msgspec.Raw = _NOT_GIVEN
     deletionTimestamp: Any = None
 
 
@@ -78,10 +87,6 @@ class _Container(_S, frozen=True):
     name: Union[str, None] = None
     ports: Union[tuple[_ContainerPort, ...], None] = None
     restartPolicy: Union[str, None] = None
-
-
-#: A field kept as its JSON text, decoded when read (an empty text: not given).
-_NOT_GIVEN = msgspec.Raw(b"")
 
 
 class _PodSpec(_S):
@@ -199,6 +204,7 @@ _decode_records = msgspec.json.Decoder(_RecordList).decode
 _decode_containers = msgspec.json.Decoder(Union[tuple[_Container, ...], None]).decode
 _decode_conditions = msgspec.json.Decoder(Union[list[_Condition], None]).decode
 _decode_pod_ips = msgspec.json.Decoder(Union[list[_PodIP], None]).decode
+_decode_labels = msgspec.json.Decoder(Union[dict[str, str], None]).decode
 _decode_raw_list = msgspec.json.Decoder(_RawList).decode
 _decode_record = msgspec.json.Decoder(_Record).decode
 _decode_any = msgspec.json.Decoder().decode
@@ -297,7 +303,16 @@ class TypedReaders:
         self._slice_ports: dict[tuple, EndpointSlicePort] = {}
         self._node_names = parser.node_names
         self._pods = pods               # the pods read so far, for the caches' hit counts
-        self._ports_missed = self._ready_missed = 0
+        self._ports_missed = self._ready_missed = self._labels_missed = 0
+        #: labels' JSON text -> the mapping the pods with that text share
+        self._labels_by_text: dict[bytes, dict] = {}
+        #: the last pod's conditions and containers (JSON texts, as decoded) and what they gave
+        self._last_conditions: msgspec.Raw | None = None
+        self._last_ready = False
+        self._last_containers: msgspec.Raw | None = None
+        self._last_ports: tuple = ((), None)
+        self._last_labels: msgspec.Raw | None = None
+        self._last_mapping: dict | None = None
 
     def _ports_of(self, text: bytes | tuple[bytes, bytes]) -> tuple:
         """(ports, note) of a pod's containers (and init containers), given as their JSON texts."""
@@ -310,6 +325,14 @@ class TypedReaders:
         if len(self._ports_by_text) < max(self.TEXTS_KEPT, len(self._pods) - self._ports_missed):
             self._ports_by_text[text] = found
         return found
+
+    def _labels_of(self, text: bytes) -> dict | None:
+        """A pod's labels, given as their JSON text (None: ``null``); raises on anything but strings."""
+        labels = _decode_labels(text)
+        self._labels_missed += 1
+        if labels and len(self._labels_by_text) < max(self.TEXTS_KEPT, len(self._pods) - self._labels_missed):
+            self._labels_by_text[text] = labels
+        return labels
 
     def _ready(self, text: bytes) -> bool:
         """Whether the conditions (their JSON text) say Ready True (the first Ready condition)."""
@@ -349,28 +372,54 @@ class TypedReaders:
                 if status.phase in TERMINAL_PHASES:
                     ip = None
                     self.parser.terminal.append(f"{ns}/{name}")
-            conditions = bytes(status.conditions)
-            ready = self._ready_by_text.get(conditions)
-            if ready is None:
-                ready = self._ready(conditions)
+            # replicas of a template come one after another (kubectl sorts by name): the last
+            # pod's text, compared in place, answers before a copy of it is looked up
+            raw = status.conditions
+            if raw == self._last_conditions:
+                ready = self._last_ready
+            else:
+                conditions = bytes(raw)
+                ready = self._ready_by_text.get(conditions)
+                if ready is None:
+                    ready = self._ready(conditions)
+                self._last_conditions, self._last_ready = raw, ready
         if spec is not None:
             node = spec.nodeName or None
             if node is not None:
                 node = self._node_names.setdefault(node, node)
             host = bool(spec.hostNetwork)
+            raw = spec.containers
             inits = spec.initContainers
-            containers = bytes(spec.containers) if inits is _NOT_GIVEN else (bytes(spec.containers), bytes(inits))
+            if inits is _NOT_GIVEN and raw == self._last_containers:
+                found = self._last_ports
+            else:
+                containers = bytes(raw) if inits is _NOT_GIVEN else (bytes(raw), bytes(inits))
+                found = self._ports_by_text.get(containers)
+                if found is None:
+                    found = self._ports_of(containers)
+                # remembered only without init containers (their text is not compared)
+                self._last_containers = raw if inits is _NOT_GIVEN else None
+                self._last_ports = found
         else:
             node = None
             host = False
-            containers = b""
-        found = self._ports_by_text.get(containers)
-        if found is None:
-            found = self._ports_of(containers)
+            found = self._ports_by_text.get(b"")
+            if found is None:
+                found = self._ports_of(b"")
         ports, shared = found
         if shared is not None:
             self.parser.shared_port.append(f"{ns}/{name} {shared}")
-        labels = meta.labels
+        raw = meta.labels
+        if raw == self._last_labels:
+            labels = self._last_mapping
+        elif raw is _NOT_GIVEN:
+            labels = {}
+        else:
+            text = bytes(raw)
+            labels = self._labels_by_text.get(text)
+            if labels is None:
+                labels = self._labels_of(text)
+            self._last_labels, self._last_mapping = raw, labels
         # every field as Pod(...) sets it, in its order, without the frozen dataclass's __setattr__
         pod = _object_new(Pod)
         fields = pod.__dict__
@@ -450,7 +499,15 @@ class TypedReaders:
             endpoints.append(ep)
         if without:
             portless.extend([f"{ns}/{name}"] * without)
-        return EndpointSlice(namespace=ns, name=name, service=service, ports=tuple(ports), endpoints=tuple(endpoints))
+        out = new(EndpointSlice)
+        fields = out.__dict__                   # as EndpointSlice(...) sets them, in its order
+        fields["namespace"] = ns
+        fields["name"] = name
+        fields["service"] = service
+        fields["ports"] = tuple(ports)
+        fields["endpoints"] = tuple(endpoints)
+        fields["from_endpoints"] = False
+        return out
 
     @staticmethod
     def node(obj: NodeRecord, name: str):

@@ -147,8 +147,10 @@ def _node(obj: dict, name: str) -> Node:
             internal = _ip(addr, "InternalIP")
         elif t == "ExternalIP" and external is None and not _is_v6(addr):
             external = _ip(addr, "ExternalIP")
-    return Node(name=name, internal_ip=internal, external_ip=external, pod_cidrs=tuple(cidrs),
-                zone=zone, labels=labels, cpu=_cpus((status.get("capacity") or {}).get("cpu")))
+    node = _object_new(Node)        # every field at once, as Node(...) sets them
+    node.__dict__.update(name=name, internal_ip=internal, external_ip=external, pod_cidrs=tuple(cidrs), zone=zone,
+                         labels=labels, cpu=_cpus((status.get("capacity") or {}).get("cpu")), present=True)
+    return node
 
 
 class _PodParser:
@@ -229,13 +231,21 @@ class _PodParser:
             _str(cname, "spec.containers[].name")
             for items in entries:
                 p = dict(items)
-                port, proto = p.get("containerPort"), p.get("protocol")
-                what = f"container {cname} port {port if type(port) is int else '?'}"
-                hp = p.get("hostPort")
-                cp = ContainerPort(container=cname, port=_port(port, f"container {cname} containerPort"),
-                                   proto=_proto(proto, f"{what} protocol"),
-                                   name=_str(p.get("name"), f"{what} name") or None,
-                                   host_port=_port(hp, f"{what} hostPort") if hp not in (None, 0) else None)
+                port, proto, pname, hp = p.get("containerPort"), p.get("protocol"), p.get("name"), p.get("hostPort")
+                number = PROTO_NUMBERS.get(proto) if type(proto) is str else None
+                if not (type(port) is int and 0 < port < 65536 and number is not None
+                        and (pname is None or type(pname) is str) and hp in (None, 0)):
+                    # anything but the usual port: read field by field (the messages name the field)
+                    what = f"container {cname} port {port if type(port) is int else '?'}"
+                    port = _port(port, f"container {cname} containerPort")
+                    number = _proto(proto, f"{what} protocol")
+                    pname = _str(pname, f"{what} name")
+                    hp = _port(hp, f"{what} hostPort") if hp not in (None, 0) else None
+                else:
+                    hp = None
+                # every field at once, not by the frozen dataclass's __init__
+                cp = _object_new(ContainerPort)
+                cp.__dict__.update(container=cname, port=port, proto=number, name=pname or None, host_port=hp)
                 first = owner.setdefault((cp.port, cp.proto), cname)
                 if first != cname:
                     # the API server accepts it; the second container fails to bind at run time
