@@ -20,8 +20,8 @@ import math
 import numba
 import numpy as np
 
-from .._jit import GROUP, UGROUP, chunk_bounds, jit, pjit, prefetch
-from ..tables.exact import at_find, ht_find
+from .._jit import chunk_bounds, jit, pjit, prefetch
+from ..tables.exact import at_find, at_home, ht_find, ht_home
 
 #: SplitMix64's increment (2**64 / golden ratio): the step between rows' streams and draws.
 GOLDEN = 0x9E3779B97F4A7C15
@@ -153,16 +153,18 @@ def _pack(ip, port, proto):
 
 
 @jit(_nrt=False)
-def _rows(lo, hi, start, key, bases, knobs, ch, ch_off, cli_ip, cli_pstart, cli_pcount, cli_port, cli_proto,
+def _rows(lo, hi, start, key, bases, order, knobs, ch, ch_off, cli_ip, cli_pstart, cli_pcount, cli_port, cli_proto,
           ns_members, ns_start, ns_count, pp, listen, pod_slots, host_ip, cidr_net, cidr_size, ci, ci_keys, ci_addrs,
           nsf, node_addr, nm, missing_codes, egress_ip, egress_cum, egress_port, egress_proto, to_nothing_ways,
           src, dst, sport, dport, proto, gap, code, nbytes, packets, duration):
     """Rows ``start + lo .. start + hi`` into positions ``lo .. hi`` of the outputs (sequential).
 
-    Walks the rows in groups of :data:`GROUP`: first each row's stream, kind and the
-    first table line it will read (the client, the frontend's or name's alias entry, the
-    pod port), prefetched, so the group's cache misses overlap; then each row whole.
-    ``bases``: uint64 scratch of :data:`GROUP`.
+    Walks the rows :data:`WALK` at a time: first each row's stream, kind and the first
+    table line it will read (the client, the frontend's or name's alias entry, the pod
+    port, the first probe of a set), prefetched, so the walk's cache misses overlap; then
+    the rows sorted by kind (a counting sort), so each kind's code runs for a run of rows
+    and its branches are predicted. ``bases``: uint64 scratch of :data:`WALK`; ``order``:
+    int64 scratch of ``2 * WALK + 8`` (the sorted rows, each row's kind, the counts).
 
     Packed tables (one read an entry): ``pp``/``ci`` (pod ports, ClusterIP frontends) and
     ``nsf`` (North-South segments, the low bit set for a NodePort) as :func:`_pack` makes
@@ -178,12 +180,18 @@ def _rows(lo, hi, start, key, bases, knobs, ch, ch_off, cli_ip, cli_pstart, cli_
     svc_share = svc_share if n_ci > 0 else 0.0
     n_ways = to_nothing_ways.shape[0]
     with_life = duration.shape[0] > 0
-    for g in range(lo, hi, UGROUP):
-        ge = min(hi, g + UGROUP)
+    KS = WALK                             # order[KS + i]: row i's kind; order[CS + k]: counts
+    CS = 2 * WALK
+    for g in range(lo, hi, np.uint64(WALK)):
+        ge = min(hi, g + np.uint64(WALK))
+        for k in range(8):
+            order[CS + k] = 0
         for j in range(g, ge):            # first the group's first reads, prefetched: their misses overlap
             base = _mix(key + (np.uint64(start) + j) * _GOLDEN)
             bases[j - g] = base
             kind, _ = _alias(ch, ch_off, T_KIND, _unit(base, S_KIND))
+            order[KS + j - g] = kind
+            order[CS + kind + 1] += 1
             u_a = _unit(base, S_A)
             u_b = _unit(base, S_B)
             if kind != K_NORTH_SOUTH and kind != K_HOST:
@@ -195,9 +203,27 @@ def _rows(lo, hi, start, key, bases, knobs, ch, ch_off, cli_ip, cli_pstart, cli_
                     prefetch(pp, _below(u_b, n_pp))
             elif kind == K_BY_NAME and n_nm > 0:
                 prefetch(ch, 2 * (ch_off[T_NAME] + _below(u_b, n_nm)))
-        for j in range(g, ge):            # then each row, its first reads in cache
-            base = bases[j - g]
-            kind, _ = _alias(ch, ch_off, T_KIND, _unit(base, S_KIND))
+            elif kind == K_TO_NOTHING:                 # the first probe of the set the value must miss
+                way = to_nothing_ways[_below(u_a, n_ways)]
+                u_c = _unit(base, S_C)
+                if way == 0:
+                    cidr = _below(u_b, cidr_net.shape[0])
+                    a = cidr_net[cidr] + 1 + _below(u_c, cidr_size[cidr] - 2)
+                    prefetch(pod_slots, at_home(pod_slots, np.uint32(a)))
+                elif way == 1:
+                    d = np.int64(pp[_below(u_b, n_pp)] >> np.uint64(32))
+                    prefetch(listen, 2 * ht_home(listen, np.uint64((d << 16) | (1 + _below(u_c, 65535)))))
+        for k in range(1, 8):             # the group's rows by kind (counting sort): each kind's
+            order[CS + k] += order[CS + k - 1]    # code runs for a run of rows, its branches predicted
+        for i in range(ge - g):
+            kind = order[KS + i]
+            order[order[CS + kind]] = i
+            order[CS + kind] += 1
+        for t in range(ge - g):           # then each row, its first reads in cache
+            i = order[t]
+            j = g + np.uint64(i)
+            base = bases[i]
+            kind = order[KS + i]
             u_src = _unit(base, S_SRC)
             u_a = _unit(base, S_A)
             u_b = _unit(base, S_B)
@@ -312,6 +338,8 @@ def _rows(lo, hi, start, key, bases, knobs, ch, ch_off, cli_ip, cli_pstart, cli_
 
 #: Rows per parallel work item.
 CHUNK = 1 << 14
+#: Rows a walk takes at once (prefetched, then sorted by kind).
+WALK = 256
 
 
 @pjit
@@ -328,10 +356,11 @@ def make_rows(start, key, knobs, ch, ch_off, cli_ip, cli_pstart, cli_pcount, cli
     """
     n = src.shape[0]
     chunks = (n + CHUNK - 1) // CHUNK
-    scratch = np.empty((chunks, GROUP), dtype=np.uint64)
+    scratch = np.empty((chunks, WALK), dtype=np.uint64)
+    scratch_i = np.empty((chunks, 2 * WALK + 8), dtype=np.int64)
     for c in numba.prange(chunks):
         lo, hi = chunk_bounds(c, CHUNK, n)
-        _rows(lo, hi, start, key, scratch[c], knobs, ch, ch_off, cli_ip, cli_pstart, cli_pcount, cli_port, cli_proto,
+        _rows(lo, hi, start, key, scratch[c], scratch_i[c], knobs, ch, ch_off, cli_ip, cli_pstart, cli_pcount, cli_port, cli_proto,
               ns_members, ns_start, ns_count, pp, listen, pod_slots, host_ip, cidr_net, cidr_size, ci, ci_keys,
               ci_addrs, nsf, node_addr, nm, missing_codes, egress_ip, egress_cum, egress_port, egress_proto,
               to_nothing_ways, src, dst, sport, dport, proto, gap, code, nbytes, packets, duration)
