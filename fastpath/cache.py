@@ -34,6 +34,11 @@ the key and the SHA-256 of the other two files; an entry whose files do not
 hash to those, cannot be read, or do not decode is removed and rebuilt, never
 used. Only classes defined in fastpath modules are rebuilt from an entry.
 
+**Other entries.** :func:`cached_object` keeps anything else built from a cluster
+input alone the same way (``synth trace``'s pools: what flows are drawn from), keyed
+by its kind and options in place of the compile options, with the cluster's light
+fields beside it.
+
 **What a cached plane is.** The same tables, so the same results. Its
 ``cluster`` is a :class:`LazyCluster`: the light fields are there at once
 (enough for ``replay``, its warnings and summary, and conntrack's node CPUs);
