@@ -27,7 +27,7 @@ import numba
 import numpy as np
 import pyarrow as pa
 
-from ._jit import GROUP, UGROUP, chunk_bounds, jit, pjit, prefetch
+from ._jit import GROUP, UGROUP, chunk_bounds, jit, pjit, prefetch, read_only
 from .cluster.compile import ForwardingTables, compile_forwarding
 from .cluster.model import Cluster
 from .codes import (BRIDGE, DELIVERED, DROPPED, EGRESS, EXTERNAL, LOOPBACK, NONE, PATHS, PENDING, R_MARTIAN,
@@ -490,7 +490,7 @@ class DataPlane:
         dst = np.array(flows.dst_ip, dtype=np.uint32, copy=True)
         rows = np.flatnonzero(flows.name_code >= 0)      # only the named rows: one pass over them
         if rows.size == 0:
-            return dst
+            return read_only(dst)
         src_ip = flows.src_ip[rows]
         src_ip.flags.writeable = False                   # the lookup kernel's one (read-only) specialization
         src_pod = t.pod_by_ip.lookup(src_ip)
@@ -503,7 +503,9 @@ class DataPlane:
                          src_ip=src_ip, src_port=flows.src_port[rows])
         dst[rows[ok]] = ip[ok]
         verdict[rows[~ok]] = UNRESOLVED
-        return dst
+        # read-only as a trace's own column is: the kernels then compile one specialization, not
+        # one for traces with names and another for traces without (12 s more on a first run)
+        return read_only(dst)
 
     def resolve(self, batch, source: str = "<batch>") -> pa.RecordBatch:
         """Resolve a batch of flows into a results ``RecordBatch`` (same rows, same order).

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._jit import jit, pjit
+from .._jit import jit, pjit, read_only
 from ..errors import FastpathError
 import numba
 
@@ -241,7 +241,7 @@ class _SlotTable:
 
     def lookup(self, query: np.ndarray, default: int = -1, out: np.ndarray | None = None) -> np.ndarray:
         """Values for a batch of keys (``default`` where absent)."""
-        q = np.ascontiguousarray(query, dtype=self._key_type)
+        q = read_only(np.ascontiguousarray(query, dtype=self._key_type))   # one specialization, whoever asks
         if out is None:
             out = np.empty(q.shape[0], dtype=np.int64)
         (self._few if q.shape[0] < FEW else self._batch)(self.slots, q, np.int64(default), out)
