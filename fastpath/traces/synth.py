@@ -182,7 +182,7 @@ class _Pools:
     Built column-wise (:func:`~fastpath.cluster.columns.pod_columns`: one pass over the
     pods), so at 5,000 nodes / 150,000 pods / 10,000 services it takes a fraction of a
     second. Only arrays, scalars, :class:`_Choice` tables and the list of names: the
-    compiled-table cache can keep it (:func:`pools_cached`).
+    compiled-table cache can keep it (:func:`_pools_of`, :func:`fastpath.cache.cached_object`).
     """
 
     def __init__(self, cluster: Cluster, mix: TraceMix, rng: np.random.Generator) -> None:
