@@ -29,6 +29,33 @@ def run() -> None:
     ConntrackStage(dp).run(flows, r)                # connection tracking over time
     _events(cluster, items, flows)
     _synth(cluster)
+    _replays(cluster)
+
+
+def _replays(cluster) -> None:
+    """Replays of a small trace read from a file, as ``fastpath replay`` reads one (Arrow's
+    read-only columns, names for DNS, ``ts`` for connection tracking), over the bundled
+    sample cluster where it is installed (ClientIP affinity, many pods), else the tiny one:
+    the stateful passes, the tallies and the lookups the streaming replay adds, with a
+    replay's own types, under every balancer."""
+    import tempfile
+    from pathlib import Path
+
+    from .cluster.load import load_cluster
+    from .errors import FastpathError
+    from .replay import replay, sample_paths
+    from .traces import synth_trace
+
+    try:
+        cluster = load_cluster(sample_paths()[0])
+    except FastpathError:
+        pass
+    with tempfile.TemporaryDirectory(prefix="fastpath-warm-up-") as d:
+        trace = Path(d) / "t.arrow"
+        # 60,000 rows: a batch's named rows pass FEW (tables.exact), as a real trace's do
+        synth_trace(cluster, 60_000, out=trace, duration_mix=True, rate=20_000.0)
+        for lb in ("random", "round-robin", "source-hash", "maglev", "least-connection"):
+            replay(cluster, trace, Path(d) / "r.arrow", lb=lb, progress=False)
 
 
 def _synth(cluster) -> None:

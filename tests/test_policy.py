@@ -288,6 +288,27 @@ def test_summary_counts_allowed():
     assert dp.policy.allowed.tolist() == [2]
 
 
+def test_isolated_pods_with_egress_policies_only(tmp_path):
+    """No pod is an ingress subject when every policy is egress-only: the summary's isolated pods
+    are none (the count once indexed an empty subject table and crashed the replay's summary)."""
+    from fastpath import replay, synth_trace
+    from fastpath.stages.policy_summary import isolated_without_ingress
+
+    egress = {"podSelector": {"matchLabels": {"app": "api"}}, "policyTypes": ["Egress"],
+              "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "db"}}}]}]}
+    dp = build(base_objects() + [policy("shop", "api-out", egress)])
+    assert len(dp.policy.t.ingress_subjects) == 0
+    assert isolated_without_ingress(dp.policy).tolist() == []
+    cluster = cluster_from_objects(base_objects() + [policy("shop", "api-out", egress)], "test")
+    synth_trace(cluster, 500, out=tmp_path / "t.arrow", seed=1)
+    summary = replay(cluster, tmp_path / "t.arrow", progress=False)
+    assert summary.flows == 500 and summary.policy is not None
+    deny = {"podSelector": {}, "policyTypes": ["Ingress"]}
+    dp = build(base_objects() + [policy("shop", "api-out", egress), policy("ops", "deny-in", deny)])
+    names = [dp.tables.pod_names[i] for i in isolated_without_ingress(dp.policy)]
+    assert names == ["ops/mon", "ops/probe"]
+
+
 # --------------------------------------------------------------------------- random policies
 
 LABEL_VALUES = {"app": ("web", "api", "db"), "tier": ("fe", "be"), "ver": ("v1", "v2")}

@@ -19,3 +19,35 @@ def test_prepare_compiles_every_kernel():
 def test_public_api_names_resolve():
     for name in fastpath.__all__:
         assert getattr(fastpath, name) is not None, name
+
+
+#: A fresh process: prepare(), then replays as the command runs them; the kernels that gained a
+#: compiled form after prepare() (numba's cache loads what prepare() compiled earlier: no compiling).
+_AFTER_PREPARE = """
+import json, sys
+from numba.core.registry import CPUDispatcher
+import fastpath
+fastpath.prepare()
+kernels = {id(d): d for name, m in list(sys.modules.items()) if name.startswith("fastpath")
+           for d in vars(m).values() if isinstance(d, CPUDispatcher)}
+before = {k: set(d.signatures) for k, d in kernels.items()}
+from fastpath.replay import replay
+for lb in ("random", "maglev", "round-robin"):
+    replay(sys.argv[1], sys.argv[2], None, lb=lb, progress=False)
+print(json.dumps(sorted(f"{d.py_func.__module__}.{d.__name__}" for k, d in kernels.items()
+                        if set(d.signatures) - before[k])))
+"""
+
+
+def test_prepare_warms_what_a_replay_runs(tmp_path):
+    """After fastpath.prepare(), replaying the bundled sample (names, ts, affinity services) under
+    three balancers needs no kernel in a form prepare() did not make."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", _AFTER_PREPARE, str(root / "traces" / "sample-cluster.json"),
+                           str(root / "traces" / "sample-trace.arrow")], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"

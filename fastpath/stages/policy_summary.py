@@ -25,7 +25,10 @@ def isolated_without_ingress(stage) -> np.ndarray:
     subj = np.repeat(np.arange(n_sub), np.diff(m.off))
     open_[subj[m.ps != 0]] = True
     ing = t.pod_rec[0::4][:-1]                   # the last record is the kernel's blank one
-    return np.flatnonzero((ing >= 0) & ~open_[np.maximum(ing, 0)])
+    shut = np.zeros(ing.shape[0], dtype=bool)
+    held = ing >= 0                              # no pod is an ingress subject under egress-only policies
+    shut[held] = ~open_[ing[held]]
+    return np.flatnonzero(shut)
 
 
 class PolicyTally:
