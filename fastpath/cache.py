@@ -658,6 +658,26 @@ def _fetch_entry(directory: Path, key: str, decode: Callable[[dict, dict], Any])
     return out
 
 
+def _key_or_none(path: Path, load_options: dict, options: dict, folder: Path) -> str | None:
+    """:func:`entry_key`, or None: an unreadable input (the loader then says why) or an option
+    the key cannot hold runs without the cache."""
+    try:
+        return entry_key(path, load_options, options, folder)
+    except (OSError, TypeError, ValueError):
+        return None
+
+
+def _fetch_or_forget(folder: Path, key: str, decode: Callable[[dict, dict], Any], stats: dict):
+    """:func:`_fetch_entry`, or None with ``stats["why"]`` set; an entry that fails a check is removed."""
+    try:
+        return _fetch_entry(folder, key, decode)
+    except CacheError as e:
+        stats["why"] = str(e)
+        if str(e) != "no entry":
+            shutil.rmtree(folder / key, ignore_errors=True)
+        return None
+
+
 def _prune(directory: Path) -> None:
     entries = []
     for d in directory.iterdir():
@@ -743,22 +763,12 @@ def compile_cached(path: str | os.PathLike, *, cache: bool = True, directory: st
     def loader() -> Cluster:
         return load_cluster(p, **load_options)
 
-    key = None
     folder = Path(directory) if directory is not None else cache_dir()
-    if cache:
-        try:
-            key = entry_key(p, load_options, compile_options, folder)
-        except (OSError, TypeError, ValueError):
-            key = None            # unreadable input: the loader says why; odd options: no cache
+    key = _key_or_none(p, load_options, compile_options, folder) if cache else None
     stats.update(hit=False, key=key, why=None)
     if key is not None:
-        try:
-            dp = fetch(folder, key, loader)
-        except CacheError as e:
-            stats["why"] = str(e)
-            if str(e) != "no entry":
-                shutil.rmtree(folder / key, ignore_errors=True)
-        else:
+        dp = _fetch_or_forget(folder, key, lambda tree, arrays: decode_plane(tree, arrays, loader), stats)
+        if dp is not None:
             stats.update(hit=True, seconds=time.perf_counter() - t0)
             dp.source_name = str(path)
             dp.prepare_s = stats["seconds"]      # replay counts it in its compile time
@@ -818,12 +828,7 @@ def cached_object(path: str | os.PathLike, kind: str, options: dict, build: Call
     def loader() -> Cluster:
         return load_cluster(p, **load_options)
 
-    key = None
-    if cache:
-        try:
-            key = entry_key(p, load_options, {"$object": kind, **options}, folder)
-        except (OSError, TypeError, ValueError):
-            key = None
+    key = _key_or_none(p, load_options, {"$object": kind, **options}, folder) if cache else None
     stats.update(hit=False, key=key, why=None)
     if key is not None:
         def decode(tree: dict, arrays) -> tuple[Any, Cluster]:
@@ -833,17 +838,12 @@ def cached_object(path: str | os.PathLike, kind: str, options: dict, build: Call
             light = {k: dec.dec(v) for k, v in tree["cluster"].items()}
             return dec.dec(tree["object"]), LazyCluster(light, loader)
 
-        try:
-            obj, cluster = _fetch_entry(folder, key, decode)
-        except CacheError as e:
-            stats["why"] = str(e)
-            if str(e) != "no entry":
-                shutil.rmtree(folder / key, ignore_errors=True)
-        else:
+        found = _fetch_or_forget(folder, key, decode, stats)
+        if found is not None:
             stats["hit"] = True
             if on_load is not None:
-                on_load(cluster)
-            return obj, cluster
+                on_load(found[1])
+            return found
     cluster = loader()
     if on_load is not None:
         on_load(cluster)

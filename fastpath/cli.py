@@ -423,12 +423,8 @@ def _cmd_synth(a) -> int:
     from .traces.synth_kernel import make_rows
 
     first_run = FirstRun(kernel=make_rows, what="the trace generator", seconds=15).start()
-    try:
-        n = synth_trace(a.cluster, a.flows, seed=a.seed, out=a.output, cache=not a.no_cache,
-                        on_load=lambda c: report(c, debug=bool(getattr(a, "debug", False))), **knobs)
-    except BaseException:
-        first_run.stop(ok=False)
-        raise
+    n = first_run.during(synth_trace, a.cluster, a.flows, seed=a.seed, out=a.output, cache=not a.no_cache,
+                         on_load=lambda c: report(c, debug=bool(getattr(a, "debug", False))), **knobs)
     first_run.stop()
     print(f"wrote {a.output}: {n} flows")
     return 0

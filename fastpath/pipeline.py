@@ -491,8 +491,7 @@ class DataPlane:
         rows = np.flatnonzero(flows.name_code >= 0)      # only the named rows: one pass over them
         if rows.size == 0:
             return read_only(dst)
-        src_ip = flows.src_ip[rows]
-        src_ip.flags.writeable = False                   # the lookup kernel's one (read-only) specialization
+        src_ip = flows.src_ip[rows]                      # (the lookup passes it read-only itself)
         src_pod = t.pod_by_ip.lookup(src_ip)
         src_ns = np.full(rows.size, -1, dtype=np.int32)   # (a cluster without pods has no pod_ns to index)
         hit = src_pod >= 0
