@@ -23,6 +23,7 @@ from fastpath.cluster.compile import compile_cluster
 from fastpath.cluster.model import Cluster, Node
 from fastpath.codes import PATHS, REASONS, VERDICTS
 from fastpath.pipeline import Results
+from fastpath.stages import conntrack_kernel as K
 from fastpath.stages.conntrack import ConntrackStage, bucket_count, conntrack_max, explain_conntrack
 from fastpath.traces import normalize_batch
 from naive.conntrack import NaiveConntrack
@@ -266,8 +267,8 @@ def test_explain_lines():
 # --------------------------------------------------------------------------- random timed traces
 
 def timed_flows(rng: random.Random, c, n: int) -> list[dict]:
-    """Random service flows spread over time (gaps from 0 to 1,000 s, so entries expire across the
-    neighbour wheel's horizon), with durations, bytes, and pod-to-pod rows (bridged or routed)."""
+    """Random service flows spread over time (gaps from 0 to 1,000 s, so entries expire
+    between rows and across whole lifetimes), with durations, bytes, and pod-to-pod rows (bridged or routed)."""
     flows = random_service_flows(rng, c, n)
     pods = [p.ip for p in c.pods if p.ip is not None]
     t = 0
@@ -280,6 +281,32 @@ def timed_flows(rng: random.Random, c, n: int) -> list[dict]:
             f["duration"] = rng.choice([None, 0.0, 0.001, 1.9, 2.0, 2.5, 40.0, 400.0])
         f["bytes"] = rng.randint(0, 10**6)
     return flows
+
+
+@pytest.mark.parametrize("ct_max", [None, 300])
+def test_queues_span_and_reuse_blocks(ct_max):
+    """A trace long and dense enough that the expiry queues hold several blocks of rows at once, blocks
+    spent at a head are reused at a tail, and the pool grows between batches: 40,000 flows over 320 s,
+    most without a duration (one lane), some with one (the heap), a few pod to pod; with room, and with
+    small tables (evictions, drops, records and entries without one side by side)."""
+    rng = random.Random(11)
+    c = random_service_cluster(rng, n_nodes=3, n_services=4)
+    flows = random_service_flows(rng, c, 40_000)
+    pods = [p.ip for p in c.pods if p.ip is not None]
+    t = 0
+    for f in flows:
+        t += rng.randint(0, 16 * 10**6)
+        f["ts"] = t
+        if rng.random() < 0.2 and pods:
+            f["dst_ip"], f["dst_port"] = rng.choice(pods), 8080
+        if rng.random() < 0.1:
+            f["duration"] = rng.choice([0.5, 3.0, 70.0])
+    stage, _, _ = assert_agree(c, flows, conntrack_max=ct_max, batches=6, default_duration=30.0)
+    if ct_max is None:
+        assert stage.qs[:, K.Q_COUNT].max() > K.BLOCK    # a queue spans blocks (at the end, still)
+        assert stage.meta[K.M_BFREE_N] > 0               # and blocks came back to the pool (LIFO: reused first)
+    else:
+        assert stage.summary()["conntrack_drops"] > 0
 
 
 @settings(max_examples=25, deadline=None)

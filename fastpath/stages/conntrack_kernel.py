@@ -5,29 +5,32 @@ record's fields share a cache line and the helpers take few arguments (numba
 passes each array as a struct and counts references to it, so a helper with
 twenty array arguments costs more than the work it does):
 
-* conntrack records: ``ct64[e] = (expiry, assured_at)`` and
+* conntrack records, for the entries that need one (see :func:`_ct_add`):
+  ``ct64[e] = (expiry, assured_at)`` and
   ``ct32[e] = (node, bucket, heap next, chain prev, chain next, state)``;
 * per-(node, hash bucket) chains of the entries that are not ASSURED, newest
   first, found through an open-addressing index on ``node << 32 | bucket``:
   a full table's ``early_drop`` looks at 8 buckets, never at the whole table;
-* neighbour records: ``nb64[e] = (node << 32 | address, expiry)`` and
-  ``nb32[e] = (node, wheel next)``. A node's entry for one of its own pods is
-  record number ``pod`` (the first ``meta[M_NB_PODS]`` records; key -1 while
-  absent); the others (next hops, gateways) are found through an index on the key;
+* neighbour entries: a node's entry for one of its own pods is row ``pod`` of
+  ``nb64 = (node << 32 | address, expiry)`` (key -1 while absent); the others
+  (next hops, gateways) are slots of an open-addressing index of
+  ``(node << 32 | address, expiry)`` pairs, so a use reads and writes one slot;
 * per node: ``nd[n]`` holds the table size, occupancy and every counter (the
   current interval's and the whole replay's);
-* conntrack expiries sit in FIFO lanes, one per lifetime (entries of one
-  lifetime filed in time order expire in that order: O(1) each, and the record
-  is touched only when filed and when due), and the rest, with the neighbour
-  in a radix heap (a monotone priority queue: a key is never below the last one
-  taken, which holds because time only moves forward), threaded through the
-  records' ``heap next``;
-* neighbour expiries (60 s after the last use, refreshed lazily) in a timing
-  wheel of about one-second slots; the slot that time reaches moves into a small
-  binary heap that gives them up in exact order.
+* expiries in FIFO queues of ``(time, who)`` rows, kept in blocks from one pool
+  (:data:`BLOCK`): conntrack entries in a lane per lifetime (entries of one
+  lifetime filed in time order expire in that order: O(1) each), the rest in a
+  radix heap (a monotone priority queue: a key is never below the last one
+  taken, which holds because time only moves forward) threaded through the
+  records' ``heap next``; neighbour entries (60 s after the last use) by a
+  check filed at each use that moves an expiry, in time order since every entry
+  lives as long (:func:`_nb_expire`);
+* the walk is memory-bound, so it prefetches: the index slots, counters and pod
+  records of the row :data:`ROW_AHEAD` rows on, and the records (or index slots)
+  of the queue rows :data:`Q_AHEAD` places behind the one being released.
 
-Every helper is a plain compiled function (no ``inline="always"``, no parallel
-passes): LLVM inlines the small ones, and the kernel compiles in seconds.
+Big helpers are plain compiled functions (no parallel passes; LLVM inlines the
+small ones), so the kernel compiles in seconds.
 
 A call may keep only some nodes' state (``own``, a node group of
 :mod:`fastpath.stages.conntrack_split`): the records then hold those nodes'
@@ -38,7 +41,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._jit import bit_length64, jit
+from .._jit import bit_length64, jit, prefetch
 from ..codes import (BRIDGE, DELIVERED, DENIED, DROPPED, EGRESS, EXTERNAL, LOOPBACK, NONE, R_CONNTRACK_FULL,
                      REFUSED, ROUTED)
 from ..tables.balancers import flow_hash
@@ -49,14 +52,8 @@ from ..tables.balancers import flow_hash
 CT_EXP, CT_ASSURED = 0, 1
 #: ``ct32`` columns.
 CT_NODE, CT_BUCKET, CT_HNEXT, CT_PREV, CT_NEXT, CT_STATE = range(6)
-#: ``nb64`` columns.
+#: ``nb64`` columns (and the neighbour index's).
 NB_KEY, NB_EXP = 0, 1
-#: ``nb32`` columns.
-NB_NODE, NB_HNEXT = 0, 1
-#: The neighbour timing wheel: ``NB_SLOTS`` slots of ``2 ** NB_SLOT_BITS`` ns (1.07 s; 137 s in all,
-#: more than an entry's lifetime), each a list through ``NB_HNEXT``.
-NB_SLOT_BITS = 30
-NB_SLOTS = 128
 #: ``nd`` columns: size, now, the interval's counters, the replay's counters.
 (N_MAX, N_BUCKETS, N_OCC, N_NOCC,
  N_IV_PEAK, N_IV_NEW, N_IV_DROPS, N_IV_FLOODS, N_IV_BIN, N_IV_BOUT, N_IV_NPEAK, N_IV_NOVER,
@@ -67,9 +64,10 @@ TL_COLS = ("t", "node", "entries", "new", "drops", "floods", "bin", "bout", "nen
 #: ``params`` slots (ns, except the hash key).
 (P_INTERVAL, P_KEY, P_TIME_WAIT, P_SYN_SENT, P_CLOSE, P_UDP, P_UDP_STREAM, P_GENERIC, P_STREAM_AFTER,
  P_FDB_AGE, P_NB_LIFE) = range(11)
-#: ``meta`` slots: current interval, started, chains in use, neighbour records in use, timeline rows, and
-#: the high-water marks of the two pools (records at or above it were never used).
-M_IV, M_STARTED, M_CHAINS, M_NB_USED, M_ROWS, M_CT_HW, M_NB_HW, M_NB_SLOT, M_NB_HEAP, M_NB_PODS = range(10)
+#: ``meta`` slots: current interval, started, chains in use, neighbour index entries in use, timeline rows,
+#: the high-water mark of the conntrack pool (records at or above it were never used), and the queue
+#: blocks' free list (its first block, its length) and high-water mark.
+M_IV, M_STARTED, M_CHAINS, M_NB_USED, M_ROWS, M_CT_HW, M_BFREE, M_BFREE_N, M_BHW = range(9)
 #: Slots of ``meta``.
 META_SLOTS = 16
 #: Buckets a full table looks through for an entry to evict (``early_drop``'s 8 buckets).
@@ -81,11 +79,24 @@ GC_THRESH3 = 1024
 RH_LAST = 65
 RH_BOUND = 66
 RH_SLOTS = 67
-#: FIFO lanes of conntrack expiries: entries of one lifetime, filed in time order, expire in that order, so
-#: a lane per lifetime (up to :data:`N_LANES` lifetimes, the first seen) files and takes them in O(1); other
-#: entries go to the radix heap. ``lanes[k] = (lifetime, head, tail, head's expiry)``, linked by ``CT_HNEXT``.
+#: FIFO queues of ``(time, who)`` rows, kept in blocks of :data:`BLOCK` rows from one pool (``blk``, a block
+#: per ``BLOCK`` rows; ``bnext[b]``: the next block of a queue, or of the free list), so that a queue grows
+#: and shrinks without copying and a block emptied at the head is reused at some tail. Queues
+#: ``0 .. N_LANES - 1`` are the conntrack lanes: entries of one lifetime, filed in time order, expire in
+#: that order, so a lane per lifetime (up to :data:`N_LANES` lifetimes, the first seen) files and takes them
+#: in O(1), and other entries go to the radix heap; ``who`` is a record, or ``-1 - node`` for an entry that
+#: needs none (see :func:`_ct_add`). Queue :data:`NB_Q` holds the neighbour checks (see :func:`_nb_expire`).
+#: ``qs[q] = (lifetime, head block, head index, tail block, tail index, count, head's time)``.
 N_LANES = 8
-LN_LIFE, LN_HEAD, LN_TAIL, LN_HEAD_EXP = range(4)
+NB_Q = N_LANES
+N_QUEUES = N_LANES + 1
+Q_LIFE, Q_HEAD, Q_HIDX, Q_TAIL, Q_TIDX, Q_COUNT, Q_HEAD_X = range(7)
+Q_COLS = 7
+BLOCK = 4096
+#: Queue rows ahead whose records (or index slots) a release prefetches.
+Q_AHEAD = 16
+#: Rows ahead whose reads :func:`track` starts (:func:`_prefetch_row`).
+ROW_AHEAD = 16
 #: An empty index slot.
 EMPTY = np.int64(-1)
 I64_MAX = np.int64(0x7FFFFFFFFFFFFFFF)
@@ -198,6 +209,48 @@ def reindex(ok, ov, nk, nv):
             nv[j] = ov[i]
 
 
+@jit(_nrt=False, inline="always")
+def _pfind(ix, key):
+    """Slot of ``key`` in a pair index (``ix[slot] = (key, value)``: one cache line answers a probe), or the
+    empty slot where it would go."""
+    mask = ix.shape[0] - 1
+    i = _slot(key, mask)
+    while ix[i, 0] != key and ix[i, 0] != EMPTY:
+        i = (i + 1) & mask
+    return i
+
+
+@jit(_nrt=False)
+def _pdelete(ix, i):
+    """Remove slot ``i`` from a pair index (backward shift, as :func:`_delete`)."""
+    mask = ix.shape[0] - 1
+    j = i
+    while True:
+        j = (j + 1) & mask
+        if ix[j, 0] == EMPTY:
+            break
+        home = _slot(ix[j, 0], mask)
+        if (i <= j and (home <= i or home > j)) or (i > j and (home <= i and home > j)):
+            ix[i, 0] = ix[j, 0]
+            ix[i, 1] = ix[j, 1]
+            i = j
+    ix[i, 0] = EMPTY
+
+
+@jit(_nrt=False)
+def reindex_pairs(old, new):
+    """Move every entry of pair index ``old`` into the empty, larger pair index ``new``."""
+    mask = new.shape[0] - 1
+    for i in range(old.shape[0]):
+        k = old[i, 0]
+        if k != EMPTY:
+            j = _slot(k, mask)
+            while new[j, 0] != EMPTY:
+                j = (j + 1) & mask
+            new[j, 0] = k
+            new[j, 1] = old[i, 1]
+
+
 # ----------------------------------------------------------------------------- pools
 
 @jit(_nrt=False, inline="always")
@@ -211,6 +264,97 @@ def _take(free, meta, hw):
     e = meta[hw]
     meta[hw] = e + 1
     return e
+
+
+# ----------------------------------------------------------------------------- block FIFO queues
+
+@jit(_nrt=False, inline="always")
+def _q_room(qs, bnext, meta, q):
+    """Whether queue ``q`` takes one more row (its tail block has room, or a block is free)."""
+    if qs[q, Q_COUNT] != 0 and qs[q, Q_TIDX] < BLOCK:
+        return True
+    return meta[M_BFREE_N] > 0 or meta[M_BHW] < bnext.shape[0]
+
+
+@jit(_nrt=False, inline="always")
+def _q_block(bnext, meta):
+    """A block for a queue's tail: the last one freed, else the next never used (:func:`_q_room` said so)."""
+    b = meta[M_BFREE]
+    if meta[M_BFREE_N] > 0:
+        meta[M_BFREE] = bnext[b]
+        meta[M_BFREE_N] -= 1
+        return b
+    b = meta[M_BHW]
+    meta[M_BHW] = b + 1
+    return b
+
+
+@jit(_nrt=False, inline="always")
+def _q_free(bnext, meta, b):
+    bnext[b] = meta[M_BFREE]
+    meta[M_BFREE] = b
+    meta[M_BFREE_N] += 1
+
+
+@jit(_nrt=False, inline="always")
+def _q_push(qs, blk, bnext, meta, q, x, who):
+    """Append ``(x, who)`` to queue ``q`` (which has room: :func:`_q_room`, or the batch's reserve)."""
+    c = qs[q, Q_COUNT]
+    if c == 0:
+        b = _q_block(bnext, meta)
+        qs[q, Q_HEAD] = b
+        qs[q, Q_HIDX] = 0
+        qs[q, Q_TAIL] = b
+        qs[q, Q_TIDX] = 0
+        qs[q, Q_HEAD_X] = x
+    elif qs[q, Q_TIDX] == BLOCK:
+        b = _q_block(bnext, meta)
+        bnext[qs[q, Q_TAIL]] = b
+        qs[q, Q_TAIL] = b
+        qs[q, Q_TIDX] = 0
+    p = qs[q, Q_TAIL] * BLOCK + qs[q, Q_TIDX]
+    blk[p, 0] = x
+    blk[p, 1] = who
+    qs[q, Q_TIDX] += 1
+    qs[q, Q_COUNT] = c + 1
+
+
+@jit(_nrt=False, inline="always")
+def _q_due(qs, q, t):
+    return qs[q, Q_COUNT] != 0 and qs[q, Q_HEAD_X] <= t
+
+
+@jit(_nrt=False, inline="always")
+def _q_ahead(qs, blk, q):
+    """The ``who`` of the row :data:`Q_AHEAD` places behind queue ``q``'s head, or 0 if that row is in a later
+    block (or absent): what a release prefetches."""
+    i = qs[q, Q_HIDX] + Q_AHEAD
+    if qs[q, Q_COUNT] > Q_AHEAD and i < BLOCK:
+        return blk[qs[q, Q_HEAD] * BLOCK + i, 1]
+    return np.int64(0)
+
+
+@jit(_nrt=False, inline="always")
+def _q_pop(qs, blk, bnext, meta, q):
+    """Take queue ``q``'s head row: its ``who`` (its time is ``qs[q, Q_HEAD_X]``, read before)."""
+    h = qs[q, Q_HEAD]
+    i = qs[q, Q_HIDX]
+    who = blk[h * BLOCK + i, 1]
+    c = qs[q, Q_COUNT] - 1
+    qs[q, Q_COUNT] = c
+    i += 1
+    if c == 0:                                       # empty: its block goes back
+        _q_free(bnext, meta, h)
+    else:
+        if i == BLOCK:                               # the head block is spent
+            nb = bnext[h]
+            _q_free(bnext, meta, h)
+            h = nb
+            qs[q, Q_HEAD] = h
+            i = 0
+        qs[q, Q_HEAD_X] = blk[h * BLOCK + i, 0]
+    qs[q, Q_HIDX] = i
+    return who
 
 
 # ----------------------------------------------------------------------------- conntrack entries
@@ -279,31 +423,22 @@ def _early_drop(ct64, ct32, ch_key, ch_val, meta, n, nb, bucket, t):
 
 
 @jit(_nrt=False, inline="always")
-def _ct_file(ct32, heads, lanes, e, t, expiry):
-    """File record ``e``'s expiry: in the FIFO lane of its lifetime (claiming a free lane for a new
-    lifetime), else in the radix heap."""
-    life = expiry - t
+def _lane_of(qs, bnext, meta, life):
+    """The lane of lifetime ``life`` if it takes one more entry (claiming a free lane for a new lifetime), or
+    -1: the entry goes to the radix heap."""
     for k in range(N_LANES):
-        lk = lanes[k, LN_LIFE]
+        lk = qs[k, Q_LIFE]
         if lk == life or lk == -1:
-            lanes[k, LN_LIFE] = life
-            ct32[e, CT_HNEXT] = -1
-            tail = lanes[k, LN_TAIL]
-            if tail == -1:
-                lanes[k, LN_HEAD] = e
-                lanes[k, LN_HEAD_EXP] = expiry
-            else:
-                ct32[tail, CT_HNEXT] = e
-            lanes[k, LN_TAIL] = e
-            return
-    _rh_push(heads, ct32, CT_HNEXT, e, expiry)
+            qs[k, Q_LIFE] = life
+            return k if _q_room(qs, bnext, meta, k) else -1
+    return -1
 
 
 @jit(_nrt=False, inline="always")
-def _ct_due(heads, lanes, t):
+def _ct_due(heads, qs, t):
     """Whether some conntrack record may be due at ``t`` (a few reads of small arrays)."""
     for k in range(N_LANES):
-        if lanes[k, LN_HEAD] != -1 and lanes[k, LN_HEAD_EXP] <= t:
+        if _q_due(qs, k, t):
             return True
     return _rh_due(heads, t)
 
@@ -321,18 +456,21 @@ def _ct_release(ct32, ct_free, ch_key, ch_val, nd, meta, e):
 
 
 @jit(_nrt=False)
-def _ct_expire(ct64, ct32, ct_free, heads, lanes, ch_key, ch_val, nd, meta, t):
-    """Take every conntrack record whose expiry is at or before ``t``: lane heads, then the heap."""
+def _ct_expire(ct64, ct32, ct_free, heads, qs, blk, bnext, ch_key, ch_val, nd, meta, t):
+    """Take every conntrack entry whose expiry is at or before ``t``: lane heads, then the heap."""
+    w = ct32.shape[1]
     for k in range(N_LANES):
-        while lanes[k, LN_HEAD] != -1 and lanes[k, LN_HEAD_EXP] <= t:
-            e = lanes[k, LN_HEAD]
-            nx = ct32[e, CT_HNEXT]
-            lanes[k, LN_HEAD] = nx
-            if nx == -1:
-                lanes[k, LN_TAIL] = -1
-            else:
-                lanes[k, LN_HEAD_EXP] = ct64[nx, CT_EXP]
-            _ct_release(ct32, ct_free, ch_key, ch_val, nd, meta, e)
+        while _q_due(qs, k, t):
+            e = _q_ahead(qs, blk, k)                 # a record due soon: its miss overlaps this release
+            if e > 0:
+                prefetch(ct32, e * w)
+            elif e < 0:
+                prefetch(nd, (-1 - e) * N_COLS)
+            who = _q_pop(qs, blk, bnext, meta, k)
+            if who >= 0:
+                _ct_release(ct32, ct_free, ch_key, ch_val, nd, meta, who)
+            else:                                    # an entry without a record: always still in its table
+                nd[-1 - who, N_OCC] -= 1
     while _rh_ready(heads, ct64, CT_EXP, ct32, CT_HNEXT, t):
         e = heads[0]
         heads[0] = ct32[e, CT_HNEXT]
@@ -352,23 +490,39 @@ def _evict(ct64, ct32, ch_key, ch_val, nd, meta, n, t, bucket):
 
 
 @jit(_nrt=False, inline="always")
-def _ct_insert(ct64, ct32, ct_free, heads, lanes, ch_key, ch_val, nd, meta, n, t, expiry, assured_at,
-               bucket):
-    """A new entry on node ``n``: its record, or -1 if the table is full and nothing could be evicted."""
-    if nd[n, N_OCC] >= nd[n, N_MAX] and not _evict(ct64, ct32, ch_key, ch_val, nd, meta, n, t, bucket):
-        return -1
-    e = _take(ct_free, meta, M_CT_HW)
-    ct64[e, CT_EXP] = expiry
-    ct64[e, CT_ASSURED] = assured_at
-    ct32[e, CT_NODE] = n
-    ct32[e, CT_BUCKET] = bucket
-    ct32[e, CT_STATE] = LIVE
-    if assured_at > t:                               # not ASSURED yet: a candidate for early drop
-        _chain_link(ct32, ch_key, ch_val, meta, e)
+def _ct_room(ct64, ct32, ch_key, ch_val, nd, meta, n, t, bucket):
+    """Whether node ``n``'s table takes a new entry in ``bucket``, evicting one if it is full."""
+    return nd[n, N_OCC] < nd[n, N_MAX] or _evict(ct64, ct32, ch_key, ch_val, nd, meta, n, t, bucket)
+
+
+@jit(_nrt=False, inline="always")
+def _ct_add(ct64, ct32, ct_free, heads, qs, blk, bnext, ch_key, ch_val, nd, meta, n, t, expiry, assured_at,
+            bucket):
+    """A new entry on node ``n``, which has room (:func:`_ct_room`).
+
+    An entry ASSURED from the start whose lifetime has a lane with room needs no
+    record: nothing evicts it or ends it early, so its lane row says all
+    (``-1 - node``) and its release only counts it out. The others get a record
+    (a candidate for early drop on its bucket's chain, or filed in the radix heap)."""
+    k = _lane_of(qs, bnext, meta, expiry - t)
+    if assured_at <= t and k >= 0:
+        _q_push(qs, blk, bnext, meta, k, expiry, -1 - n)
     else:
-        ct32[e, CT_PREV] = OFF_CHAIN
-        ct32[e, CT_NEXT] = OFF_CHAIN
-    _ct_file(ct32, heads, lanes, e, t, expiry)
+        e = _take(ct_free, meta, M_CT_HW)
+        ct64[e, CT_EXP] = expiry
+        ct64[e, CT_ASSURED] = assured_at
+        ct32[e, CT_NODE] = n
+        ct32[e, CT_BUCKET] = bucket
+        ct32[e, CT_STATE] = LIVE
+        if assured_at > t:                           # not ASSURED yet: a candidate for early drop
+            _chain_link(ct32, ch_key, ch_val, meta, e)
+        else:
+            ct32[e, CT_PREV] = OFF_CHAIN
+            ct32[e, CT_NEXT] = OFF_CHAIN
+        if k >= 0:
+            _q_push(qs, blk, bnext, meta, k, expiry, e)
+        else:
+            _rh_push(heads, ct32, CT_HNEXT, e, expiry)
     occ = nd[n, N_OCC] + 1
     nd[n, N_OCC] = occ
     nd[n, N_NEW] += 1
@@ -377,121 +531,41 @@ def _ct_insert(ct64, ct32, ct_free, heads, lanes, ch_key, ch_val, nd, meta, n, t
         nd[n, N_IV_PEAK] = occ
     if occ > nd[n, N_PEAK]:
         nd[n, N_PEAK] = occ
-    return e
-
-
-@jit(_nrt=False)
-def _ct_retire(ct32, ch_key, ch_val, nd, meta, e):
-    """Take live record ``e`` out of its table now (its record is freed when its expiry comes)."""
-    ct32[e, CT_STATE] = DEAD
-    nd[ct32[e, CT_NODE], N_OCC] -= 1
-    if ct32[e, CT_PREV] != OFF_CHAIN:
-        _chain_unlink(ct32, ch_key, ch_val, meta, e)
 
 
 # ----------------------------------------------------------------------------- neighbour entries
 
 @jit(_nrt=False)
-def _heap_push(heap, meta, key, e):
-    """Binary min-heap of ``(key, record)`` rows in ``heap``, ``meta[M_NB_HEAP]`` of them: add one."""
-    i = meta[M_NB_HEAP]
-    meta[M_NB_HEAP] = i + 1
-    while i > 0:
-        up = (i - 1) >> 1
-        if heap[up, 0] <= key:
-            break
-        heap[i, 0] = heap[up, 0]
-        heap[i, 1] = heap[up, 1]
-        i = up
-    heap[i, 0] = key
-    heap[i, 1] = e
+def _nb_expire(nb64, qs, blk, bnext, nix, nd, meta, t):
+    """Take every neighbour entry not used in its lifetime up to ``t``.
 
-
-@jit(_nrt=False)
-def _heap_pop(heap, meta):
-    """Drop the heap's smallest row (the last row sifts down from the root)."""
-    n = meta[M_NB_HEAP] - 1
-    meta[M_NB_HEAP] = n
-    key = heap[n, 0]
-    e = heap[n, 1]
-    i = np.int64(0)
-    while True:
-        c = 2 * i + 1
-        if c >= n:
-            break
-        if c + 1 < n and heap[c + 1, 0] < heap[c, 0]:
-            c += 1
-        if heap[c, 0] >= key:
-            break
-        heap[i, 0] = heap[c, 0]
-        heap[i, 1] = heap[c, 1]
-        i = c
-    heap[i, 0] = key
-    heap[i, 1] = e
-
-
-@jit(_nrt=False)
-def _nb_file(nb32, wheel, heap, meta, e, key):
-    """File neighbour record ``e`` to be looked at ``key``: the wheel slot of that time, or the heap if
-    time has reached that slot already."""
-    s = key >> NB_SLOT_BITS
-    if s <= meta[M_NB_SLOT]:
-        _heap_push(heap, meta, key, e)
-    else:
-        w = s & (NB_SLOTS - 1)
-        nb32[e, NB_HNEXT] = wheel[w]
-        wheel[w] = e
-
-
-@jit(_nrt=False, inline="always")
-def _nb_due(heap, meta, t):
-    """Whether some neighbour record may be due at ``t``, or time has reached a new wheel slot."""
-    return (meta[M_NB_HEAP] > 0 and heap[0, 0] <= t) or meta[M_NB_SLOT] < (t >> NB_SLOT_BITS)
-
-
-@jit(_nrt=False)
-def _nb_expire(nb64, nb32, nb_free, wheel, heap, ix_key, ix_val, nd, meta, t):
-    """Take every neighbour entry not used in its lifetime up to ``t``; file again the ones used since."""
-    while True:
-        if meta[M_NB_HEAP] > 0 and heap[0, 0] <= t:
-            e = heap[0, 1]
-            _heap_pop(heap, meta)
-            if nb64[e, NB_EXP] > t:                  # used since it was filed: file it again
-                _nb_file(nb32, wheel, heap, meta, e, nb64[e, NB_EXP])
-                continue
-            nd[nb32[e, NB_NODE], N_NOCC] -= 1
-            if e < meta[M_NB_PODS]:                  # a pod's own record: absent again
-                nb64[e, NB_KEY] = -1
-                continue
-            _delete(ix_key, ix_val, _find(ix_key, nb64[e, NB_KEY]))
-            meta[M_NB_USED] -= 1
-            nb_free[nb_free[0] + 1] = e
-            nb_free[0] += 1
-        elif meta[M_NB_SLOT] < (t >> NB_SLOT_BITS):  # time reached the next slot: its entries to the heap
-            s = meta[M_NB_SLOT] + 1
-            meta[M_NB_SLOT] = s
-            w = s & (NB_SLOTS - 1)
-            e = wheel[w]
-            wheel[w] = -1
-            while e != -1:
-                nx = nb32[e, NB_HNEXT]
-                _nb_file(nb32, wheel, heap, meta, e, nb64[e, NB_EXP])
-                e = nx
+    Every use that moves an entry's expiry files a check at the new expiry in
+    queue :data:`NB_Q` (who: the entry's index key, or ``-1 - pod``); all
+    entries live the same time after their last use, so checks are filed in
+    time order and the queue is a FIFO. A check whose entry has an expiry other
+    than its own (used again since, or gone) is stale and dropped. The index
+    slots (or pod records) of checks a few places on are prefetched.
+    """
+    mask = nix.shape[0] - 1
+    while _q_due(qs, NB_Q, t):
+        a = _q_ahead(qs, blk, NB_Q)
+        if a > 0:
+            _prefetch_slot(nix, a, mask)
+        elif a < 0:
+            prefetch(nb64, 2 * (-1 - a))
+        x = qs[NB_Q, Q_HEAD_X]
+        w = _q_pop(qs, blk, bnext, meta, NB_Q)
+        if w < 0:                                    # a node's entry for one of its own pods
+            pod = -1 - w
+            if nb64[pod, NB_KEY] >= 0 and nb64[pod, NB_EXP] == x:
+                nd[nb64[pod, NB_KEY] >> 32, N_NOCC] -= 1
+                nb64[pod, NB_KEY] = -1
         else:
-            return
-
-
-@jit(_nrt=False, inline="always")
-def _nb_use_pod(nb64, nb32, wheel, heap, nd, meta, n, pod, addr, t, life):
-    """Node ``n`` resolves its own pod ``pod`` (address ``addr``) at ``t``: record number ``pod``."""
-    if nb64[pod, NB_KEY] >= 0:                       # present: a refresh
-        if nb64[pod, NB_EXP] < t + life:
-            nb64[pod, NB_EXP] = t + life
-    elif _nb_room(nd, n):
-        nb64[pod, NB_KEY] = (np.int64(n) << np.int64(32)) | np.int64(addr)
-        nb64[pod, NB_EXP] = t + life
-        nb32[pod, NB_NODE] = n
-        _nb_file(nb32, wheel, heap, meta, pod, t + life)
+            i = _pfind(nix, w)
+            if nix[i, 0] == w and nix[i, 1] == x:
+                nd[w >> 32, N_NOCC] -= 1
+                _pdelete(nix, i)
+                meta[M_NB_USED] -= 1
 
 
 @jit(_nrt=False, inline="always")
@@ -511,31 +585,75 @@ def _nb_room(nd, n):
 
 
 @jit(_nrt=False, inline="always")
-def _nb_use(nb64, nb32, nb_free, wheel, heap, ix_key, ix_val, nd, meta, n, addr, t, life):
-    """Node ``n`` resolves ``addr`` at ``t``: refresh its entry, or make one (an overflow if the table is full)."""
-    key = (np.int64(n) << np.int64(32)) | np.int64(addr)
-    i = _find(ix_key, key)
-    if ix_key[i] == key:                             # the common case, inline: a refresh
-        e = ix_val[i]
-        if nb64[e, NB_EXP] < t + life:
-            nb64[e, NB_EXP] = t + life
-    else:
-        _nb_add(nb64, nb32, nb_free, wheel, heap, ix_key, ix_val, nd, meta, n, key, i, t + life)
+def _nb_key(n, addr):
+    return (np.int64(n) << np.int64(32)) | np.int64(addr)
 
 
-@jit(_nrt=False)
-def _nb_add(nb64, nb32, nb_free, wheel, heap, ix_key, ix_val, nd, meta, n, key, i, expiry):
-    """A new neighbour entry in empty index slot ``i``, or an overflow if node ``n``'s table is full."""
-    if not _nb_room(nd, n):
-        return
-    e = _take(nb_free, meta, M_NB_HW)
-    nb64[e, NB_KEY] = key
-    nb64[e, NB_EXP] = expiry
-    nb32[e, NB_NODE] = n
-    _nb_file(nb32, wheel, heap, meta, e, expiry)
-    ix_key[i] = key
-    ix_val[i] = e
-    meta[M_NB_USED] += 1
+@jit(_nrt=False, inline="always")
+def _nb_use_pod(nb64, qs, blk, bnext, nd, meta, n, pod, addr, t, life):
+    """Node ``n`` resolves its own pod ``pod`` (address ``addr``) at ``t``: record number ``pod``."""
+    x = t + life
+    if nb64[pod, NB_KEY] >= 0:                       # present: a refresh
+        if nb64[pod, NB_EXP] < x:
+            nb64[pod, NB_EXP] = x
+            _q_push(qs, blk, bnext, meta, NB_Q, x, -1 - pod)
+    elif _nb_room(nd, n):
+        nb64[pod, NB_KEY] = _nb_key(n, addr)
+        nb64[pod, NB_EXP] = x
+        _q_push(qs, blk, bnext, meta, NB_Q, x, -1 - pod)
+
+
+@jit(_nrt=False, inline="always")
+def _nb_use(qs, blk, bnext, nix, nd, meta, n, addr, t, life):
+    """Node ``n`` resolves ``addr`` at ``t``: refresh its entry, or make one (an overflow if the table is full).
+    The entry is its index slot: ``(key, expiry)``."""
+    key = _nb_key(n, addr)
+    x = t + life
+    i = _pfind(nix, key)
+    if nix[i, 0] == key:                             # the common case: a refresh
+        if nix[i, 1] < x:
+            nix[i, 1] = x
+            _q_push(qs, blk, bnext, meta, NB_Q, x, key)
+    elif _nb_room(nd, n):
+        nix[i, 0] = key
+        nix[i, 1] = x
+        meta[M_NB_USED] += 1
+        _q_push(qs, blk, bnext, meta, NB_Q, x, key)
+
+
+@jit(_nrt=False, inline="always")
+def _prefetch_slot(nix, key, mask):
+    """Prefetch ``key``'s home slot in the neighbour index and the cache line after it (a probe or a
+    deletion's backward shift often runs on into it)."""
+    i = 2 * _slot(key, mask)
+    prefetch(nix, i)
+    prefetch(nix, i + 8)
+
+
+@jit(_nrt=False, inline="always")
+def _prefetch_row(nix, nb64, nd, fdb_last, pod_node, node_ip, src_node, dst_node, src_pod, dst_pod, j):
+    """Start loading what row ``j`` will touch (its neighbour index slots, its nodes' counters, its pods'
+    FDB times and records), so those misses overlap the rows before it."""
+    mask = nix.shape[0] - 1
+    sn = np.int64(src_node[j])
+    dn = np.int64(dst_node[j])
+    if sn >= 0:
+        prefetch(nd, sn * N_COLS)
+        if dn >= 0 and dn != sn:
+            prefetch(nd, dn * N_COLS)
+            _prefetch_slot(nix, _nb_key(sn, node_ip[dn]), mask)
+            _prefetch_slot(nix, _nb_key(dn, node_ip[sn]), mask)
+        else:
+            _prefetch_slot(nix, _nb_key(sn, 0), mask)
+    sp = np.int64(src_pod[j])
+    if sp >= 0:
+        prefetch(fdb_last, sp)
+        prefetch(pod_node, sp)
+    dp = np.int64(dst_pod[j])
+    if dp >= 0:
+        prefetch(nb64, 2 * dp)
+        prefetch(fdb_last, dp)
+        prefetch(pod_node, dp)
 
 
 # ----------------------------------------------------------------------------- intervals
@@ -627,8 +745,8 @@ D_SN_OK, D_DN_OK, D_SN_OWNED, D_DN_OWNED = 1, 2, 4, 8
 
 
 @jit(_nrt=False)
-def track(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nb64, nb32, nb_free, nb_wheel, nb_heap, ix_key,
-          ix_val, nd, tl, meta, P, ts, proto, src_ip, dst_ip, src_port, dst_port, life_ns, nbytes, has_bytes,
+def track(ct64, ct32, ct_free, ct_heads, qs, blk, bnext, ch_key, ch_val, nb64, nix, nd,
+          tl, meta, P, ts, proto, src_ip, dst_ip, src_port, dst_port, life_ns, nbytes, has_bytes,
           verdict, reason, path, src_node, dst_node, src_pod, dst_pod, src_kind, hops, dnat_ip,
           node_ip, pod_node, pod_bridged, fdb_last, own, far_ok, decided, timeline, finish):
     """Walk rows in time order: conntrack entries, FDB ageing, neighbour entries, counters.
@@ -656,12 +774,14 @@ def track(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nb64, nb32, n
     if meta[M_STARTED] == 0:
         meta[M_STARTED] = 1
         meta[M_IV] = ts[0] // interval
-        meta[M_NB_SLOT] = ts[0] >> NB_SLOT_BITS     # the neighbour wheel starts at the first flow
         for p in range(fdb_last.shape[0]):           # every pod's MAC learned as the replay starts
             fdb_last[p] = ts[0]
     life = P[P_NB_LIFE]
     want = decided.shape[0] != 0
     for i in range(n_rows):
+        if i + ROW_AHEAD < n_rows:
+            _prefetch_row(nix, nb64, nd, fdb_last, pod_node, node_ip, src_node, dst_node, src_pod, dst_pod,
+                          i + ROW_AHEAD)
         t = ts[i]
         iv = t // interval
         while meta[M_IV] < iv:                       # close intervals: emit, expire to the next start
@@ -669,13 +789,13 @@ def track(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nb64, nb32, n
                 _emit(nd, tl, meta, interval, own)
             meta[M_IV] += 1
             start = meta[M_IV] * interval
-            _ct_expire(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nd, meta, start)
-            _nb_expire(nb64, nb32, nb_free, nb_wheel, nb_heap, ix_key, ix_val, nd, meta, start)
+            _ct_expire(ct64, ct32, ct_free, ct_heads, qs, blk, bnext, ch_key, ch_val, nd, meta, start)
+            _nb_expire(nb64, qs, blk, bnext, nix, nd, meta, start)
             _next_interval(nd, own)
-        if _ct_due(ct_heads, ct_lanes, t):
-            _ct_expire(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nd, meta, t)
-        if _nb_due(nb_heap, meta, t):
-            _nb_expire(nb64, nb32, nb_free, nb_wheel, nb_heap, ix_key, ix_val, nd, meta, t)
+        if _ct_due(ct_heads, qs, t):
+            _ct_expire(ct64, ct32, ct_free, ct_heads, qs, blk, bnext, ch_key, ch_val, nd, meta, t)
+        if _q_due(qs, NB_Q, t):
+            _nb_expire(nb64, qs, blk, bnext, nix, nd, meta, t)
         sn = np.int64(src_node[i])
         dn = np.int64(dst_node[i])
         own_s = sn >= 0 and own[sn] != 0             # this call keeps the client's node
@@ -704,12 +824,11 @@ def track(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nb64, nb32, n
             expiry, assured_at = _lifetime(v, tcp, pr, t, d, P)
             h = flow_hash(np.uint64(P[P_KEY]), src_ip[i], dst_ip[i], src_port[i], dst_port[i], proto[i])
             src_part = 2 if kind == 0 else (0 if kind == 1 else 1)
-            mine = np.int64(-1)
-            if own_s:
-                mine = _ct_insert(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nd, meta, sn, t, expiry,
-                                  assured_at, _bucket(h, nd, sn))
-                ok = mine >= 0
+            if own_s:                                # room on the client's node (evicting if it is full)
+                bucket_s = _bucket(h, nd, sn)
+                ok = _ct_room(ct64, ct32, ch_key, ch_val, nd, meta, sn, t, bucket_s)
             else:                                    # the client's node is kept elsewhere: its answer
+                bucket_s = np.int64(0)
                 ok = far_ok[i] != 0
             if not ok:
                 _drop_full(nd, sn, own_s, verdict, reason, path, dst_pod, hops, i, src_part)
@@ -718,25 +837,36 @@ def track(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nb64, nb32, n
                 dst_node[i] = -1
                 dn = -1
                 v = DROPPED
-            elif both:
-                if own_d:
-                    ok = _ct_insert(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nd, meta, dn, t, expiry,
-                                    assured_at, _bucket(h, nd, dn)) >= 0
-                elif own_s:                          # the far node is kept elsewhere: its answer
-                    ok = far_ok[i] != 0
-                if not ok:
-                    _drop_full(nd, dn, own_d, verdict, reason, path, dst_pod, hops, i,
-                               src_part + (1 if kind == 2 else 2))
-                    if want and own_d:
-                        decided[i] = decided[i] & np.uint8(0xFF ^ D_DN_OK)
-                    v = DROPPED
-                    if own_s:
-                        # the client's entry stays, unanswered: its record is retired and a new one filed
-                        _ct_retire(ct32, ch_key, ch_val, nd, meta, mine)
-                        _ct_insert(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nd, meta, sn, t,
-                                   t + _unanswered(tcp, pr, P), I64_MAX, _bucket(h, nd, sn))
-                        nd[sn, N_NEW] -= 1
-                        nd[sn, N_IV_NEW] -= 1
+            else:
+                add_d = False                        # the far node's entry, then the client's
+                bucket_d = np.int64(0)
+                s_expiry, s_assured = expiry, assured_at
+                if both:
+                    if own_d:
+                        bucket_d = _bucket(h, nd, dn)
+                        ok = _ct_room(ct64, ct32, ch_key, ch_val, nd, meta, dn, t, bucket_d)
+                        add_d = ok
+                    elif own_s:                      # the far node is kept elsewhere: its answer
+                        ok = far_ok[i] != 0
+                    if not ok:
+                        _drop_full(nd, dn, own_d, verdict, reason, path, dst_pod, hops, i,
+                                   src_part + (1 if kind == 2 else 2))
+                        if want and own_d:
+                            decided[i] = decided[i] & np.uint8(0xFF ^ D_DN_OK)
+                        v = DROPPED
+                        # the client's entry stays, unanswered
+                        s_expiry, s_assured = t + _unanswered(tcp, pr, P), I64_MAX
+                for side in range(2):                # one call site, inlined once
+                    if side == 0:
+                        if not add_d:
+                            continue
+                        an, ax, aa, ab = dn, expiry, assured_at, bucket_d
+                    else:                            # the client's entry, once the far side answered
+                        if not own_s:
+                            continue
+                        an, ax, aa, ab = sn, s_expiry, s_assured, bucket_s
+                    _ct_add(ct64, ct32, ct_free, ct_heads, qs, blk, bnext, ch_key, ch_val, nd, meta, an, t, ax, aa,
+                            ab)
         # bytes: out of the client's node, into the far node (interval of the first packet)
         if has_bytes and (v == DELIVERED or v == EGRESS):
             if own_s:
@@ -762,16 +892,25 @@ def track(ct64, ct32, ct_free, ct_heads, ct_lanes, ch_key, ch_val, nb64, nb32, n
                     fdb_last[dp] = alive
                 # the node's neighbour entry for its pod (pod -> pod on one bridge: the pod's own table)
                 if pa_ != BRIDGE or kind != 0:
-                    _nb_use_pod(nb64, nb32, nb_wheel, nb_heap, nd, meta, pn, dp, np.int64(dnat_ip[i]), t, life)
+                    _nb_use_pod(nb64, qs, blk, bnext, nd, meta, pn, dp, np.int64(dnat_ip[i]), t, life)
         # neighbour entries between nodes (next hop, and the answer back), and to the gateway
         if sn >= 0:
-            if dn >= 0 and dn != sn and (v == DELIVERED or v == REFUSED or v == DROPPED or v == DENIED):
-                if own_s:
-                    _nb_use(nb64, nb32, nb_free, nb_wheel, nb_heap, ix_key, ix_val, nd, meta, sn,
-                            np.int64(node_ip[dn]), t, life)
-                if (v == DELIVERED or v == REFUSED) and own_d:
-                    _nb_use(nb64, nb32, nb_free, nb_wheel, nb_heap, ix_key, ix_val, nd, meta, dn, np.int64(node_ip[sn]),
-                            t, life)
-            if own_s and (v == EGRESS or (kind == 2 and (v == DELIVERED or v == REFUSED))):
-                # the default gateway
-                _nb_use(nb64, nb32, nb_free, nb_wheel, nb_heap, ix_key, ix_val, nd, meta, sn, np.int64(0), t, life)
+            cross = dn >= 0 and dn != sn
+            answered = v == DELIVERED or v == REFUSED
+            use_next = cross and own_s and (answered or v == DROPPED or v == DENIED)
+            use_back = cross and own_d and answered
+            use_gw = own_s and (v == EGRESS or (kind == 2 and answered))
+            for k in range(3):                       # one call site, inlined once
+                if k == 0:                           # the client's node: the far node, its next hop
+                    if not use_next:
+                        continue
+                    un, ua = sn, np.int64(node_ip[dn])
+                elif k == 1:                         # the far node: the client's node, for the answer
+                    if not use_back:
+                        continue
+                    un, ua = dn, np.int64(node_ip[sn])
+                else:                                # the client's node: the default gateway
+                    if not use_gw:
+                        continue
+                    un, ua = sn, np.int64(0)
+                _nb_use(qs, blk, bnext, nix, nd, meta, un, ua, t, life)
