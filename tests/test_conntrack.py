@@ -23,8 +23,8 @@ from fastpath.cluster.compile import compile_cluster
 from fastpath.cluster.model import Cluster, Node
 from fastpath.codes import PATHS, REASONS, VERDICTS
 from fastpath.pipeline import Results
-from fastpath.stages import conntrack_kernel as K
 from fastpath.stages.conntrack import ConntrackStage, bucket_count, conntrack_max, explain_conntrack
+from fastpath.tables.timers import BLOCK, POOL_NFREE, Q_COUNT
 from fastpath.traces import normalize_batch
 from naive.conntrack import NaiveConntrack
 from naive.pipeline import ip
@@ -303,8 +303,8 @@ def test_queues_span_and_reuse_blocks(ct_max):
             f["duration"] = rng.choice([0.5, 3.0, 70.0])
     stage, _, _ = assert_agree(c, flows, conntrack_max=ct_max, batches=6, default_duration=30.0)
     if ct_max is None:
-        assert stage.qs[:, K.Q_COUNT].max() > K.BLOCK    # a queue spans blocks (at the end, still)
-        assert stage.meta[K.M_BFREE_N] > 0               # and blocks came back to the pool (LIFO: reused first)
+        assert stage.qs[:-1, Q_COUNT].max() > BLOCK      # a queue spans blocks (at the end, still)
+        assert stage.qs[-1, POOL_NFREE] > 0             # and blocks came back to the pool (LIFO: reused first)
     else:
         assert stage.summary()["conntrack_drops"] > 0
 

@@ -38,6 +38,7 @@ from .._jit import read_only
 from ..codes import DELIVERED, DENIED, DROPPED, EGRESS, LOOPBACK, REFUSED
 from ..errors import FastpathError
 from ..lifetimes import UDP_DEFAULT_DURATION, lifetimes_ns
+from ..tables import hashindex, timers
 from ..tables.balancers import seed_key
 from . import conntrack_kernel as K
 
@@ -93,10 +94,6 @@ class NodeState:
     fdb_floods: int
     neigh_peak: int
     neigh_overflows: int
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(4, int(n - 1).bit_length())
 
 
 class ConntrackStage:
@@ -172,17 +169,14 @@ class ConntrackStage:
         self.ct64 = np.zeros((0, 2), np.int64)
         self.ct32 = np.zeros((0, 6), np.int32)
         self.ct_free = np.zeros(1, np.int32)
-        self.ct_heads = self._heads()
-        self.qs = np.zeros((K.N_QUEUES, K.Q_COLS), np.int64)   # FIFO queues: the lanes, the neighbour checks
-        self.qs[:, K.Q_LIFE] = -1
-        self.blk = np.zeros((0, 2), np.int64)        # their blocks of rows
-        self.bnext = np.zeros(0, np.int64)
-        self.ch_key = np.full(16, K.EMPTY, np.int64)
+        self.ct_heads = timers.new_radix_heap()
+        self.qs, self.blk, self.bnext = timers.new_queues(K.N_QUEUES)   # the lanes, the neighbour checks
+        self.ch_key = np.full(16, hashindex.EMPTY, np.int64)
         self.ch_val = np.zeros(16, np.int32)
         pods = self.pod_node.shape[0]            # row p: the entry of pod p's node for it
         self.nb64 = np.zeros((pods, 2), np.int64)
         self.nb64[:, K.NB_KEY] = -1
-        self.nix = np.full((16, 2), K.EMPTY, np.int64)   # neighbour index: (key, expiry) slots
+        self.nix = np.full((16, 2), hashindex.EMPTY, np.int64)   # neighbour index: (key, expiry) slots
         self._rows: list[np.ndarray] = []
         #: 1 for each node whose state this stage keeps (writable, as a deep copy or an unpickled one is:
         #: one specialization)
@@ -210,13 +204,6 @@ class ConntrackStage:
 
     # ------------------------------------------------------------------ pools
     @staticmethod
-    def _heads() -> np.ndarray:
-        h = np.full(K.RH_SLOTS, -1, np.int64)
-        h[K.RH_LAST] = 0
-        h[K.RH_BOUND] = K.I64_MAX
-        return h
-
-    @staticmethod
     def _grow(rec: tuple[np.ndarray, ...], free: np.ndarray, hw: int, need: int) -> None:
         """Grow records ``rec`` (2-D arrays, a row each) and their free list in place until ``need`` more fit.
 
@@ -232,47 +219,14 @@ class ConntrackStage:
             a.resize((new, a.shape[1]), refcheck=False)
         free.resize(new + 1, refcheck=False)
 
-    @staticmethod
-    def _room(key: np.ndarray, val: np.ndarray, need: int) -> tuple[np.ndarray, np.ndarray]:
-        """An index at most two thirds full once ``need`` entries are in it (``need`` already counts the
-        batch's worst case, so the load seen is lower)."""
-        if 2 * key.shape[0] >= 3 * need:
-            return key, val
-        size = _pow2((3 * need + 1) // 2)
-        nk, nv = np.full(size, K.EMPTY, np.int64), np.zeros(size, np.int32)
-        K.reindex(key, val, nk, nv)
-        return nk, nv
-
-    def _grow_blocks(self, need: int) -> None:
-        """Blocks for ``need`` more queue rows, however they fall among the queues: the pool grows in place
-        (:meth:`_grow`'s way), by a quarter at least."""
-        meta = self.meta
-        free = self.bnext.shape[0] - int(meta[K.M_BHW]) + int(meta[K.M_BFREE_N])
-        want = -(-need // K.BLOCK) + K.N_QUEUES      # a queue's tail block may be partly used
-        if free >= want:
-            return
-        cap = self.bnext.shape[0]
-        new = max(cap + cap // 4, cap + want - free)
-        self.blk.resize((new * K.BLOCK, 2), refcheck=False)
-        self.bnext.resize(new, refcheck=False)
-
-    @staticmethod
-    def _room_pairs(ix: np.ndarray, need: int) -> np.ndarray:
-        """:meth:`_room` for a pair index (``(key, value)`` rows)."""
-        if 2 * ix.shape[0] >= 3 * need:
-            return ix
-        new = np.full((_pow2((3 * need + 1) // 2), 2), K.EMPTY, np.int64)
-        K.reindex_pairs(ix, new)
-        return new
-
     def _reserve(self, rows: int) -> None:
         """Room for ``rows`` more flows: three conntrack records and three neighbour entries each, and six
         queue rows (two conntrack entries, four neighbour checks)."""
         need = 3 * rows
         self._grow((self.ct64, self.ct32), self.ct_free, int(self.meta[K.M_CT_HW]), need)
-        self._grow_blocks(6 * rows)
-        self.ch_key, self.ch_val = self._room(self.ch_key, self.ch_val, int(self.meta[K.M_CHAINS]) + need)
-        self.nix = self._room_pairs(self.nix, int(self.meta[K.M_NB_USED]) + need)
+        timers.grow_blocks(self.qs, self.blk, self.bnext, 6 * rows)
+        self.ch_key, self.ch_val = hashindex.room(self.ch_key, self.ch_val, int(self.meta[K.M_CHAINS]) + need)
+        self.nix = hashindex.room_pairs(self.nix, int(self.meta[K.M_NB_USED]) + need)
 
     def _keep(self, tl: np.ndarray) -> None:
         k = int(self.meta[K.M_ROWS])
@@ -283,7 +237,8 @@ class ConntrackStage:
     def _call(self, tl: np.ndarray, cols: tuple, results: tuple, finish: bool, far_ok: np.ndarray | None = None,
               decided: np.ndarray | None = None) -> None:
         K.track(self.ct64, self.ct32, self.ct_free, self.ct_heads, self.qs, self.blk, self.bnext, self.ch_key,
-                self.ch_val, self.nb64, self.nix, self.nd, tl, self.meta, self.params, *cols, *results, self.node_ip, self.pod_node, self.pod_bridged, self.fdb_last,
+                self.ch_val, self.nb64, self.nix, self.nd, tl, self.meta, self.params, *cols, *results,
+                self.node_ip, self.pod_node, self.pod_bridged, self.fdb_last,
                 self.own, _ALL_OK if far_ok is None else far_ok, _NO_DECIDED if decided is None else decided,
                 self.timeline, finish)
         self._keep(tl)

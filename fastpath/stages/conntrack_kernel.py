@@ -18,7 +18,7 @@ twenty array arguments costs more than the work it does):
 * per node: ``nd[n]`` holds the table size, occupancy and every counter (the
   current interval's and the whole replay's);
 * expiries in FIFO queues of ``(time, who)`` rows, kept in blocks from one pool
-  (:data:`BLOCK`): conntrack entries in a lane per lifetime (entries of one
+  (:mod:`fastpath.tables.timers`): conntrack entries in a lane per lifetime (entries of one
   lifetime filed in time order expire in that order: O(1) each), the rest in a
   radix heap (a monotone priority queue: a key is never below the last one
   taken, which holds because time only moves forward) threaded through the
@@ -27,7 +27,7 @@ twenty array arguments costs more than the work it does):
   lives as long (:func:`_nb_expire`);
 * the walk is memory-bound, so it prefetches: the index slots, counters and pod
   records of the row :data:`ROW_AHEAD` rows on, and the records (or index slots)
-  of the queue rows :data:`Q_AHEAD` places behind the one being released.
+  of the queue rows :data:`~fastpath.tables.timers.Q_AHEAD` places behind the one being released.
 
 Big helpers are plain compiled functions (no parallel passes; LLVM inlines the
 small ones), so the kernel compiles in seconds.
@@ -41,10 +41,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._jit import bit_length64, jit, prefetch
+from .._jit import jit, prefetch
 from ..codes import (BRIDGE, DELIVERED, DENIED, DROPPED, EGRESS, EXTERNAL, LOOPBACK, NONE, R_CONNTRACK_FULL,
                      REFUSED, ROUTED)
 from ..tables.balancers import flow_hash
+from ..tables.hashindex import delete, find, pdelete, pfind, slot
+from ..tables.timers import I64_MAX, Q_HEAD_X, Q_TAG, q_ahead, q_due, q_pop, q_push, q_room, rh_due, rh_push, rh_ready
 
 # ----------------------------------------------------------------------------- layouts
 
@@ -65,190 +67,27 @@ TL_COLS = ("t", "node", "entries", "new", "drops", "floods", "bin", "bout", "nen
 (P_INTERVAL, P_KEY, P_TIME_WAIT, P_SYN_SENT, P_CLOSE, P_UDP, P_UDP_STREAM, P_GENERIC, P_STREAM_AFTER,
  P_FDB_AGE, P_NB_LIFE) = range(11)
 #: ``meta`` slots: current interval, started, chains in use, neighbour index entries in use, timeline rows,
-#: the high-water mark of the conntrack pool (records at or above it were never used), and the queue
-#: blocks' free list (its first block, its length) and high-water mark.
-M_IV, M_STARTED, M_CHAINS, M_NB_USED, M_ROWS, M_CT_HW, M_BFREE, M_BFREE_N, M_BHW = range(9)
+#: the high-water mark of the conntrack pool (records at or above it were never used).
+M_IV, M_STARTED, M_CHAINS, M_NB_USED, M_ROWS, M_CT_HW = range(6)
 #: Slots of ``meta``.
 META_SLOTS = 16
 #: Buckets a full table looks through for an entry to evict (``early_drop``'s 8 buckets).
 EARLY_DROP_BUCKETS = 8
 #: Neighbour table hard cap per node (``gc_thresh3``).
 GC_THRESH3 = 1024
-#: Radix-heap buckets (key XOR last has at most 64 bits), then the slot of ``last`` and the slot
-#: of a lower bound on every key filed (so that a heap with nothing due answers in O(1)).
-RH_LAST = 65
-RH_BOUND = 66
-RH_SLOTS = 67
-#: FIFO queues of ``(time, who)`` rows, kept in blocks of :data:`BLOCK` rows from one pool (``blk``, a block
-#: per ``BLOCK`` rows; ``bnext[b]``: the next block of a queue, or of the free list), so that a queue grows
-#: and shrinks without copying and a block emptied at the head is reused at some tail. Queues
-#: ``0 .. N_LANES - 1`` are the conntrack lanes: entries of one lifetime, filed in time order, expire in
-#: that order, so a lane per lifetime (up to :data:`N_LANES` lifetimes, the first seen) files and takes them
-#: in O(1), and other entries go to the radix heap; ``who`` is a record, or ``-1 - node`` for an entry that
-#: needs none (see :func:`_ct_add`). Queue :data:`NB_Q` holds the neighbour checks (see :func:`_nb_expire`).
-#: ``qs[q] = (lifetime, head block, head index, tail block, tail index, count, head's time)``.
+#: The expiry queues (:mod:`fastpath.tables.timers`): ``0 .. N_LANES - 1`` are the conntrack lanes, entries of
+#: one lifetime (the queue's tag) filed in time order, the first :data:`N_LANES` lifetimes seen (other entries
+#: go to the radix heap); ``who`` is a record, or ``-1 - node`` for an entry that needs none (see
+#: :func:`_ct_add`). Queue :data:`NB_Q` holds the neighbour checks (see :func:`_nb_expire`).
 N_LANES = 8
 NB_Q = N_LANES
 N_QUEUES = N_LANES + 1
-Q_LIFE, Q_HEAD, Q_HIDX, Q_TAIL, Q_TIDX, Q_COUNT, Q_HEAD_X = range(7)
-Q_COLS = 7
-BLOCK = 4096
-#: Queue rows ahead whose records (or index slots) a release prefetches.
-Q_AHEAD = 16
 #: Rows ahead whose reads :func:`track` starts (:func:`_prefetch_row`).
 ROW_AHEAD = 16
-#: An empty index slot.
-EMPTY = np.int64(-1)
-I64_MAX = np.int64(0x7FFFFFFFFFFFFFFF)
 #: Record states.
 FREE, LIVE, DEAD = 0, 1, 2
 #: ``CT_PREV`` of a record on no chain.
 OFF_CHAIN = -2
-
-
-# ----------------------------------------------------------------------------- radix heap
-
-@jit(_nrt=False, inline="always")
-def _rh_push(heads, nxt, ncol, idx, key):
-    """File record ``idx`` under ``key`` (>= the heap's last key); ``nxt[:, ncol]`` links the records."""
-    b = bit_length64(np.uint64(key) ^ np.uint64(heads[RH_LAST]))
-    nxt[idx, ncol] = heads[b]
-    heads[b] = idx
-    if key < heads[RH_BOUND]:
-        heads[RH_BOUND] = key
-
-
-@jit(_nrt=False, inline="always")
-def _rh_due(heads, t):
-    """Whether the heap may hold records due at ``t`` (cheap: two reads; :func:`_rh_ready` settles)."""
-    if heads[0] != -1:
-        return heads[RH_LAST] <= t
-    return heads[RH_BOUND] <= t
-
-
-@jit(_nrt=False)
-def _rh_ready(heads, keys, kcol, nxt, ncol, t):
-    """Whether bucket 0 holds records due at ``t`` (all its keys equal the last key); settles it if needed."""
-    if heads[0] != -1:
-        return heads[RH_LAST] <= t
-    if heads[RH_BOUND] > t:
-        return False
-    b = 1
-    while b <= 64 and heads[b] == -1:
-        b += 1
-    if b > 64:
-        heads[RH_BOUND] = I64_MAX
-        return False
-    m = I64_MAX
-    i = heads[b]
-    while i != -1:
-        if keys[i, kcol] < m:
-            m = keys[i, kcol]
-        i = nxt[i, ncol]
-    heads[RH_BOUND] = m                              # the smallest key filed
-    if m > t:
-        return False
-    heads[RH_LAST] = m
-    i = heads[b]
-    heads[b] = -1
-    while i != -1:                                   # every record moves to a lower bucket
-        j = nxt[i, ncol]
-        _rh_push(heads, nxt, ncol, i, keys[i, kcol])
-        i = j
-    return True
-
-
-# ----------------------------------------------------------------------------- open-addressing index
-
-@jit(_nrt=False, inline="always")
-def _slot(key, mask):
-    h = np.uint64(key) * np.uint64(0x9E3779B97F4A7C15)
-    h ^= h >> np.uint64(29)
-    return np.int64(h & np.uint64(mask))
-
-
-@jit(_nrt=False, inline="always")
-def _find(ix_key, key):
-    """Slot of ``key`` in the index, or the empty slot where it would go."""
-    mask = ix_key.shape[0] - 1
-    i = _slot(key, mask)
-    while ix_key[i] != key and ix_key[i] != EMPTY:
-        i = (i + 1) & mask
-    return i
-
-
-@jit(_nrt=False)
-def _delete(ix_key, ix_val, i):
-    """Remove slot ``i`` from a linear-probing index (backward shift: no tombstones)."""
-    mask = ix_key.shape[0] - 1
-    j = i
-    while True:
-        j = (j + 1) & mask
-        if ix_key[j] == EMPTY:
-            break
-        home = _slot(ix_key[j], mask)
-        # move j back to i if its home is not cyclically in (i, j]
-        if (i <= j and (home <= i or home > j)) or (i > j and (home <= i and home > j)):
-            ix_key[i] = ix_key[j]
-            ix_val[i] = ix_val[j]
-            i = j
-    ix_key[i] = EMPTY
-
-
-@jit(_nrt=False)
-def reindex(ok, ov, nk, nv):
-    """Move every entry of index ``(ok, ov)`` into the empty, larger index ``(nk, nv)``."""
-    mask = nk.shape[0] - 1
-    for i in range(ok.shape[0]):
-        k = ok[i]
-        if k != EMPTY:
-            j = _slot(k, mask)
-            while nk[j] != EMPTY:
-                j = (j + 1) & mask
-            nk[j] = k
-            nv[j] = ov[i]
-
-
-@jit(_nrt=False, inline="always")
-def _pfind(ix, key):
-    """Slot of ``key`` in a pair index (``ix[slot] = (key, value)``: one cache line answers a probe), or the
-    empty slot where it would go."""
-    mask = ix.shape[0] - 1
-    i = _slot(key, mask)
-    while ix[i, 0] != key and ix[i, 0] != EMPTY:
-        i = (i + 1) & mask
-    return i
-
-
-@jit(_nrt=False)
-def _pdelete(ix, i):
-    """Remove slot ``i`` from a pair index (backward shift, as :func:`_delete`)."""
-    mask = ix.shape[0] - 1
-    j = i
-    while True:
-        j = (j + 1) & mask
-        if ix[j, 0] == EMPTY:
-            break
-        home = _slot(ix[j, 0], mask)
-        if (i <= j and (home <= i or home > j)) or (i > j and (home <= i and home > j)):
-            ix[i, 0] = ix[j, 0]
-            ix[i, 1] = ix[j, 1]
-            i = j
-    ix[i, 0] = EMPTY
-
-
-@jit(_nrt=False)
-def reindex_pairs(old, new):
-    """Move every entry of pair index ``old`` into the empty, larger pair index ``new``."""
-    mask = new.shape[0] - 1
-    for i in range(old.shape[0]):
-        k = old[i, 0]
-        if k != EMPTY:
-            j = _slot(k, mask)
-            while new[j, 0] != EMPTY:
-                j = (j + 1) & mask
-            new[j, 0] = k
-            new[j, 1] = old[i, 1]
 
 
 # ----------------------------------------------------------------------------- pools
@@ -266,97 +105,6 @@ def _take(free, meta, hw):
     return e
 
 
-# ----------------------------------------------------------------------------- block FIFO queues
-
-@jit(_nrt=False, inline="always")
-def _q_room(qs, bnext, meta, q):
-    """Whether queue ``q`` takes one more row (its tail block has room, or a block is free)."""
-    if qs[q, Q_COUNT] != 0 and qs[q, Q_TIDX] < BLOCK:
-        return True
-    return meta[M_BFREE_N] > 0 or meta[M_BHW] < bnext.shape[0]
-
-
-@jit(_nrt=False, inline="always")
-def _q_block(bnext, meta):
-    """A block for a queue's tail: the last one freed, else the next never used (:func:`_q_room` said so)."""
-    b = meta[M_BFREE]
-    if meta[M_BFREE_N] > 0:
-        meta[M_BFREE] = bnext[b]
-        meta[M_BFREE_N] -= 1
-        return b
-    b = meta[M_BHW]
-    meta[M_BHW] = b + 1
-    return b
-
-
-@jit(_nrt=False, inline="always")
-def _q_free(bnext, meta, b):
-    bnext[b] = meta[M_BFREE]
-    meta[M_BFREE] = b
-    meta[M_BFREE_N] += 1
-
-
-@jit(_nrt=False, inline="always")
-def _q_push(qs, blk, bnext, meta, q, x, who):
-    """Append ``(x, who)`` to queue ``q`` (which has room: :func:`_q_room`, or the batch's reserve)."""
-    c = qs[q, Q_COUNT]
-    if c == 0:
-        b = _q_block(bnext, meta)
-        qs[q, Q_HEAD] = b
-        qs[q, Q_HIDX] = 0
-        qs[q, Q_TAIL] = b
-        qs[q, Q_TIDX] = 0
-        qs[q, Q_HEAD_X] = x
-    elif qs[q, Q_TIDX] == BLOCK:
-        b = _q_block(bnext, meta)
-        bnext[qs[q, Q_TAIL]] = b
-        qs[q, Q_TAIL] = b
-        qs[q, Q_TIDX] = 0
-    p = qs[q, Q_TAIL] * BLOCK + qs[q, Q_TIDX]
-    blk[p, 0] = x
-    blk[p, 1] = who
-    qs[q, Q_TIDX] += 1
-    qs[q, Q_COUNT] = c + 1
-
-
-@jit(_nrt=False, inline="always")
-def _q_due(qs, q, t):
-    return qs[q, Q_COUNT] != 0 and qs[q, Q_HEAD_X] <= t
-
-
-@jit(_nrt=False, inline="always")
-def _q_ahead(qs, blk, q):
-    """The ``who`` of the row :data:`Q_AHEAD` places behind queue ``q``'s head, or 0 if that row is in a later
-    block (or absent): what a release prefetches."""
-    i = qs[q, Q_HIDX] + Q_AHEAD
-    if qs[q, Q_COUNT] > Q_AHEAD and i < BLOCK:
-        return blk[qs[q, Q_HEAD] * BLOCK + i, 1]
-    return np.int64(0)
-
-
-@jit(_nrt=False, inline="always")
-def _q_pop(qs, blk, bnext, meta, q):
-    """Take queue ``q``'s head row: its ``who`` (its time is ``qs[q, Q_HEAD_X]``, read before)."""
-    h = qs[q, Q_HEAD]
-    i = qs[q, Q_HIDX]
-    who = blk[h * BLOCK + i, 1]
-    c = qs[q, Q_COUNT] - 1
-    qs[q, Q_COUNT] = c
-    i += 1
-    if c == 0:                                       # empty: its block goes back
-        _q_free(bnext, meta, h)
-    else:
-        if i == BLOCK:                               # the head block is spent
-            nb = bnext[h]
-            _q_free(bnext, meta, h)
-            h = nb
-            qs[q, Q_HEAD] = h
-            i = 0
-        qs[q, Q_HEAD_X] = blk[h * BLOCK + i, 0]
-    qs[q, Q_HIDX] = i
-    return who
-
-
 # ----------------------------------------------------------------------------- conntrack entries
 
 @jit(_nrt=False, inline="always")
@@ -368,7 +116,7 @@ def _chain_key(n, bucket):
 def _chain_link(ct32, ch_key, ch_val, meta, e):
     """Put record ``e`` at the head (newest end) of its (node, bucket) chain."""
     key = _chain_key(ct32[e, CT_NODE], ct32[e, CT_BUCKET])
-    i = _find(ch_key, key)
+    i = find(ch_key, key)
     if ch_key[i] == key:
         h = ch_val[i]
         ct32[h, CT_PREV] = e
@@ -389,11 +137,11 @@ def _chain_unlink(ct32, ch_key, ch_val, meta, e):
     if p >= 0:
         ct32[p, CT_NEXT] = q
     else:                                            # the head: the index points at the next one
-        i = _find(ch_key, _chain_key(ct32[e, CT_NODE], ct32[e, CT_BUCKET]))
+        i = find(ch_key, _chain_key(ct32[e, CT_NODE], ct32[e, CT_BUCKET]))
         if q >= 0:
             ch_val[i] = q
         else:
-            _delete(ch_key, ch_val, i)
+            delete(ch_key, ch_val, i)
             meta[M_CHAINS] -= 1
     if q >= 0:
         ct32[q, CT_PREV] = p
@@ -408,7 +156,7 @@ def _early_drop(ct64, ct32, ch_key, ch_val, meta, n, nb, bucket, t):
     for off in range(min(EARLY_DROP_BUCKETS, nb)):
         b = (bucket + off) % nb
         key = _chain_key(n, b)
-        i = _find(ch_key, key)
+        i = find(ch_key, key)
         if ch_key[i] != key:
             continue
         e = ch_val[i]
@@ -427,10 +175,10 @@ def _lane_of(qs, bnext, meta, life):
     """The lane of lifetime ``life`` if it takes one more entry (claiming a free lane for a new lifetime), or
     -1: the entry goes to the radix heap."""
     for k in range(N_LANES):
-        lk = qs[k, Q_LIFE]
+        lk = qs[k, Q_TAG]
         if lk == life or lk == -1:
-            qs[k, Q_LIFE] = life
-            return k if _q_room(qs, bnext, meta, k) else -1
+            qs[k, Q_TAG] = life
+            return k if q_room(qs, bnext, k) else -1
     return -1
 
 
@@ -438,9 +186,9 @@ def _lane_of(qs, bnext, meta, life):
 def _ct_due(heads, qs, t):
     """Whether some conntrack record may be due at ``t`` (a few reads of small arrays)."""
     for k in range(N_LANES):
-        if _q_due(qs, k, t):
+        if q_due(qs, k, t):
             return True
-    return _rh_due(heads, t)
+    return rh_due(heads, t)
 
 
 @jit(_nrt=False, inline="always")
@@ -460,18 +208,18 @@ def _ct_expire(ct64, ct32, ct_free, heads, qs, blk, bnext, ch_key, ch_val, nd, m
     """Take every conntrack entry whose expiry is at or before ``t``: lane heads, then the heap."""
     w = ct32.shape[1]
     for k in range(N_LANES):
-        while _q_due(qs, k, t):
-            e = _q_ahead(qs, blk, k)                 # a record due soon: its miss overlaps this release
+        while q_due(qs, k, t):
+            e = q_ahead(qs, blk, k)                 # a record due soon: its miss overlaps this release
             if e > 0:
                 prefetch(ct32, e * w)
             elif e < 0:
                 prefetch(nd, (-1 - e) * N_COLS)
-            who = _q_pop(qs, blk, bnext, meta, k)
+            who = q_pop(qs, blk, bnext, k)
             if who >= 0:
                 _ct_release(ct32, ct_free, ch_key, ch_val, nd, meta, who)
             else:                                    # an entry without a record: always still in its table
                 nd[-1 - who, N_OCC] -= 1
-    while _rh_ready(heads, ct64, CT_EXP, ct32, CT_HNEXT, t):
+    while rh_ready(heads, ct64, CT_EXP, ct32, CT_HNEXT, t):
         e = heads[0]
         heads[0] = ct32[e, CT_HNEXT]
         _ct_release(ct32, ct_free, ch_key, ch_val, nd, meta, e)
@@ -506,7 +254,7 @@ def _ct_add(ct64, ct32, ct_free, heads, qs, blk, bnext, ch_key, ch_val, nd, meta
     (a candidate for early drop on its bucket's chain, or filed in the radix heap)."""
     k = _lane_of(qs, bnext, meta, expiry - t)
     if assured_at <= t and k >= 0:
-        _q_push(qs, blk, bnext, meta, k, expiry, -1 - n)
+        q_push(qs, blk, bnext, k, expiry, -1 - n)
     else:
         e = _take(ct_free, meta, M_CT_HW)
         ct64[e, CT_EXP] = expiry
@@ -520,9 +268,9 @@ def _ct_add(ct64, ct32, ct_free, heads, qs, blk, bnext, ch_key, ch_val, nd, meta
             ct32[e, CT_PREV] = OFF_CHAIN
             ct32[e, CT_NEXT] = OFF_CHAIN
         if k >= 0:
-            _q_push(qs, blk, bnext, meta, k, expiry, e)
+            q_push(qs, blk, bnext, k, expiry, e)
         else:
-            _rh_push(heads, ct32, CT_HNEXT, e, expiry)
+            rh_push(heads, ct32, CT_HNEXT, e, expiry)
     occ = nd[n, N_OCC] + 1
     nd[n, N_OCC] = occ
     nd[n, N_NEW] += 1
@@ -547,24 +295,24 @@ def _nb_expire(nb64, qs, blk, bnext, nix, nd, meta, t):
     slots (or pod records) of checks a few places on are prefetched.
     """
     mask = nix.shape[0] - 1
-    while _q_due(qs, NB_Q, t):
-        a = _q_ahead(qs, blk, NB_Q)
+    while q_due(qs, NB_Q, t):
+        a = q_ahead(qs, blk, NB_Q)
         if a > 0:
             _prefetch_slot(nix, a, mask)
         elif a < 0:
             prefetch(nb64, 2 * (-1 - a))
         x = qs[NB_Q, Q_HEAD_X]
-        w = _q_pop(qs, blk, bnext, meta, NB_Q)
+        w = q_pop(qs, blk, bnext, NB_Q)
         if w < 0:                                    # a node's entry for one of its own pods
             pod = -1 - w
             if nb64[pod, NB_KEY] >= 0 and nb64[pod, NB_EXP] == x:
                 nd[nb64[pod, NB_KEY] >> 32, N_NOCC] -= 1
                 nb64[pod, NB_KEY] = -1
         else:
-            i = _pfind(nix, w)
+            i = pfind(nix, w)
             if nix[i, 0] == w and nix[i, 1] == x:
                 nd[w >> 32, N_NOCC] -= 1
-                _pdelete(nix, i)
+                pdelete(nix, i)
                 meta[M_NB_USED] -= 1
 
 
@@ -596,11 +344,11 @@ def _nb_use_pod(nb64, qs, blk, bnext, nd, meta, n, pod, addr, t, life):
     if nb64[pod, NB_KEY] >= 0:                       # present: a refresh
         if nb64[pod, NB_EXP] < x:
             nb64[pod, NB_EXP] = x
-            _q_push(qs, blk, bnext, meta, NB_Q, x, -1 - pod)
+            q_push(qs, blk, bnext, NB_Q, x, -1 - pod)
     elif _nb_room(nd, n):
         nb64[pod, NB_KEY] = _nb_key(n, addr)
         nb64[pod, NB_EXP] = x
-        _q_push(qs, blk, bnext, meta, NB_Q, x, -1 - pod)
+        q_push(qs, blk, bnext, NB_Q, x, -1 - pod)
 
 
 @jit(_nrt=False, inline="always")
@@ -609,23 +357,23 @@ def _nb_use(qs, blk, bnext, nix, nd, meta, n, addr, t, life):
     The entry is its index slot: ``(key, expiry)``."""
     key = _nb_key(n, addr)
     x = t + life
-    i = _pfind(nix, key)
+    i = pfind(nix, key)
     if nix[i, 0] == key:                             # the common case: a refresh
         if nix[i, 1] < x:
             nix[i, 1] = x
-            _q_push(qs, blk, bnext, meta, NB_Q, x, key)
+            q_push(qs, blk, bnext, NB_Q, x, key)
     elif _nb_room(nd, n):
         nix[i, 0] = key
         nix[i, 1] = x
         meta[M_NB_USED] += 1
-        _q_push(qs, blk, bnext, meta, NB_Q, x, key)
+        q_push(qs, blk, bnext, NB_Q, x, key)
 
 
 @jit(_nrt=False, inline="always")
 def _prefetch_slot(nix, key, mask):
     """Prefetch ``key``'s home slot in the neighbour index and the cache line after it (a probe or a
     deletion's backward shift often runs on into it)."""
-    i = 2 * _slot(key, mask)
+    i = 2 * slot(key, mask)
     prefetch(nix, i)
     prefetch(nix, i + 8)
 
@@ -794,7 +542,7 @@ def track(ct64, ct32, ct_free, ct_heads, qs, blk, bnext, ch_key, ch_val, nb64, n
             _next_interval(nd, own)
         if _ct_due(ct_heads, qs, t):
             _ct_expire(ct64, ct32, ct_free, ct_heads, qs, blk, bnext, ch_key, ch_val, nd, meta, t)
-        if _q_due(qs, NB_Q, t):
+        if q_due(qs, NB_Q, t):
             _nb_expire(nb64, qs, blk, bnext, nix, nd, meta, t)
         sn = np.int64(src_node[i])
         dn = np.int64(dst_node[i])
