@@ -94,9 +94,87 @@ def _events(cluster, items: list, flows) -> None:
 # --------------------------------------------------------------------------- first run
 
 #: About how long a replay's first run compiles its kernels on a 2-core machine (numba, LLVM),
-#: quoted in the first-run message; later runs load them from numba's cache in about a second.
-COLD_COMPILE_S = 45
+#: quoted in the first-run message (the conntrack kernel compiling beside, in a helper: :class:`CompileBeside`);
+#: later runs load them from numba's cache in about a second.
+COLD_COMPILE_S = 35
 #: Marker files in numba's cache folder, one per (fastpath, numba, CPU, sources) key.
+def conntrack_kernel() -> None:
+    """Compile the conntrack stage's kernel alone, with the argument types a replay gives it, on a stub
+    plane (two nodes, three pods): nothing else is compiled, so a helper process running this finishes
+    while the replay that started it compiles its other kernels (:class:`CompileBeside`)."""
+    from types import SimpleNamespace
+
+    from .pipeline import Results
+    from .stages.conntrack import ConntrackStage
+    from .traces import normalize_batch
+
+    n = 4
+    nodes = [SimpleNamespace(cpu=None), SimpleNamespace(cpu=4)]
+    cluster = SimpleNamespace(nodes=nodes, cached_pod_bridged=np.ones(3, np.uint8))
+    tables = SimpleNamespace(node_names=["a", "b"], node_ip=np.array([1, 2], np.uint32),
+                             pod_node=np.array([0, 1, 1], np.int32))
+    stage = ConntrackStage(SimpleNamespace(cluster=cluster, tables=tables))
+    flows = normalize_batch({"src_ip": np.arange(n, dtype=np.uint32), "dst_ip": np.arange(n, dtype=np.uint32),
+                             "src_port": np.zeros(n, np.uint16), "dst_port": np.zeros(n, np.uint16),
+                             "proto": np.full(n, 6, np.uint8), "ts": np.arange(n, dtype=np.int64)}, "warm-up")
+    r = Results.empty(n)
+    for name, v in (("verdict", 0), ("reason", 0), ("path", 1), ("src_node", 0), ("dst_node", 1), ("src_pod", 0),
+                    ("dst_pod", 2), ("service", -1), ("dnat_ip", 0), ("dnat_port", 0), ("snat_ip", 0), ("hops", 1),
+                    ("src_kind", 0)):
+        getattr(r, name)[:] = v
+    stage.run(flows, r)
+    stage.finish()
+
+
+class CompileBeside:
+    """A helper process compiling kernels into numba's cache while this one compiles others.
+
+    numba compiles one kernel at a time in a process (under one lock), so on a
+    cold cache a replay uses one core for a minute while the other idles. The
+    helper runs :func:`conntrack_kernel` (the stage's kernel takes a quarter of a
+    first replay's compile time); :meth:`join` waits for it just before the
+    replay's own first call of that kernel, which then loads it from the cache.
+    Best effort: if the helper cannot start, fails or is slow, the replay
+    compiles the kernel itself, as without it.
+    """
+
+    @classmethod
+    def start_if_cold(cls, first_run: "FirstRun") -> "CompileBeside | None":
+        """A helper, if this run compiles on a cold cache and the conntrack kernel is not cached; else None."""
+        from .stages.conntrack_kernel import track
+
+        return cls() if first_run.cold and _kernel_cold(track) else None
+
+    def __init__(self) -> None:
+        import subprocess
+        import sys
+
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-c", "from fastpath._warmup import conntrack_kernel as k; k()"],
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL)
+        except OSError:
+            self.proc = None
+
+    def join(self, timeout: float = 120.0) -> None:
+        """Wait for the helper (at most ``timeout`` s)."""
+        import subprocess
+
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.close()
+            self.proc = None
+
+    def close(self) -> None:
+        """Stop the helper if it still runs (the replay ended first)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
 _MARKER_PREFIX = "fastpath-kernels-"
 
 

@@ -534,7 +534,7 @@ def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "r
         check_outputs([("results file", out_path)],
                       [("trace", trace), *(("trace", f) for f in reader.files), ("cluster", cluster_path)])
         check_free_space(out_path, reader.num_rows * RESULT_BYTES_PER_ROW[output_format(out_path)], "results file")
-    from ._warmup import FirstRun
+    from ._warmup import CompileBeside, FirstRun
     log = _event_log(events, cluster)        # before any work: a bad line stops the run here
     first_run = FirstRun(progress).start()   # a cold numba cache: say what the wait is for (stderr)
     live = cluster if hasattr(cluster, "apply_next") else None     # a LivePlane built by the caller
@@ -582,6 +582,8 @@ def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "r
     kept: list[pa.RecordBatch] = []
     writer = bar = None
     done = 0
+    # a cold cache: the conntrack kernel compiles in a helper process while this one compiles the others
+    beside = CompileBeside.start_if_cold(first_run) if ct is not None else None
     t1 = time.perf_counter()
     try:
         writer = _ResultsWriter(out_path, out_schema) if out_path is not None else None
@@ -597,6 +599,8 @@ def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "r
                 r_few = dp.resolve_flows(few)
                 _Tally(len(dp.services.names), 1).add(r_few, few)   # compiles the tally kernel (keys past its size: skipped)
                 if ct is not None:
+                    if beside is not None:
+                        beside.join()            # its kernel is in the cache now: loaded, not compiled
                     ct.warm(few, r_few)
                 dp.reset()
                 warm_s[0] = time.perf_counter() - tc
@@ -658,6 +662,8 @@ def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "r
         raise
     finally:
         first_run.stop(ok=False)
+        if beside is not None:
+            beside.close()
         if bar is not None:
             bar.stop()
         set_threads(before)

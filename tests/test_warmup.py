@@ -51,3 +51,45 @@ def test_prepare_warms_what_a_replay_runs(tmp_path):
                            str(root / "traces" / "sample-trace.arrow")], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_conntrack_kernel_beside_has_a_replays_types(tmp_path):
+    """The helper process's compile (``conntrack_kernel``, on a stub plane) makes the very form a replay
+    calls: after a replay of a timed trace and the helper's function, the kernel has one form."""
+    from pathlib import Path
+
+    import pyarrow as pa
+
+    from fastpath._warmup import conntrack_kernel
+    from fastpath.replay import replay
+    from fastpath.stages.conntrack_kernel import track
+
+    root = Path(__file__).resolve().parents[1] / "traces"
+    with pa.memory_map(str(root / "sample-trace.arrow")) as src:
+        table = pa.ipc.open_file(src).read_all().slice(0, 3000)
+    trace = tmp_path / "t.arrow"
+    with pa.OSFile(str(trace), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+        w.write_table(table)
+    s = replay(root / "sample-cluster.json", trace, None, progress=False)
+    assert s.nodes                                    # connection tracking ran
+    conntrack_kernel()
+    assert len(track.signatures) == 1, track.signatures
+
+
+def test_compile_beside_starts_only_on_a_cold_cache(monkeypatch):
+    """A helper starts only when the run compiles on a cold cache and the conntrack kernel is not cached;
+    joined, it has exited (here it finds the kernel cached: quick)."""
+    from fastpath import _warmup
+
+    first = _warmup.FirstRun(show=False)
+    first.cold = False
+    assert _warmup.CompileBeside.start_if_cold(first) is None
+    first.cold = True
+    monkeypatch.setattr(_warmup, "_kernel_cold", lambda kernel: False)
+    assert _warmup.CompileBeside.start_if_cold(first) is None
+    monkeypatch.setattr(_warmup, "_kernel_cold", lambda kernel: True)
+    beside = _warmup.CompileBeside.start_if_cold(first)
+    assert beside is not None and beside.proc is not None
+    proc = beside.proc
+    beside.join()
+    assert beside.proc is None and proc.returncode == 0
