@@ -220,13 +220,13 @@ class ConntrackStage:
         free.resize(new + 1, refcheck=False)
 
     def _reserve(self, rows: int) -> None:
-        """Room for ``rows`` more flows: three conntrack records and three neighbour entries each, and six
-        queue rows (two conntrack entries, four neighbour checks)."""
-        need = 3 * rows
-        self._grow((self.ct64, self.ct32), self.ct_free, int(self.meta[K.M_CT_HW]), need)
+        """Room for ``rows`` more flows. A flow adds at most two conntrack entries (each with a record and on
+        a chain at worst), three neighbour index entries (next hop, the way back, the gateway) and six queue
+        rows (its two entries, four neighbour checks)."""
+        self._grow((self.ct64, self.ct32), self.ct_free, int(self.meta[K.M_CT_HW]), 2 * rows)
         timers.grow_blocks(self.qs, self.blk, self.bnext, 6 * rows)
-        self.ch_key, self.ch_val = hashindex.room(self.ch_key, self.ch_val, int(self.meta[K.M_CHAINS]) + need)
-        self.nix = hashindex.room_pairs(self.nix, int(self.meta[K.M_NB_USED]) + need)
+        self.ch_key, self.ch_val = hashindex.room(self.ch_key, self.ch_val, int(self.meta[K.M_CHAINS]) + 2 * rows)
+        self.nix = hashindex.room_pairs(self.nix, int(self.meta[K.M_NB_USED]) + 3 * rows)
 
     def _keep(self, tl: np.ndarray) -> None:
         k = int(self.meta[K.M_ROWS])

@@ -171,7 +171,7 @@ def _early_drop(ct64, ct32, ch_key, ch_val, meta, n, nb, bucket, t):
 
 
 @jit(_nrt=False, inline="always")
-def _lane_of(qs, bnext, meta, life):
+def _lane_of(qs, bnext, life):
     """The lane of lifetime ``life`` if it takes one more entry (claiming a free lane for a new lifetime), or
     -1: the entry goes to the radix heap."""
     for k in range(N_LANES):
@@ -252,7 +252,7 @@ def _ct_add(ct64, ct32, ct_free, heads, qs, blk, bnext, ch_key, ch_val, nd, meta
     record: nothing evicts it or ends it early, so its lane row says all
     (``-1 - node``) and its release only counts it out. The others get a record
     (a candidate for early drop on its bucket's chain, or filed in the radix heap)."""
-    k = _lane_of(qs, bnext, meta, expiry - t)
+    k = _lane_of(qs, bnext, expiry - t)
     if assured_at <= t and k >= 0:
         q_push(qs, blk, bnext, k, expiry, -1 - n)
     else:
