@@ -94,9 +94,10 @@ def _events(cluster, items: list, flows) -> None:
 # --------------------------------------------------------------------------- first run
 
 #: About how long a replay's first run compiles its kernels on a 2-core machine (numba, LLVM),
-#: quoted in the first-run message (the conntrack kernel compiling beside, in a helper: :class:`CompileBeside`);
+#: quoted in the first-run message (forwarding and conntrack kernels compile beside, in a helper:
+#: :class:`CompileBeside`);
 #: later runs load them from numba's cache in about a second.
-COLD_COMPILE_S = 35
+COLD_COMPILE_S = 25
 #: Marker files in numba's cache folder, one per (fastpath, numba, CPU, sources) key.
 def conntrack_kernel() -> None:
     """Compile the conntrack stage's kernel alone, with the argument types a replay gives it, on a stub
@@ -126,31 +127,62 @@ def conntrack_kernel() -> None:
     stage.finish()
 
 
+def forward_kernel() -> None:
+    """Compile the forwarding kernel alone (:meth:`fastpath.pipeline.DataPlane._forward_rows`) with the
+    argument types a replay gives it (a trace's read-only columns), on a tiny compiled cluster."""
+    from ._jit import read_only
+    from .cluster.compile import compile_cluster
+    from .cluster.load import cluster_from_objects
+    from .cluster.synth import synth_cluster
+    from .codes import DROPPED
+    from .pipeline import CHUNK, Results
+
+    dp = compile_cluster(cluster_from_objects(synth_cluster(2, 3, 2, seed=0)["items"], "warm-up"))
+    n = 4
+    r = Results.empty(n)
+    r.verdict.fill(DROPPED)                          # decided: the kernel only has to exist
+    dp._forward_rows(read_only(np.full(n, 6, np.uint8)), r, slice(0, n), np.int64(CHUNK))
+
+
+def beside_kernels(conntrack: bool = True) -> None:
+    """What :class:`CompileBeside`'s helper compiles, in the order a replay reaches them after the
+    service stage: forwarding, then (a replay that tracks connections) the conntrack kernel."""
+    forward_kernel()
+    if conntrack:
+        conntrack_kernel()
+
+
 class CompileBeside:
     """A helper process compiling kernels into numba's cache while this one compiles others.
 
     numba compiles one kernel at a time in a process (under one lock), so on a
-    cold cache a replay uses one core for a minute while the other idles. The
-    helper runs :func:`conntrack_kernel` (the stage's kernel takes a quarter of a
-    first replay's compile time); :meth:`join` waits for it just before the
-    replay's own first call of that kernel, which then loads it from the cache.
-    Best effort: if the helper cannot start, fails or is slow, the replay
-    compiles the kernel itself, as without it.
+    cold cache a replay used one core for half a minute while the other idled.
+    The helper runs :func:`beside_kernels`: the forwarding kernel (ready long
+    before the replay gets past its sources and service stage) and the
+    conntrack kernel (:meth:`join` waits for it just before the replay's own
+    first call, which then loads it from the cache). Best effort: if the helper
+    cannot start, fails or is slow, the replay compiles a kernel itself, as
+    without it.
     """
 
     @classmethod
-    def start_if_cold(cls, first_run: "FirstRun") -> "CompileBeside | None":
-        """A helper, if this run compiles on a cold cache and the conntrack kernel is not cached; else None."""
+    def start_if_cold(cls, first_run: "FirstRun", conntrack: bool) -> "CompileBeside | None":
+        """A helper, if this run compiles on a cold cache and a kernel the helper would compile is not cached
+        (the forwarding kernel; the conntrack kernel where the run tracks connections); else None."""
+        from .pipeline import _forward
         from .stages.conntrack_kernel import track
 
-        return cls() if first_run.cold and _kernel_cold(track) else None
+        if not first_run.cold or not (_kernel_cold(_forward) or (conntrack and _kernel_cold(track))):
+            return None
+        return cls(conntrack)
 
-    def __init__(self) -> None:
+    def __init__(self, conntrack: bool = True) -> None:
         import subprocess
         import sys
 
+        code = f"from fastpath._warmup import beside_kernels as k; k({bool(conntrack)})"
         try:
-            self.proc = subprocess.Popen([sys.executable, "-c", "from fastpath._warmup import conntrack_kernel as k; k()"],
+            self.proc = subprocess.Popen([sys.executable, "-c", code],
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL)
         except OSError:

@@ -456,7 +456,6 @@ class DataPlane:
         if flows.name_code is not None:
             dst = self._resolve_names(flows, r.verdict)
         self.last_dst = dst                      # the destinations the stages saw (fastpath.live's churn)
-        l0, nodes, leaves, hosts = t.routes.arrays
         chunk = np.int64(CHUNK)
         # cache blocking: the three passes run block by block, so the columns a pass
         # writes are still in cache when the next pass reads them
@@ -478,11 +477,17 @@ class DataPlane:
             if self.policy is not None:          # NetworkPolicy (fastpath.stages.policy); skipped without policies
                 self.policy.run(src_ip, proto, src_pod, dnat_ip, dnat_port, snat_ip, verdict, reason,
                                 r.dst_pod[b], r.dst_node[b])
-            _forward(proto, l0, nodes, leaves, hosts, t.node_by_ip.slots, t.node_ip,
-                     t.pod_by_ip.slots, t.pod_rec, t.more_off, t.more_ports, t.host_listen.slots,
-                     verdict, reason, r.path[b], src_node, r.dst_node[b], r.dst_pod[b], service, dnat_ip, dnat_port,
-                     snat_ip, r.hops[b], r.src_kind[b], chunk)
+            self._forward_rows(proto, r, b, chunk)
         return r
+
+    def _forward_rows(self, proto: np.ndarray, r: Results, b: slice, chunk: np.int64) -> None:
+        """Forwarding (:func:`_forward`: route, bridge, deliver) of rows ``b`` of ``r`` still pending."""
+        t = self.tables
+        l0, nodes, leaves, hosts = t.routes.arrays
+        _forward(proto, l0, nodes, leaves, hosts, t.node_by_ip.slots, t.node_ip,
+                 t.pod_by_ip.slots, t.pod_rec, t.more_off, t.more_ports, t.host_listen.slots,
+                 r.verdict[b], r.reason[b], r.path[b], r.src_node[b], r.dst_node[b], r.dst_pod[b], r.service[b],
+                 r.dnat_ip[b], r.dnat_port[b], r.snat_ip[b], r.hops[b], r.src_kind[b], chunk)
 
     def _resolve_names(self, flows, verdict: np.ndarray) -> np.ndarray:
         """Destinations with ``dst_name`` answered by DNS; unanswered rows marked unresolved."""

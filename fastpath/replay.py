@@ -582,8 +582,8 @@ def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "r
     kept: list[pa.RecordBatch] = []
     writer = bar = None
     done = 0
-    # a cold cache: the conntrack kernel compiles in a helper process while this one compiles the others
-    beside = CompileBeside.start_if_cold(first_run) if ct is not None else None
+    # a cold cache: forwarding and conntrack kernels compile in a helper process while this one compiles the others
+    beside = CompileBeside.start_if_cold(first_run, conntrack=ct is not None)
     t1 = time.perf_counter()
     try:
         writer = _ResultsWriter(out_path, out_schema) if out_path is not None else None

@@ -53,14 +53,16 @@ def test_prepare_warms_what_a_replay_runs(tmp_path):
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_conntrack_kernel_beside_has_a_replays_types(tmp_path):
-    """The helper process's compile (``conntrack_kernel``, on a stub plane) makes the very form a replay
-    calls: after a replay of a timed trace and the helper's function, the kernel has one form."""
+def test_kernels_beside_have_a_replays_types(tmp_path):
+    """The helper process's compiles (``beside_kernels``: forwarding on a tiny plane, conntrack on a stub)
+    make the very forms a replay calls: after a replay of a timed trace from a file and the helper's
+    function, each kernel has one form."""
     from pathlib import Path
 
     import pyarrow as pa
 
-    from fastpath._warmup import conntrack_kernel
+    from fastpath._warmup import beside_kernels
+    from fastpath.pipeline import _forward
     from fastpath.replay import replay
     from fastpath.stages.conntrack_kernel import track
 
@@ -72,8 +74,9 @@ def test_conntrack_kernel_beside_has_a_replays_types(tmp_path):
         w.write_table(table)
     s = replay(root / "sample-cluster.json", trace, None, progress=False)
     assert s.nodes                                    # connection tracking ran
-    conntrack_kernel()
+    beside_kernels()
     assert len(track.signatures) == 1, track.signatures
+    assert len(_forward.signatures) == 1, _forward.signatures
 
 
 def test_compile_beside_starts_only_on_a_cold_cache(monkeypatch):
@@ -83,12 +86,12 @@ def test_compile_beside_starts_only_on_a_cold_cache(monkeypatch):
 
     first = _warmup.FirstRun(show=False)
     first.cold = False
-    assert _warmup.CompileBeside.start_if_cold(first) is None
+    assert _warmup.CompileBeside.start_if_cold(first, conntrack=True) is None
     first.cold = True
     monkeypatch.setattr(_warmup, "_kernel_cold", lambda kernel: False)
-    assert _warmup.CompileBeside.start_if_cold(first) is None
+    assert _warmup.CompileBeside.start_if_cold(first, conntrack=True) is None
     monkeypatch.setattr(_warmup, "_kernel_cold", lambda kernel: True)
-    beside = _warmup.CompileBeside.start_if_cold(first)
+    beside = _warmup.CompileBeside.start_if_cold(first, conntrack=True)
     assert beside is not None and beside.proc is not None
     proc = beside.proc
     beside.join()
