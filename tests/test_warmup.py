@@ -56,7 +56,7 @@ def test_prepare_warms_what_a_replay_runs(tmp_path):
 def test_kernels_beside_have_a_replays_types(tmp_path):
     """The helper process's compiles (``beside_kernels``: forwarding on a tiny plane, conntrack on a stub)
     make the very forms a replay calls: after a replay of a timed trace from a file and the helper's
-    function, each kernel has one form."""
+    function, neither kernel has a form the replay did not use."""
     from pathlib import Path
 
     import pyarrow as pa
@@ -74,9 +74,10 @@ def test_kernels_beside_have_a_replays_types(tmp_path):
         w.write_table(table)
     s = replay(root / "sample-cluster.json", trace, None, progress=False)
     assert s.nodes                                    # connection tracking ran
+    used = {k: set(k.signatures) for k in (track, _forward)}
     beside_kernels()
-    assert len(track.signatures) == 1, track.signatures
-    assert len(_forward.signatures) == 1, _forward.signatures
+    for kernel, forms in used.items():               # no form the replay did not use (other tests may
+        assert set(kernel.signatures) == forms, kernel.py_func.__name__   # have made others before)
 
 
 def test_compile_beside_starts_only_on_a_cold_cache(monkeypatch):

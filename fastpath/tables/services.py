@@ -687,7 +687,10 @@ class ServiceStage:
                 return
             rows = np.flatnonzero(deferred).astype(np.int64)
         cols = (src_ip, dst_ip, src_port, dst_port, proto, ts, *outs)
-        for start in range(0, rows.shape[0], SEQ_CHUNK):
+        # at least one call, if with no rows: the kernel compiles with the first batch (a replay's warm-up,
+        # while a helper compiles others: fastpath._warmup.CompileBeside), not amid the first with an
+        # affinity row
+        for start in range(0, max(rows.shape[0], 1), SEQ_CHUNK):
             chunk = rows[start:start + SEQ_CHUNK]
             self.state.reserve(chunk.shape[0], self.lb, self.smap.has_affinity, has_ts)
             _stage(T, self.state.arrays, self.lb, has_ts, life, chunk, *cols, _NO_DEFER)  # one thread, in order
