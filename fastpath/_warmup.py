@@ -93,12 +93,12 @@ def _events(cluster, items: list, flows) -> None:
 
 # --------------------------------------------------------------------------- first run
 
-#: About how long a replay's first run compiles its kernels on a 2-core machine (numba, LLVM),
-#: quoted in the first-run message (forwarding and conntrack kernels compile beside, in a helper:
-#: :class:`CompileBeside`);
-#: later runs load them from numba's cache in about a second.
+#: About how long a replay's first run compiles its kernels on a 2-core machine (numba, LLVM; the
+#: forwarding and conntrack kernels beside it, in a helper: :class:`CompileBeside`), quoted in the
+#: first-run message; later runs load them from numba's cache in about a second.
 COLD_COMPILE_S = 25
-#: Marker files in numba's cache folder, one per (fastpath, numba, CPU, sources) key.
+
+
 def conntrack_kernel() -> None:
     """Compile the conntrack stage's kernel alone, with the argument types a replay gives it, on a stub
     plane (two nodes, three pods): nothing else is compiled, so a helper process running this finishes
@@ -207,6 +207,7 @@ class CompileBeside:
         self.proc = None
 
 
+#: Marker files in numba's cache folder, one per (fastpath, numba, CPU, sources) key.
 _MARKER_PREFIX = "fastpath-kernels-"
 
 
