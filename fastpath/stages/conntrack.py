@@ -171,8 +171,7 @@ class ConntrackStage:
         self.ct_free = np.zeros(1, np.int32)
         self.ct_heads = timers.new_radix_heap()
         self.qs, self.blk, self.bnext = timers.new_queues(K.N_QUEUES)   # the lanes, the neighbour checks
-        self.ch_key = np.full(16, hashindex.EMPTY, np.int64)
-        self.ch_val = np.zeros(16, np.int32)
+        self.chx = np.full((16, 2), hashindex.EMPTY, np.int64)   # chain heads: (node << 32 | bucket, record)
         pods = self.pod_node.shape[0]            # row p: the entry of pod p's node for it
         self.nb64 = np.zeros((pods, 2), np.int64)
         self.nb64[:, K.NB_KEY] = -1
@@ -225,8 +224,8 @@ class ConntrackStage:
         rows (its two entries, four neighbour checks)."""
         self._grow((self.ct64, self.ct32), self.ct_free, int(self.meta[K.M_CT_HW]), 2 * rows)
         timers.grow_blocks(self.qs, self.blk, self.bnext, 6 * rows)
-        self.ch_key, self.ch_val = hashindex.room(self.ch_key, self.ch_val, int(self.meta[K.M_CHAINS]) + 2 * rows)
-        self.nix = hashindex.room_pairs(self.nix, int(self.meta[K.M_NB_USED]) + 3 * rows)
+        self.chx = hashindex.room(self.chx, int(self.meta[K.M_CHAINS]) + 2 * rows)
+        self.nix = hashindex.room(self.nix, int(self.meta[K.M_NB_USED]) + 3 * rows)
 
     def _keep(self, tl: np.ndarray) -> None:
         k = int(self.meta[K.M_ROWS])
@@ -236,8 +235,8 @@ class ConntrackStage:
 
     def _call(self, tl: np.ndarray, cols: tuple, results: tuple, finish: bool, far_ok: np.ndarray | None = None,
               decided: np.ndarray | None = None) -> None:
-        K.track(self.ct64, self.ct32, self.ct_free, self.ct_heads, self.qs, self.blk, self.bnext, self.ch_key,
-                self.ch_val, self.nb64, self.nix, self.nd, tl, self.meta, self.params, *cols, *results,
+        K.track(self.ct64, self.ct32, self.ct_free, self.ct_heads, self.qs, self.blk, self.bnext, self.chx,
+                self.nb64, self.nix, self.nd, tl, self.meta, self.params, *cols, *results,
                 self.node_ip, self.pod_node, self.pod_bridged, self.fdb_last,
                 self.own, _ALL_OK if far_ok is None else far_ok, _NO_DECIDED if decided is None else decided,
                 self.timeline, finish)

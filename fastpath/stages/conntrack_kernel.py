@@ -45,7 +45,7 @@ from .._jit import jit, prefetch
 from ..codes import (BRIDGE, DELIVERED, DENIED, DROPPED, EGRESS, EXTERNAL, LOOPBACK, NONE, R_CONNTRACK_FULL,
                      REFUSED, ROUTED)
 from ..tables.balancers import flow_hash
-from ..tables.hashindex import delete, find, pdelete, pfind, slot
+from ..tables.hashindex import delete, find, slot
 from ..tables.timers import I64_MAX, Q_HEAD_X, Q_TAG, q_ahead, q_due, q_pop, q_push, q_room, rh_due, rh_push, rh_ready
 
 # ----------------------------------------------------------------------------- layouts
@@ -113,35 +113,35 @@ def _chain_key(n, bucket):
 
 
 @jit(_nrt=False)
-def _chain_link(ct32, ch_key, ch_val, meta, e):
+def _chain_link(ct32, chx, meta, e):
     """Put record ``e`` at the head (newest end) of its (node, bucket) chain."""
     key = _chain_key(ct32[e, CT_NODE], ct32[e, CT_BUCKET])
-    i = find(ch_key, key)
-    if ch_key[i] == key:
-        h = ch_val[i]
+    i = find(chx, key)
+    if chx[i, 0] == key:
+        h = chx[i, 1]
         ct32[h, CT_PREV] = e
         ct32[e, CT_NEXT] = h
     else:
-        ch_key[i] = key
+        chx[i, 0] = key
         meta[M_CHAINS] += 1
         ct32[e, CT_NEXT] = -1
     ct32[e, CT_PREV] = -1
-    ch_val[i] = e
+    chx[i, 1] = e
 
 
 @jit(_nrt=False)
-def _chain_unlink(ct32, ch_key, ch_val, meta, e):
+def _chain_unlink(ct32, chx, meta, e):
     """Take record ``e`` off its chain."""
     p = ct32[e, CT_PREV]
     q = ct32[e, CT_NEXT]
     if p >= 0:
         ct32[p, CT_NEXT] = q
     else:                                            # the head: the index points at the next one
-        i = find(ch_key, _chain_key(ct32[e, CT_NODE], ct32[e, CT_BUCKET]))
+        i = find(chx, _chain_key(ct32[e, CT_NODE], ct32[e, CT_BUCKET]))
         if q >= 0:
-            ch_val[i] = q
+            chx[i, 1] = q
         else:
-            delete(ch_key, ch_val, i)
+            delete(chx, i)
             meta[M_CHAINS] -= 1
     if q >= 0:
         ct32[q, CT_PREV] = p
@@ -150,20 +150,20 @@ def _chain_unlink(ct32, ch_key, ch_val, meta, e):
 
 
 @jit(_nrt=False)
-def _early_drop(ct64, ct32, ch_key, ch_val, meta, n, nb, bucket, t):
+def _early_drop(ct64, ct32, chx, meta, n, nb, bucket, t):
     """The entry a full table on node ``n`` evicts for a new one in ``bucket``: the newest that is not
     ASSURED in the nearest of the 8 buckets from there; -1 if there is none."""
     for off in range(min(EARLY_DROP_BUCKETS, nb)):
         b = (bucket + off) % nb
         key = _chain_key(n, b)
-        i = find(ch_key, key)
-        if ch_key[i] != key:
+        i = find(chx, key)
+        if chx[i, 0] != key:
             continue
-        e = ch_val[i]
+        e = chx[i, 1]
         while e != -1:
             nx = ct32[e, CT_NEXT]
             if ct64[e, CT_ASSURED] <= t:             # became ASSURED since: never a candidate again
-                _chain_unlink(ct32, ch_key, ch_val, meta, e)
+                _chain_unlink(ct32, chx, meta, e)
             else:
                 return e
             e = nx
@@ -192,19 +192,19 @@ def _ct_due(heads, qs, t):
 
 
 @jit(_nrt=False, inline="always")
-def _ct_release(ct32, ct_free, ch_key, ch_val, nd, meta, e):
+def _ct_release(ct32, ct_free, chx, nd, meta, e):
     """Record ``e``'s expiry came: out of its table if still in it, back to the pool."""
     if ct32[e, CT_STATE] == LIVE:
         nd[ct32[e, CT_NODE], N_OCC] -= 1
         if ct32[e, CT_PREV] != OFF_CHAIN:
-            _chain_unlink(ct32, ch_key, ch_val, meta, e)
+            _chain_unlink(ct32, chx, meta, e)
     ct32[e, CT_STATE] = FREE
     ct_free[ct_free[0] + 1] = e                      # ct_free[0]: how many are free
     ct_free[0] += 1
 
 
 @jit(_nrt=False)
-def _ct_expire(ct64, ct32, ct_free, heads, qs, blk, bnext, ch_key, ch_val, nd, meta, t):
+def _ct_expire(ct64, ct32, ct_free, heads, qs, blk, bnext, chx, nd, meta, t):
     """Take every conntrack entry whose expiry is at or before ``t``: lane heads, then the heap."""
     w = ct32.shape[1]
     for k in range(N_LANES):
@@ -216,35 +216,35 @@ def _ct_expire(ct64, ct32, ct_free, heads, qs, blk, bnext, ch_key, ch_val, nd, m
                 prefetch(nd, (-1 - e) * N_COLS)
             who = q_pop(qs, blk, bnext, k)
             if who >= 0:
-                _ct_release(ct32, ct_free, ch_key, ch_val, nd, meta, who)
+                _ct_release(ct32, ct_free, chx, nd, meta, who)
             else:                                    # an entry without a record: always still in its table
                 nd[-1 - who, N_OCC] -= 1
     while rh_ready(heads, ct64, CT_EXP, ct32, CT_HNEXT, t):
         e = heads[0]
         heads[0] = ct32[e, CT_HNEXT]
-        _ct_release(ct32, ct_free, ch_key, ch_val, nd, meta, e)
+        _ct_release(ct32, ct_free, chx, nd, meta, e)
 
 
 @jit(_nrt=False)
-def _evict(ct64, ct32, ch_key, ch_val, nd, meta, n, t, bucket):
+def _evict(ct64, ct32, chx, nd, meta, n, t, bucket):
     """Make room on full node ``n`` (``early_drop``); False if nothing could be evicted."""
-    victim = _early_drop(ct64, ct32, ch_key, ch_val, meta, n, nd[n, N_BUCKETS], bucket, t)
+    victim = _early_drop(ct64, ct32, chx, meta, n, nd[n, N_BUCKETS], bucket, t)
     if victim < 0:
         return False
     ct32[victim, CT_STATE] = DEAD                    # its record is freed when its expiry comes
     nd[n, N_OCC] -= 1
-    _chain_unlink(ct32, ch_key, ch_val, meta, victim)
+    _chain_unlink(ct32, chx, meta, victim)
     return True
 
 
 @jit(_nrt=False, inline="always")
-def _ct_room(ct64, ct32, ch_key, ch_val, nd, meta, n, t, bucket):
+def _ct_room(ct64, ct32, chx, nd, meta, n, t, bucket):
     """Whether node ``n``'s table takes a new entry in ``bucket``, evicting one if it is full."""
-    return nd[n, N_OCC] < nd[n, N_MAX] or _evict(ct64, ct32, ch_key, ch_val, nd, meta, n, t, bucket)
+    return nd[n, N_OCC] < nd[n, N_MAX] or _evict(ct64, ct32, chx, nd, meta, n, t, bucket)
 
 
 @jit(_nrt=False, inline="always")
-def _ct_add(ct64, ct32, ct_free, heads, qs, blk, bnext, ch_key, ch_val, nd, meta, n, t, expiry, assured_at,
+def _ct_add(ct64, ct32, ct_free, heads, qs, blk, bnext, chx, nd, meta, n, t, expiry, assured_at,
             bucket):
     """A new entry on node ``n``, which has room (:func:`_ct_room`).
 
@@ -263,7 +263,7 @@ def _ct_add(ct64, ct32, ct_free, heads, qs, blk, bnext, ch_key, ch_val, nd, meta
         ct32[e, CT_BUCKET] = bucket
         ct32[e, CT_STATE] = LIVE
         if assured_at > t:                           # not ASSURED yet: a candidate for early drop
-            _chain_link(ct32, ch_key, ch_val, meta, e)
+            _chain_link(ct32, chx, meta, e)
         else:
             ct32[e, CT_PREV] = OFF_CHAIN
             ct32[e, CT_NEXT] = OFF_CHAIN
@@ -309,10 +309,10 @@ def _nb_expire(nb64, qs, blk, bnext, nix, nd, meta, t):
                 nd[nb64[pod, NB_KEY] >> 32, N_NOCC] -= 1
                 nb64[pod, NB_KEY] = -1
         else:
-            i = pfind(nix, w)
+            i = find(nix, w)
             if nix[i, 0] == w and nix[i, 1] == x:
                 nd[w >> 32, N_NOCC] -= 1
-                pdelete(nix, i)
+                delete(nix, i)
                 meta[M_NB_USED] -= 1
 
 
@@ -357,7 +357,7 @@ def _nb_use(qs, blk, bnext, nix, nd, meta, n, addr, t, life):
     The entry is its index slot: ``(key, expiry)``."""
     key = _nb_key(n, addr)
     x = t + life
-    i = pfind(nix, key)
+    i = find(nix, key)
     if nix[i, 0] == key:                             # the common case: a refresh
         if nix[i, 1] < x:
             nix[i, 1] = x
@@ -493,7 +493,7 @@ D_SN_OK, D_DN_OK, D_SN_OWNED, D_DN_OWNED = 1, 2, 4, 8
 
 
 @jit(_nrt=False)
-def track(ct64, ct32, ct_free, ct_heads, qs, blk, bnext, ch_key, ch_val, nb64, nix, nd,
+def track(ct64, ct32, ct_free, ct_heads, qs, blk, bnext, chx, nb64, nix, nd,
           tl, meta, P, ts, proto, src_ip, dst_ip, src_port, dst_port, life_ns, nbytes, has_bytes,
           verdict, reason, path, src_node, dst_node, src_pod, dst_pod, src_kind, hops, dnat_ip,
           node_ip, pod_node, pod_bridged, fdb_last, own, far_ok, decided, timeline, finish):
@@ -537,11 +537,11 @@ def track(ct64, ct32, ct_free, ct_heads, qs, blk, bnext, ch_key, ch_val, nb64, n
                 _emit(nd, tl, meta, interval, own)
             meta[M_IV] += 1
             start = meta[M_IV] * interval
-            _ct_expire(ct64, ct32, ct_free, ct_heads, qs, blk, bnext, ch_key, ch_val, nd, meta, start)
+            _ct_expire(ct64, ct32, ct_free, ct_heads, qs, blk, bnext, chx, nd, meta, start)
             _nb_expire(nb64, qs, blk, bnext, nix, nd, meta, start)
             _next_interval(nd, own)
         if _ct_due(ct_heads, qs, t):
-            _ct_expire(ct64, ct32, ct_free, ct_heads, qs, blk, bnext, ch_key, ch_val, nd, meta, t)
+            _ct_expire(ct64, ct32, ct_free, ct_heads, qs, blk, bnext, chx, nd, meta, t)
         if q_due(qs, NB_Q, t):
             _nb_expire(nb64, qs, blk, bnext, nix, nd, meta, t)
         sn = np.int64(src_node[i])
@@ -574,7 +574,7 @@ def track(ct64, ct32, ct_free, ct_heads, qs, blk, bnext, ch_key, ch_val, nb64, n
             src_part = 2 if kind == 0 else (0 if kind == 1 else 1)
             if own_s:                                # room on the client's node (evicting if it is full)
                 bucket_s = _bucket(h, nd, sn)
-                ok = _ct_room(ct64, ct32, ch_key, ch_val, nd, meta, sn, t, bucket_s)
+                ok = _ct_room(ct64, ct32, chx, nd, meta, sn, t, bucket_s)
             else:                                    # the client's node is kept elsewhere: its answer
                 bucket_s = np.int64(0)
                 ok = far_ok[i] != 0
@@ -592,7 +592,7 @@ def track(ct64, ct32, ct_free, ct_heads, qs, blk, bnext, ch_key, ch_val, nb64, n
                 if both:
                     if own_d:
                         bucket_d = _bucket(h, nd, dn)
-                        ok = _ct_room(ct64, ct32, ch_key, ch_val, nd, meta, dn, t, bucket_d)
+                        ok = _ct_room(ct64, ct32, chx, nd, meta, dn, t, bucket_d)
                         add_d = ok
                     elif own_s:                      # the far node is kept elsewhere: its answer
                         ok = far_ok[i] != 0
@@ -613,7 +613,7 @@ def track(ct64, ct32, ct_free, ct_heads, qs, blk, bnext, ch_key, ch_val, nb64, n
                         if not own_s:
                             continue
                         an, ax, aa, ab = sn, s_expiry, s_assured, bucket_s
-                    _ct_add(ct64, ct32, ct_free, ct_heads, qs, blk, bnext, ch_key, ch_val, nd, meta, an, t, ax, aa,
+                    _ct_add(ct64, ct32, ct_free, ct_heads, qs, blk, bnext, chx, nd, meta, an, t, ax, aa,
                             ab)
         # bytes: out of the client's node, into the far node (interval of the first packet)
         if has_bytes and (v == DELIVERED or v == EGRESS):
