@@ -129,19 +129,25 @@ def conntrack_kernel() -> None:
 
 def forward_kernel() -> None:
     """Compile the forwarding kernel alone (:meth:`fastpath.pipeline.DataPlane._forward_rows`) with the
-    argument types a replay gives it (a trace's read-only columns), on a tiny compiled cluster."""
-    from ._jit import read_only
-    from .cluster.compile import compile_cluster
-    from .cluster.load import cluster_from_objects
-    from .cluster.synth import synth_cluster
-    from .codes import DROPPED
-    from .pipeline import CHUNK, Results
+    argument types a replay gives it (a trace's read-only columns), on stub tables of a compiled plane's
+    types: no cluster is compiled, so the helper compiles no kernel the replay compiles too."""
+    from types import SimpleNamespace
 
-    dp = compile_cluster(cluster_from_objects(synth_cluster(2, 3, 2, seed=0)["items"], "warm-up"))
+    from ._jit import read_only
+    from .codes import DROPPED
+    from .pipeline import CHUNK, DataPlane, Results
+
+    u32, u64 = np.uint32, np.uint64
+    routes = SimpleNamespace(arrays=(np.zeros(1, u32), np.zeros(0, u64), np.zeros(0, u32), np.zeros(0, u64)))
+    slots = SimpleNamespace(slots=np.zeros(8, u64))
+    tables = SimpleNamespace(routes=routes, node_by_ip=slots, node_ip=np.zeros(2, u32), pod_by_ip=slots,
+                             pod_rec=np.zeros(8, u32), more_off=np.zeros(3, np.int64), more_ports=np.zeros(0, u32),
+                             host_listen=slots)
     n = 4
     r = Results.empty(n)
-    r.verdict.fill(DROPPED)                          # decided: the kernel only has to exist
-    dp._forward_rows(read_only(np.full(n, 6, np.uint8)), r, slice(0, n), np.int64(CHUNK))
+    r.verdict.fill(DROPPED)                          # decided: nothing is looked up, the kernel only has to exist
+    DataPlane._forward_rows(SimpleNamespace(tables=tables), read_only(np.full(n, 6, np.uint8)), r, slice(0, n),
+                            np.int64(CHUNK))
 
 
 def beside_kernels(conntrack: bool = True) -> None:

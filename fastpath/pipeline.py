@@ -145,6 +145,12 @@ def pod_listens(pod_rec, more_off, more_ports, p, proto, port):
     return False
 
 
+# The per-item passes of the parallel kernels are functions of their own, compiled without
+# reference counting (``_nrt=False``) and called from the ``prange`` loop: inlined into it, numba's
+# parallel passes took most of a first run's compile
+# (see :mod:`fastpath.tables.balancers`).
+
+
 @pjit
 def _sources(src_ip, dst_ip, dst_port, proto, pod_slots, pod_rec, more_off, more_ports, node_slots, hl_slots,
              pm_slots, hp_bits, verdict, reason, path, src_node, dst_node, src_pod, dst_pod, service,
@@ -153,67 +159,77 @@ def _sources(src_ip, dst_ip, dst_port, proto, pod_slots, pod_rec, more_off, more
     n = src_ip.shape[0]
     for c in numba.prange((n + chunk - 1) // chunk):
         lo, hi = chunk_bounds(c, chunk, n)
-        for j in range(lo, hi):                          # initialise (a straight pass: vectorizes)
-            reason[j] = 0
-            dst_pod[j] = -1
-            dst_node[j] = -1
-            service[j] = -1
-            dnat_ip[j] = dst_ip[j]
-            dnat_port[j] = dst_port[j]
-            snat_ip[j] = src_ip[j]
-            hops[j] = 0
-            path[j] = NONE
-        for g in range(lo, hi, UGROUP):
-            ge = min(hi, g + UGROUP)
-            for j in range(g, ge):                       # level 1: pod by IP (prefetch, then probe)
-                h = at_home(pod_slots, src_ip[j])
-                src_pod[j] = h
-                prefetch(pod_slots, h)
-            for j in range(g, ge):
-                p = at_probe(pod_slots, src_ip[j], np.int64(src_pod[j]), -1)
-                src_pod[j] = p
-                if p >= 0:
-                    prefetch(pod_rec, 4 * p)
-            for j in range(g, ge):                       # level 2: its node, or node by IP
-                p = src_pod[j]
-                if p >= 0:
-                    src_node[j] = pod_node_of(pod_rec, p)
-                    src_kind[j] = SRC_POD
+        _sources_chunk(lo, hi, src_ip, dst_ip, dst_port, proto, pod_slots, pod_rec, more_off, more_ports, node_slots,
+                       hl_slots, pm_slots, hp_bits, verdict, reason, path, src_node, dst_node, src_pod, dst_pod,
+                       service, dnat_ip, dnat_port, snat_ip, hops, src_kind)
+
+
+@jit(_nrt=False)
+def _sources_chunk(lo, hi, src_ip, dst_ip, dst_port, proto, pod_slots, pod_rec, more_off, more_ports, node_slots,
+                   hl_slots, pm_slots, hp_bits, verdict, reason, path, src_node, dst_node, src_pod, dst_pod, service,
+                   dnat_ip, dnat_port, snat_ip, hops, src_kind):
+    """:func:`_sources` over rows ``[lo, hi)``."""
+    for j in range(lo, hi):                          # initialise (a straight pass: vectorizes)
+        reason[j] = 0
+        dst_pod[j] = -1
+        dst_node[j] = -1
+        service[j] = -1
+        dnat_ip[j] = dst_ip[j]
+        dnat_port[j] = dst_port[j]
+        snat_ip[j] = src_ip[j]
+        hops[j] = 0
+        path[j] = NONE
+    for g in range(lo, hi, UGROUP):
+        ge = min(hi, g + UGROUP)
+        for j in range(g, ge):                       # level 1: pod by IP (prefetch, then probe)
+            h = at_home(pod_slots, src_ip[j])
+            src_pod[j] = h
+            prefetch(pod_slots, h)
+        for j in range(g, ge):
+            p = at_probe(pod_slots, src_ip[j], np.int64(src_pod[j]), -1)
+            src_pod[j] = p
+            if p >= 0:
+                prefetch(pod_rec, 4 * p)
+        for j in range(g, ge):                       # level 2: its node, or node by IP
+            p = src_pod[j]
+            if p >= 0:
+                src_node[j] = pod_node_of(pod_rec, p)
+                src_kind[j] = SRC_POD
+            else:
+                node = ht_find(node_slots, np.uint64(src_ip[j]), -1)
+                src_node[j] = node
+                src_kind[j] = SRC_HOST if node >= 0 else SRC_EXTERNAL
+        for j in range(g, ge):                       # loopback
+            s = src_ip[j]
+            d = dst_ip[j]
+            kind = src_kind[j]
+            if verdict[j] != PENDING:                # decided before (DNS: unresolved)
+                continue
+            if (d >> np.uint32(24)) == np.uint32(127) or (kind == SRC_POD and d == s):
+                if kind == SRC_EXTERNAL:
+                    verdict[j] = DROPPED             # martian: loopback address from outside
+                    reason[j] = R_MARTIAN
+                    continue
+                node = np.int64(src_node[j])
+                path[j] = LOOPBACK
+                dst_node[j] = node
+                if kind == SRC_POD:
+                    p = np.int64(src_pod[j])
+                    dst_pod[j] = p
+                    ok = pod_listens(pod_rec, more_off, more_ports, p, proto[j], dst_port[j])
                 else:
-                    node = ht_find(node_slots, np.uint64(src_ip[j]), -1)
-                    src_node[j] = node
-                    src_kind[j] = SRC_HOST if node >= 0 else SRC_EXTERNAL
-            for j in range(g, ge):                       # loopback
-                s = src_ip[j]
-                d = dst_ip[j]
-                kind = src_kind[j]
-                if verdict[j] != PENDING:                # decided before (DNS: unresolved)
-                    continue
-                if (d >> np.uint32(24)) == np.uint32(127) or (kind == SRC_POD and d == s):
-                    if kind == SRC_EXTERNAL:
-                        verdict[j] = DROPPED             # martian: loopback address from outside
-                        reason[j] = R_MARTIAN
-                        continue
-                    node = np.int64(src_node[j])
-                    path[j] = LOOPBACK
-                    dst_node[j] = node
-                    if kind == SRC_POD:
-                        p = np.int64(src_pod[j])
-                        dst_pod[j] = p
-                        ok = pod_listens(pod_rec, more_off, more_ports, p, proto[j], dst_port[j])
-                    else:
-                        hp = ht_find(hl_slots, pack3(node, proto[j], dst_port[j]), -1)
-                        dst_pod[j] = hp if hp >= 0 else -1
-                        ok = hp != -1                    # -2: a host process listens (no pod known)
-                    verdict[j] = DELIVERED if ok else REFUSED
-                    reason[j] = 0 if ok else R_NO_LISTENER
-                    continue
-                port = dst_port[j]                       # hostPort: the CNI portmap DNAT, before kube-proxy
-                if (hp_bits[port >> np.uint16(3)] >> (port & np.uint16(7))) & np.uint8(1):
-                    v = ht_find(pm_slots, pack3(d, proto[j], port), -1)
-                    if v >= 0:
-                        dnat_ip[j] = np.uint32(v >> 16)
-                        dnat_port[j] = np.uint16(v & 0xFFFF)
+                    hp = ht_find(hl_slots, pack3(node, proto[j], dst_port[j]), -1)
+                    dst_pod[j] = hp if hp >= 0 else -1
+                    ok = hp != -1                    # -2: a host process listens (no pod known)
+                verdict[j] = DELIVERED if ok else REFUSED
+                reason[j] = 0 if ok else R_NO_LISTENER
+                continue
+            port = dst_port[j]                       # hostPort: the CNI portmap DNAT, before kube-proxy
+            if (hp_bits[port >> np.uint16(3)] >> (port & np.uint16(7))) & np.uint8(1):
+                v = ht_find(pm_slots, pack3(d, proto[j], port), -1)
+                if v >= 0:
+                    dnat_ip[j] = np.uint32(v >> 16)
+                    dnat_port[j] = np.uint16(v & 0xFFFF)
 
 
 @jit(inline="always")
@@ -249,35 +265,45 @@ def _forward(proto, l0, nodes, leaves, hosts, node_slots, node_ip, pod_slots, po
         lo, hi = chunk_bounds(c, chunk, n)
         rnode = np.empty(GROUP, dtype=np.int64)
         pod = np.empty(GROUP, dtype=np.int64)
-        for g in range(lo, hi, UGROUP):
-            ge = min(hi, g + UGROUP)
-            for j in range(g, ge):                       # level 1: route (LPM) -> node; prefetch the
-                dn = -2                                  # address's pod slot (-2: decided before)
-                if verdict[j] == PENDING:
-                    # a node index, or a marker next hop read as a small negative number:
-                    # -1 no route, -3 a pod on a node not in the input, -4 egress kept unmasqueraded
-                    dn = np.int64(np.int32(lpm_get(l0, nodes, leaves, hosts, dnat_ip[j])))
-                    if dn >= 0:
-                        h = at_home(pod_slots, dnat_ip[j])
-                        pod[j - g] = h
-                        prefetch(pod_slots, h)
-                rnode[j - g] = dn
-            for j in range(g, ge):                       # level 2: the pod holding the address
-                p = np.int64(-1)
-                if rnode[j - g] >= 0:
-                    p = at_probe(pod_slots, dnat_ip[j], pod[j - g], -1)
-                    if p >= 0:
-                        prefetch(pod_rec, 4 * p)
-                pod[j - g] = p
-            for j in range(g, ge):                       # level 3: behind the routed node's bridge?
-                p = pod[j - g]
+        _forward_chunk(lo, hi, proto, l0, nodes, leaves, hosts, node_slots, node_ip, pod_slots, pod_rec, more_off,
+                       more_ports, hl_slots, verdict, reason, path, src_node, dst_node, dst_pod, service, dnat_ip,
+                       dnat_port, snat_ip, hops, src_kind, rnode, pod)
+
+
+@jit(_nrt=False)
+def _forward_chunk(lo, hi, proto, l0, nodes, leaves, hosts, node_slots, node_ip, pod_slots, pod_rec, more_off,
+                   more_ports, hl_slots, verdict, reason, path, src_node, dst_node, dst_pod, service, dnat_ip,
+                   dnat_port, snat_ip, hops, src_kind, rnode, pod):
+    """:func:`_forward` over rows ``[lo, hi)`` (``rnode``, ``pod``: scratch of GROUP each)."""
+    for g in range(lo, hi, UGROUP):
+        ge = min(hi, g + UGROUP)
+        for j in range(g, ge):                       # level 1: route (LPM) -> node; prefetch the
+            dn = -2                                  # address's pod slot (-2: decided before)
+            if verdict[j] == PENDING:
+                # a node index, or a marker next hop read as a small negative number:
+                # -1 no route, -3 a pod on a node not in the input, -4 egress kept unmasqueraded
+                dn = np.int64(np.int32(lpm_get(l0, nodes, leaves, hosts, dnat_ip[j])))
+                if dn >= 0:
+                    h = at_home(pod_slots, dnat_ip[j])
+                    pod[j - g] = h
+                    prefetch(pod_slots, h)
+            rnode[j - g] = dn
+        for j in range(g, ge):                       # level 2: the pod holding the address
+            p = np.int64(-1)
+            if rnode[j - g] >= 0:
+                p = at_probe(pod_slots, dnat_ip[j], pod[j - g], -1)
                 if p >= 0:
-                    if pod_node_of(pod_rec, p) != rnode[j - g]:
-                        pod[j - g] = -1                  # no neighbour entry on that node
-            for j in range(g, ge):                       # level 4: listener, verdict, path, hops
-                _finish(j, rnode[j - g], pod[j - g], proto, node_slots, node_ip, pod_rec, more_off, more_ports,
-                        hl_slots, verdict, reason, path, src_node, dst_node, dst_pod, service, dnat_ip, dnat_port,
-                        snat_ip, hops, src_kind)
+                    prefetch(pod_rec, 4 * p)
+            pod[j - g] = p
+        for j in range(g, ge):                       # level 3: behind the routed node's bridge?
+            p = pod[j - g]
+            if p >= 0:
+                if pod_node_of(pod_rec, p) != rnode[j - g]:
+                    pod[j - g] = -1                  # no neighbour entry on that node
+        for j in range(g, ge):                       # level 4: listener, verdict, path, hops
+            _finish(j, rnode[j - g], pod[j - g], proto, node_slots, node_ip, pod_rec, more_off, more_ports,
+                    hl_slots, verdict, reason, path, src_node, dst_node, dst_pod, service, dnat_ip, dnat_port,
+                    snat_ip, hops, src_kind)
 
 
 #: Route-table next hops that are not nodes (read by the kernel as ``int32``: -3, -4).

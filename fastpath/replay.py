@@ -537,33 +537,43 @@ def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "r
     from ._warmup import CompileBeside, FirstRun
     log = _event_log(events, cluster)        # before any work: a bad line stops the run here
     first_run = FirstRun(progress).start()   # a cold numba cache: say what the wait is for (stderr)
-    live = cluster if hasattr(cluster, "apply_next") else None     # a LivePlane built by the caller
-    if live is not None:
-        dp = live.dp
-        cluster_name = live.dp.cluster.source or "<LivePlane>"
-    elif log is not None:
-        from .cluster.load import load_cluster
-        from .live import LivePlane
+    # a cold cache: the forwarding and conntrack kernels compile in a helper process while this one
+    # loads the cluster and compiles the others
+    beside = CompileBeside.start_if_cold(first_run, conntrack=bool(ct_opts.get("conntrack", True))
+                                         and "ts" in reader.schema.names)
+    try:
+        live = cluster if hasattr(cluster, "apply_next") else None     # a LivePlane built by the caller
+        if live is not None:
+            dp = live.dp
+            cluster_name = live.dp.cluster.source or "<LivePlane>"
+        elif log is not None:
+            from .cluster.load import load_cluster
+            from .live import LivePlane
 
-        base = cluster if isinstance(cluster, Cluster) else load_cluster(cluster)
-        cluster_name = (base.source or "<Cluster>") if isinstance(cluster, Cluster) else str(cluster)
-        live = first_run.during(LivePlane, base, log, lb=lb, seed=seed, **service_opts)
-        dp = live.dp
-    elif hasattr(cluster, "resolve_flows"):
-        dp = cluster
-        dp.reset()
-        cluster_name = getattr(dp, "source_name", None) or f"<{type(dp).__name__}>"   # set by fastpath.cache
-        # fastpath.cache's plane: its load/compile (or cache fetch) just before counts as compile time, once
-        t0 -= float(vars(dp).pop("prepare_s", 0.0) or 0.0)
-        lb, seed = getattr(dp, "lb", lb), getattr(dp, "seed", seed)
-    else:
-        cluster_name = (cluster.source or "<Cluster>") if isinstance(cluster, Cluster) else str(cluster)
-        dp = first_run.during(_compiled_plane, cluster, lb=lb, seed=seed, **service_opts)
-    ct = ReplayConntrack.start(dp, reader, ct_opts)   # None: no ts, or --no-conntrack
-    if live is not None:
-        if reader.schema.get_field_index("ts") < 0:
-            raise FastpathError(f"{trace}: --events needs a trace with a ts column (when each flow starts)")
-        live.follow_conntrack(ct)
+            base = cluster if isinstance(cluster, Cluster) else load_cluster(cluster)
+            cluster_name = (base.source or "<Cluster>") if isinstance(cluster, Cluster) else str(cluster)
+            live = LivePlane(base, log, lb=lb, seed=seed, **service_opts)
+            dp = live.dp
+        elif hasattr(cluster, "resolve_flows"):
+            dp = cluster
+            dp.reset()
+            cluster_name = getattr(dp, "source_name", None) or f"<{type(dp).__name__}>"   # set by fastpath.cache
+            # fastpath.cache's plane: its load/compile (or cache fetch) just before counts as compile time, once
+            t0 -= float(vars(dp).pop("prepare_s", 0.0) or 0.0)
+            lb, seed = getattr(dp, "lb", lb), getattr(dp, "seed", seed)
+        else:
+            cluster_name = (cluster.source or "<Cluster>") if isinstance(cluster, Cluster) else str(cluster)
+            dp = _compiled_plane(cluster, lb=lb, seed=seed, **service_opts)
+        ct = ReplayConntrack.start(dp, reader, ct_opts)   # None: no ts, or --no-conntrack
+        if live is not None:
+            if reader.schema.get_field_index("ts") < 0:
+                raise FastpathError(f"{trace}: --events needs a trace with a ts column (when each flow starts)")
+            live.follow_conntrack(ct)
+    except BaseException:
+        first_run.stop(ok=False)
+        if beside is not None:
+            beside.close()
+        raise
     compile_s = time.perf_counter() - t0
 
     from .pipeline import RESULT_SCHEMA, Results
@@ -582,8 +592,6 @@ def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "r
     kept: list[pa.RecordBatch] = []
     writer = bar = None
     done = 0
-    # a cold cache: forwarding and conntrack kernels compile in a helper process while this one compiles the others
-    beside = CompileBeside.start_if_cold(first_run, conntrack=ct is not None)
     t1 = time.perf_counter()
     try:
         writer = _ResultsWriter(out_path, out_schema) if out_path is not None else None
