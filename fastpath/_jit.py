@@ -178,6 +178,37 @@ def prefetch(typingctx, arr, idx):
     return sig, codegen
 
 
+@intrinsic
+def stack_empty(typingctx, n, dtype):
+    """A 1-D C array of ``n`` items of ``dtype`` on the calling kernel's stack (``n`` a constant).
+
+    Scratch for the sequential per-item passes of the parallel kernels, which
+    compile without reference counting and so cannot call ``np.empty``. The
+    array lives as long as the calling function's frame: never return it or
+    keep it. A stack slot is also known to LLVM to alias none of the kernel's
+    arguments, so the pass keeps its loads and stores around scratch writes.
+    """
+    if not isinstance(n, types.IntegerLiteral) or not isinstance(dtype, (types.NumberClass, types.DType)):
+        return None
+    count = n.literal_value
+    item = dtype.dtype
+    arrty = types.Array(item, 1, "C")
+    sig = arrty(n, dtype)
+
+    def codegen(context, builder, signature, args):
+        from numba.core import cgutils
+
+        llty = context.get_data_type(item)
+        size = context.get_constant(types.intp, count)
+        itemsize = context.get_constant(types.intp, context.get_abi_sizeof(llty))
+        ary = context.make_array(arrty)(context, builder)
+        data = cgutils.alloca_once(builder, llty, size=size)
+        context.populate_array(ary, data=data, shape=[size], strides=[itemsize], itemsize=itemsize, meminfo=None)
+        return ary._getvalue()
+
+    return sig, codegen
+
+
 def read_only(a: np.ndarray) -> np.ndarray:
     """A read-only view of ``a``: a kernel's input columns are then always read-only, as
     Arrow's zero-copy buffers are, so the kernel compiles one specialization, not two."""

@@ -27,7 +27,7 @@ import numba
 import numpy as np
 import pyarrow as pa
 
-from ._jit import GROUP, UGROUP, chunk_bounds, jit, pjit, prefetch, read_only
+from ._jit import GROUP, UGROUP, chunk_bounds, jit, pjit, prefetch, read_only, stack_empty
 from .cluster.compile import ForwardingTables, compile_forwarding
 from .cluster.model import Cluster
 from .codes import (BRIDGE, DELIVERED, DROPPED, EGRESS, EXTERNAL, LOOPBACK, NONE, PATHS, PENDING, R_MARTIAN,
@@ -263,18 +263,18 @@ def _forward(proto, l0, nodes, leaves, hosts, node_slots, node_ip, pod_slots, po
     n = proto.shape[0]
     for c in numba.prange((n + chunk - 1) // chunk):
         lo, hi = chunk_bounds(c, chunk, n)
-        rnode = np.empty(GROUP, dtype=np.int64)
-        pod = np.empty(GROUP, dtype=np.int64)
         _forward_chunk(lo, hi, proto, l0, nodes, leaves, hosts, node_slots, node_ip, pod_slots, pod_rec, more_off,
                        more_ports, hl_slots, verdict, reason, path, src_node, dst_node, dst_pod, service, dnat_ip,
-                       dnat_port, snat_ip, hops, src_kind, rnode, pod)
+                       dnat_port, snat_ip, hops, src_kind)
 
 
 @jit(_nrt=False)
 def _forward_chunk(lo, hi, proto, l0, nodes, leaves, hosts, node_slots, node_ip, pod_slots, pod_rec, more_off,
                    more_ports, hl_slots, verdict, reason, path, src_node, dst_node, dst_pod, service, dnat_ip,
-                   dnat_port, snat_ip, hops, src_kind, rnode, pod):
-    """:func:`_forward` over rows ``[lo, hi)`` (``rnode``, ``pod``: scratch of GROUP each)."""
+                   dnat_port, snat_ip, hops, src_kind):
+    """:func:`_forward` over rows ``[lo, hi)``."""
+    rnode = stack_empty(GROUP, np.int64)             # a group's routed node
+    pod = stack_empty(GROUP, np.int64)               # its pod slot, then the pod behind that node's bridge
     for g in range(lo, hi, UGROUP):
         ge = min(hi, g + UGROUP)
         for j in range(g, ge):                       # level 1: route (LPM) -> node; prefetch the

@@ -1,4 +1,4 @@
-"""The small shared pieces the kernels build on: bit intrinsics and the one time model."""
+"""The small shared pieces the kernels build on: bit intrinsics, stack scratch and the one time model."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastpath._jit import bit_length64, popcount64
+import pytest
+
+from fastpath._jit import bit_length64, popcount64, stack_empty
 from fastpath.lifetimes import MAX_DURATION, lifetimes_ns
 
 
@@ -27,6 +29,42 @@ def test_bit_intrinsics_match_python(values):
     _bits(xs, n, p)
     assert n.tolist() == [int(v).bit_length() for v in xs.tolist()]
     assert p.tolist() == [bin(int(v)).count("1") for v in xs.tolist()]
+
+
+@numba.njit(_nrt=False)
+def _running_max(xs, out):
+    # two stack scratch arrays of different types in a kernel without reference counting: each keeps
+    # what is written to it, apart from the other and from the arguments
+    best = stack_empty(8, np.int64)
+    seen = stack_empty(8, np.uint8)
+    for k in range(8):
+        best[k] = -(1 << 62)
+        seen[k] = 0
+    for i in range(xs.shape[0]):
+        k = i % 8
+        if xs[i] > best[k]:
+            best[k] = xs[i]
+        seen[k] = 1
+    for k in range(8):
+        out[k] = best[k] if seen[k] else -1
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(-(1 << 40), 1 << 40), max_size=60))
+def test_stack_scratch_holds_its_values(values):
+    xs = np.array(values, dtype=np.int64)
+    out = np.empty(8, np.int64)
+    _running_max(xs, out)
+    assert out.tolist() == [max(values[k::8]) if values[k::8] else -1 for k in range(8)]
+
+
+def test_stack_scratch_needs_a_constant_size():
+    @numba.njit(_nrt=False)
+    def sized(n):
+        return stack_empty(n, np.int64).shape[0]
+
+    with pytest.raises(numba.core.errors.TypingError):
+        sized(8)
 
 
 def _one(proto: int, d: float | None, default_s: float) -> int:

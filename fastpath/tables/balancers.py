@@ -90,7 +90,7 @@ from collections import namedtuple
 import numba
 import numpy as np
 
-from .._jit import GROUP, UGROUP, chunk_bounds, jit, pjit, prefetch
+from .._jit import GROUP, UGROUP, chunk_bounds, jit, pjit, prefetch, stack_empty
 from ..codes import DROPPED, PENDING, REJECTED
 from .balancer_state import (BALANCERS, LB_LEAST_CONN, LB_MAGLEV, LB_RANDOM, LB_ROUND_ROBIN,  # noqa: F401
                              LB_SOURCE_HASH, BalancerState, StateArrays, _add, _count, _open, _retire, _AFF_USED,
@@ -428,7 +428,7 @@ def masquerades(flags, kind, external):
     return external and (kind == FE_CLUSTER_IP or not uses_local(flags, kind, external))
 
 
-@jit(_nrt=False)
+@jit(inline="always")
 def _target(i, v, defer, cip_slots, sp_flags, sp_set, sp_zone_row, zone_sets, zone_width, node_zone, loc_slots,
             lbn_off, lbn_node, node_pool, keys, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service,
             deferred):
@@ -438,11 +438,6 @@ def _target(i, v, defer, cip_slots, sp_flags, sp_set, sp_zone_row, zone_sets, zo
     id, an external client's receiving node. The set is -1 where the flow is
     decided or is no service's, and for a ClientIP-affinity flow when ``defer``
     (the stateless pass; flagged in ``deferred`` when it has rows).
-
-    A function of its own, not inlined: both passes call it off their hot path
-    (an in-cluster client of a plain service port takes the shortcut), so it is
-    compiled once for both (callers pass ``defer`` as ``np.bool_``, not a
-    literal, or numba would compile it once per value).
     """
     none = (np.int64(-1), np.int64(-1), False)
     d = dst_ip[i]
@@ -588,7 +583,7 @@ def _stage_hash_rows(T, lb, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, s
                     tb = np.int64(sp_table[v & 0xFFFFFFFF]) if lb == LB_MAGLEV else np.int64(-1)
                     masq = False
                 else:
-                    s, rn, external = _target(i, v, np.bool_(True), cip_slots, sp_flags, sp_set, sp_zone_row,
+                    s, rn, external = _target(i, v, True, cip_slots, sp_flags, sp_set, sp_zone_row,
                                               zone_sets, zone_width, node_zone, loc_slots, lbn_off, lbn_node,
                                               node_pool, keys, src_ip, dst_ip, src_port, dst_port, proto, src_node,
                                               verdict, service, deferred)
@@ -638,10 +633,13 @@ def _stage_hash_rows(T, lb, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, s
 
 @jit(inline="always")
 def _scratch():
-    """A work item's scratch for :func:`_stage_hash_rows`: ``key, home, pick, at, tab, node``."""
-    return (np.empty(GROUP, dtype=np.uint64), np.empty(GROUP, dtype=np.int64), np.empty(GROUP, dtype=np.uint32),
-            np.empty(2 * GROUP, dtype=np.int64), np.empty(2 * GROUP, dtype=np.int64),
-            np.empty(2 * GROUP, dtype=np.int64))
+    """A work item's scratch for :func:`_stage_hash_rows` (``key, home, pick, at, tab, node``), on the stack."""
+    return (stack_empty(GROUP, np.uint64), stack_empty(GROUP, np.int64), stack_empty(GROUP, np.uint32),
+            stack_empty(_GROUP2, np.int64), stack_empty(_GROUP2, np.int64), stack_empty(_GROUP2, np.int64))
+
+
+#: Rows of two groups (:func:`_stage_hash_rows` keeps two in flight), a constant for :func:`stack_empty`.
+_GROUP2 = 2 * GROUP
 
 
 # The pass over a work item's rows is compiled once per balancer, with ``lb`` a constant: LLVM
@@ -649,34 +647,38 @@ def _scratch():
 # source-hash +4%, measured). Round-robin and least-connection run the same pass (it stops before
 # the pick). Each is a function of its own, compiled as the sequential kernels are (no reference
 # counting, ``_nrt=False``), that the parallel loop calls: inlined into the ``prange`` body, numba's
-# parallel passes made it the longest compile of a first run (9.5 s of 15 for the random balancer,
-# 5.2 s now).
+# parallel passes made it the longest compile of a first run (9.5 s for the random balancer; 7 s
+# now). Its scratch is on the stack (``stack_empty``): heap scratch passed in cost 9% of the pass.
 
 
 @jit(_nrt=False)
 def _chunk_random(T, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service, dnat_ip,
-                  dnat_port, snat_ip, deferred, pend, slots, key, home, pick, at, tab, node):
+                  dnat_port, snat_ip, deferred, pend, slots):
+    key, home, pick, at, tab, node = _scratch()
     _stage_hash_rows(T, LB_RANDOM, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service,
                      dnat_ip, dnat_port, snat_ip, deferred, pend, slots, key, home, pick, at, tab, node)
 
 
 @jit(_nrt=False)
 def _chunk_source(T, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service, dnat_ip,
-                  dnat_port, snat_ip, deferred, pend, slots, key, home, pick, at, tab, node):
+                  dnat_port, snat_ip, deferred, pend, slots):
+    key, home, pick, at, tab, node = _scratch()
     _stage_hash_rows(T, LB_SOURCE_HASH, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service,
                      dnat_ip, dnat_port, snat_ip, deferred, pend, slots, key, home, pick, at, tab, node)
 
 
 @jit(_nrt=False)
 def _chunk_maglev(T, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service, dnat_ip,
-                  dnat_port, snat_ip, deferred, pend, slots, key, home, pick, at, tab, node):
+                  dnat_port, snat_ip, deferred, pend, slots):
+    key, home, pick, at, tab, node = _scratch()
     _stage_hash_rows(T, LB_MAGLEV, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service,
                      dnat_ip, dnat_port, snat_ip, deferred, pend, slots, key, home, pick, at, tab, node)
 
 
 @jit(_nrt=False)
 def _chunk_counted(T, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service, dnat_ip,
-                   dnat_port, snat_ip, deferred, pend, slots, key, home, pick, at, tab, node):
+                   dnat_port, snat_ip, deferred, pend, slots):
+    key, home, pick, at, tab, node = _scratch()
     _stage_hash_rows(T, LB_ROUND_ROBIN, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service,
                      dnat_ip, dnat_port, snat_ip, deferred, pend, slots, key, home, pick, at, tab, node)
 
@@ -691,9 +693,8 @@ def _stage_hash_random(T, chunk, src_ip, dst_ip, src_port, dst_port, proto, src_
     slots = T.maglev.ravel()
     for c in numba.prange((n + chunk - 1) // chunk):
         lo, hi = chunk_bounds(c, chunk, n)
-        key, home, pick, at, tab, node = _scratch()
         _chunk_random(T, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service, dnat_ip,
-                      dnat_port, snat_ip, deferred, pend, slots, key, home, pick, at, tab, node)
+                      dnat_port, snat_ip, deferred, pend, slots)
 
 
 @pjit
@@ -703,9 +704,8 @@ def _stage_hash_source(T, chunk, src_ip, dst_ip, src_port, dst_port, proto, src_
     slots = T.maglev.ravel()
     for c in numba.prange((n + chunk - 1) // chunk):
         lo, hi = chunk_bounds(c, chunk, n)
-        key, home, pick, at, tab, node = _scratch()
         _chunk_source(T, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service, dnat_ip,
-                      dnat_port, snat_ip, deferred, pend, slots, key, home, pick, at, tab, node)
+                      dnat_port, snat_ip, deferred, pend, slots)
 
 
 @pjit
@@ -715,9 +715,8 @@ def _stage_hash_maglev(T, chunk, src_ip, dst_ip, src_port, dst_port, proto, src_
     slots = T.maglev.ravel()
     for c in numba.prange((n + chunk - 1) // chunk):
         lo, hi = chunk_bounds(c, chunk, n)
-        key, home, pick, at, tab, node = _scratch()
         _chunk_maglev(T, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service, dnat_ip,
-                      dnat_port, snat_ip, deferred, pend, slots, key, home, pick, at, tab, node)
+                      dnat_port, snat_ip, deferred, pend, slots)
 
 
 @pjit
@@ -727,9 +726,8 @@ def _stage_hash_counted(T, chunk, src_ip, dst_ip, src_port, dst_port, proto, src
     slots = T.maglev.ravel()
     for c in numba.prange((n + chunk - 1) // chunk):
         lo, hi = chunk_bounds(c, chunk, n)
-        key, home, pick, at, tab, node = _scratch()
         _chunk_counted(T, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service, dnat_ip,
-                       dnat_port, snat_ip, deferred, pend, slots, key, home, pick, at, tab, node)
+                       dnat_port, snat_ip, deferred, pend, slots)
 
 
 #: The parallel pass of each balancer, by balancer code.
@@ -831,7 +829,7 @@ def _stage(T, S, lb, has_ts, life, rows, src_ip, dst_ip, src_port, dst_port, pro
             if not maybe_service_address(addr_filter, d):
                 continue                               # no frontend, node address or ClusterIP: not kube-proxy's
             v = frontend_of(fe_slots, np_slots, nip_slots, d, proto[i], dst_port[i])
-            s, rn, external = _target(i, v, np.bool_(False), cip_slots, sp_flags, sp_set, sp_zone_row, zone_sets,
+            s, rn, external = _target(i, v, False, cip_slots, sp_flags, sp_set, sp_zone_row, zone_sets,
                                       zone_width, node_zone, loc_slots, lbn_off, lbn_node, node_pool, keys, src_ip,
                                       dst_ip, src_port, dst_port, proto, src_node, verdict, service, no_defer)
             if s < 0:
