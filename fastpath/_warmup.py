@@ -96,7 +96,7 @@ def _events(cluster, items: list, flows) -> None:
 #: About how long a replay's first run compiles its kernels on a 2-core machine (numba, LLVM; the
 #: forwarding and conntrack kernels beside it, in a helper: :class:`CompileBeside`), quoted in the
 #: first-run message; later runs load them from numba's cache in about a second.
-COLD_COMPILE_S = 25
+COLD_COMPILE_S = 15
 
 
 def conntrack_kernel() -> None:
