@@ -1,26 +1,31 @@
-"""Streaming a trace through the data plane in three overlapping stages.
+"""Streaming a trace through the data plane in overlapping stages.
 
-:func:`stream` runs a replay's batches through three stages:
+:func:`stream` runs a replay's batches through three stages, four with connection tracking:
 
 1. **read** -- the trace reader's iterator (reading, checking and normalizing a
    batch: Arrow and numpy, which release the GIL) on a reader thread;
 2. **resolve** -- the data plane on the calling thread, batch after batch in
-   trace order, so stateful stages (balancer counters, connection tracking)
-   see every batch once and in order, on one thread;
-3. **finish** -- summing up and encoding/writing a resolved batch (the tally
+   trace order, so stateful stages (balancer counters, affinity) see every
+   batch once and in order, on one thread;
+3. **track** (optional) -- connection tracking over time (its kernel releases
+   the GIL) on a thread of its own, batch after batch in trace order: it may
+   still drop a resolved flow (a full conntrack table), so it runs before the
+   batch is summed up and written;
+4. **finish** -- summing up and encoding/writing a resolved batch (the tally
    kernel, Arrow's writers: both release the GIL) on a writer thread.
 
-While batch k is resolved, batch k+1 is read and batch k-1 is written. The
+While batch k is resolved, batch k+1 is read, batch k-1 tracked and batch k-2 written
+(k-1 without tracking). The
 queues between the stages hold at most :data:`DEPTH` batches, and the result
 buffers are a fixed pool recycled once a batch is written, so memory stays
 bounded by a few batches whatever the trace's length. With ``pipelined=False``
-the same three steps run one after the other on the calling thread (the
-reference the pipelined form is tested against, byte for byte).
+the same steps run one after the other on the calling thread (the reference the
+pipelined form is tested against, byte for byte).
 
 An exception in any stage stops the others and is raised on the calling thread
 as it was raised (a :class:`~fastpath.errors.FastpathError` stays one line);
 ``KeyboardInterrupt`` on the calling thread stops the stages too. Either way
-the caller's ``except``/``finally`` runs only once both threads have stopped,
+the caller's ``except``/``finally`` runs only once every thread has stopped,
 so a writer being aborted is never written to at the same time.
 """
 from __future__ import annotations
@@ -88,7 +93,8 @@ class _Pipe:
 
 def stream(batches: Iterable, resolve: Callable[[Any, Any], Any], finish: Callable[[Any, Any], None], *,
            buffers: Callable[[int], Any] | None = None, size: int = 0, pipelined: bool = True,
-           first: Callable[[Any], None] | None = None, resolved: Callable[[int], None] | None = None) -> int:
+           first: Callable[[Any], None] | None = None, resolved: Callable[[int], None] | None = None,
+           track: Callable[[Any, Any], None] | None = None) -> int:
     """Read, resolve and finish every batch of ``batches``; return the number of rows.
 
     Parameters
@@ -114,6 +120,10 @@ def stream(batches: Iterable, resolve: Callable[[Any, Any], Any], finish: Callab
         (the replay compiles its kernels there).
     resolved
         Called on the calling thread with the rows done so far, after each batch.
+    track
+        ``track(results, flows)`` on a thread of its own, in order, between
+        ``resolve`` and ``finish`` (connection tracking: it may change the
+        results ``finish`` reads); ``None``: no such stage.
     """
     if not pipelined:
         done = 0
@@ -122,6 +132,8 @@ def stream(batches: Iterable, resolve: Callable[[Any, Any], Any], finish: Callab
             if i == 0 and first is not None:
                 first(flows)
             r = resolve(flows, spare if spare is not None and flows.n == size else None)
+            if track is not None:
+                track(r, flows)
             finish(r, flows)
             done += flows.n
             if resolved is not None:
@@ -131,9 +143,10 @@ def stream(batches: Iterable, resolve: Callable[[Any, Any], Any], finish: Callab
     pipe = _Pipe()
     inbox: queue.Queue = queue.Queue(maxsize=DEPTH)
     outbox: queue.Queue = queue.Queue(maxsize=DEPTH)
+    tracked: queue.Queue = queue.Queue(maxsize=DEPTH) if track is not None else outbox
     free: queue.Queue = queue.Queue()
     if buffers is not None and size:
-        for _ in range(DEPTH + 2):
+        for _ in range(DEPTH + (4 if track is not None else 2)):
             free.put(buffers(size))
 
     def read() -> None:
@@ -146,10 +159,24 @@ def stream(batches: Iterable, resolve: Callable[[Any, Any], Any], finish: Callab
         except BaseException as e:  # noqa: BLE001 -- handed to the calling thread
             pipe.fail(e)
 
-    def write() -> None:
+    def follow() -> None:
         try:
             while True:
                 item = pipe.get(outbox, worker=True)
+                if item is not _END:
+                    track(item[0], item[1])
+                pipe.put(tracked, item, worker=True)
+                if item is _END:
+                    return
+        except _Stop:
+            pass
+        except BaseException as e:  # noqa: BLE001
+            pipe.fail(e)
+
+    def write() -> None:
+        try:
+            while True:
+                item = pipe.get(tracked, worker=True)
                 if item is _END:
                     return
                 r, flows, recycled = item
@@ -161,8 +188,10 @@ def stream(batches: Iterable, resolve: Callable[[Any, Any], Any], finish: Callab
         except BaseException as e:  # noqa: BLE001
             pipe.fail(e)
 
-    threads = [threading.Thread(target=read, name="fastpath-read", daemon=True),
-               threading.Thread(target=write, name="fastpath-write", daemon=True)]
+    threads = [threading.Thread(target=read, name="fastpath-read", daemon=True)]
+    if track is not None:
+        threads.append(threading.Thread(target=follow, name="fastpath-track", daemon=True))
+    threads.append(threading.Thread(target=write, name="fastpath-write", daemon=True))
     for t in threads:
         t.start()
     done = 0
@@ -181,8 +210,8 @@ def stream(batches: Iterable, resolve: Callable[[Any, Any], Any], finish: Callab
             if resolved is not None:
                 resolved(done)
         pipe.put(outbox, _END, worker=False)
-        while threads[1].is_alive():
-            threads[1].join(_POLL_S)
+        while threads[-1].is_alive():                # the writer: the last stage, done last
+            threads[-1].join(_POLL_S)
             pipe.check()
         pipe.check()
     except BaseException:

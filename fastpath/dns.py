@@ -182,9 +182,8 @@ class DnsTable:
         if not memo["all"] and count.size <= EAGER_PAIRS:
             memo["all"] = True               # the whole dictionary, from every namespace, in one pass
             unknown = np.flatnonzero(count < 0)
-        else:
-            uniq = np.unique(pair)
-            unknown = uniq[count[uniq] < 0]
+        else:                            # (after a batch or two, none: no sort of every row's pair)
+            unknown = np.unique(pair[count[pair] < 0])
         if unknown.size:                 # each (name, namespace) pair is worked out once per dictionary
             unknown = self._answer_pairs(memo, unknown, width, ns_names)
             new: list[int] = []

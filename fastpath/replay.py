@@ -614,14 +614,17 @@ def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "r
                 warm_s[0] = time.perf_counter() - tc
             first_run.stop()                     # kernels compiled: the notice goes, the progress bar starts
 
+        def track(r, flows) -> None:
+            # on a thread of its own when pipelined, in trace order: connection tracking (its kernel
+            # releases the GIL, so it runs beside the next batch's resolve and the batch before's
+            # writing); it may still drop a flow (a full table), so it comes before the tallies
+            if live is not None:
+                live.run_conntrack(ct, flows, r)
+            else:
+                ct.stage.run(flows, r)
+
         def finish(r, flows) -> None:
-            # on the writer thread when pipelined, in trace order: connection tracking (its kernel
-            # releases the GIL, so it runs beside the next batch's resolve), sum up, encode, write
-            if ct is not None:
-                if live is not None:
-                    live.run_conntrack(ct, flows, r)
-                else:
-                    ct.stage.run(flows, r)
+            # on the writer thread when pipelined, in trace order: sum up, encode, write
             if live is not None:
                 live.departures.add(flows, r, dp.services.conn_duration)
             tally.add(r, flows)
@@ -649,7 +652,8 @@ def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "r
         resolve = live.resolve if live is not None else (lambda flows, out: dp.resolve_flows(flows, out=out))
         done = stream(reader, resolve, finish,
                       buffers=None if return_table else Results.empty, size=min(reader.batch_size, reader.num_rows),
-                      pipelined=pipelined, first=warm, resolved=resolved if bar is not None else None)
+                      pipelined=pipelined, first=warm, resolved=resolved if bar is not None else None,
+                      track=track if ct is not None else None)
         compile_s += warm_s[0]
         t1 += warm_s[0]
         if live is not None:

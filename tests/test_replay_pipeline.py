@@ -122,6 +122,51 @@ def test_writer_failure_surfaces_and_removes_the_file(sample, tmp_path, monkeypa
     assert list(folder.iterdir()) == []
 
 
+def test_conntrack_failure_surfaces_and_removes_the_file(sample, tmp_path, monkeypatch):
+    """The tracking stage (a thread of its own when pipelined) fails on its third batch: the replay
+    raises that error, the other stages stop, and no file is left."""
+    from fastpath.stages.conntrack import ConntrackStage
+
+    calls = []
+    real = ConntrackStage.run
+
+    def failing(self, flows, r):
+        calls.append(1)
+        if len(calls) == 3:
+            raise FastpathError("conntrack says no")
+        real(self, flows, r)
+
+    monkeypatch.setattr(ConntrackStage, "run", failing)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    with pytest.raises(FastpathError, match="conntrack says no"):
+        replay(sample[0], sample[1], folder / "r.arrow", batch_size=10_000, progress=False)
+    assert list(folder.iterdir()) == []
+
+
+def test_stream_tracks_each_batch_in_order_before_it_is_finished():
+    """``track`` runs on every batch in trace order, and ``finish`` sees what it changed, pipelined or not."""
+    class Batch:
+        def __init__(self, i):
+            self.n = 1
+            self.i = i
+
+    for pipelined in (False, True):
+        tracked, finished = [], []
+
+        def track(r, flows):
+            tracked.append(flows.i)
+            r["tracked"] = True
+
+        def finish(r, flows):
+            finished.append((flows.i, r.get("tracked", False)))
+
+        n = stream((Batch(i) for i in range(50)), lambda f, out: {}, finish, pipelined=pipelined, track=track)
+        assert n == 50
+        assert tracked == list(range(50))
+        assert finished == [(i, True) for i in range(50)]
+
+
 def cli(*args: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fastpath.cli", *args], capture_output=True, text=True,
                           timeout=300, **kw)
