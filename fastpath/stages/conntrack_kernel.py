@@ -56,11 +56,12 @@ CT_EXP, CT_ASSURED = 0, 1
 CT_NODE, CT_BUCKET, CT_HNEXT, CT_PREV, CT_NEXT, CT_STATE = range(6)
 #: ``nb64`` columns (and the neighbour index's).
 NB_KEY, NB_EXP = 0, 1
-#: ``nd`` columns: size, now, the interval's counters, the replay's counters.
-(N_MAX, N_BUCKETS, N_OCC, N_NOCC,
+#: ``nd`` columns: size, now (``N_CHAINED``: records on the node's eviction chains), the interval's
+#: counters, the replay's counters.
+(N_MAX, N_BUCKETS, N_OCC, N_NOCC, N_CHAINED,
  N_IV_PEAK, N_IV_NEW, N_IV_DROPS, N_IV_FLOODS, N_IV_BIN, N_IV_BOUT, N_IV_NPEAK, N_IV_NOVER,
- N_PEAK, N_DROPS, N_FLOODS, N_NPEAK, N_NOVER, N_NEW) = range(18)
-N_COLS = 18
+ N_PEAK, N_DROPS, N_FLOODS, N_NPEAK, N_NOVER, N_NEW) = range(19)
+N_COLS = 19
 #: Timeline row columns (``tl[row]``).
 TL_COLS = ("t", "node", "entries", "new", "drops", "floods", "bin", "bout", "nentries", "nover")
 #: ``params`` slots (ns, except the hash key).
@@ -113,8 +114,9 @@ def _chain_key(n, bucket):
 
 
 @jit(_nrt=False)
-def _chain_link(ct32, chx, meta, e):
+def _chain_link(ct32, chx, nd, meta, e):
     """Put record ``e`` at the head (newest end) of its (node, bucket) chain."""
+    nd[ct32[e, CT_NODE], N_CHAINED] += 1
     key = _chain_key(ct32[e, CT_NODE], ct32[e, CT_BUCKET])
     i = find(chx, key)
     if chx[i, 0] == key:
@@ -130,8 +132,9 @@ def _chain_link(ct32, chx, meta, e):
 
 
 @jit(_nrt=False)
-def _chain_unlink(ct32, chx, meta, e):
+def _chain_unlink(ct32, chx, nd, meta, e):
     """Take record ``e`` off its chain."""
+    nd[ct32[e, CT_NODE], N_CHAINED] -= 1
     p = ct32[e, CT_PREV]
     q = ct32[e, CT_NEXT]
     if p >= 0:
@@ -150,9 +153,12 @@ def _chain_unlink(ct32, chx, meta, e):
 
 
 @jit(_nrt=False)
-def _early_drop(ct64, ct32, chx, meta, n, nb, bucket, t):
+def _early_drop(ct64, ct32, chx, nd, meta, n, nb, bucket, t):
     """The entry a full table on node ``n`` evicts for a new one in ``bucket``: the newest that is not
-    ASSURED in the nearest of the 8 buckets from there; -1 if there is none."""
+    ASSURED in the nearest of the 8 buckets from there; -1 if there is none (at once where the node has
+    no record on a chain: a table full of ASSURED entries, the common case, probes no bucket)."""
+    if nd[n, N_CHAINED] == 0:
+        return np.int64(-1)
     for off in range(min(EARLY_DROP_BUCKETS, nb)):
         b = (bucket + off) % nb
         key = _chain_key(n, b)
@@ -163,7 +169,7 @@ def _early_drop(ct64, ct32, chx, meta, n, nb, bucket, t):
         while e != -1:
             nx = ct32[e, CT_NEXT]
             if ct64[e, CT_ASSURED] <= t:             # became ASSURED since: never a candidate again
-                _chain_unlink(ct32, chx, meta, e)
+                _chain_unlink(ct32, chx, nd, meta, e)
             else:
                 return e
             e = nx
@@ -197,7 +203,7 @@ def _ct_release(ct32, ct_free, chx, nd, meta, e):
     if ct32[e, CT_STATE] == LIVE:
         nd[ct32[e, CT_NODE], N_OCC] -= 1
         if ct32[e, CT_PREV] != OFF_CHAIN:
-            _chain_unlink(ct32, chx, meta, e)
+            _chain_unlink(ct32, chx, nd, meta, e)
     ct32[e, CT_STATE] = FREE
     ct_free[ct_free[0] + 1] = e                      # ct_free[0]: how many are free
     ct_free[0] += 1
@@ -228,12 +234,12 @@ def _ct_expire(ct64, ct32, ct_free, heads, qs, blk, bnext, chx, nd, meta, t):
 @jit(_nrt=False)
 def _evict(ct64, ct32, chx, nd, meta, n, t, bucket):
     """Make room on full node ``n`` (``early_drop``); False if nothing could be evicted."""
-    victim = _early_drop(ct64, ct32, chx, meta, n, nd[n, N_BUCKETS], bucket, t)
+    victim = _early_drop(ct64, ct32, chx, nd, meta, n, nd[n, N_BUCKETS], bucket, t)
     if victim < 0:
         return False
     ct32[victim, CT_STATE] = DEAD                    # its record is freed when its expiry comes
     nd[n, N_OCC] -= 1
-    _chain_unlink(ct32, chx, meta, victim)
+    _chain_unlink(ct32, chx, nd, meta, victim)
     return True
 
 
@@ -263,7 +269,7 @@ def _ct_add(ct64, ct32, ct_free, heads, qs, blk, bnext, chx, nd, meta, n, t, exp
         ct32[e, CT_BUCKET] = bucket
         ct32[e, CT_STATE] = LIVE
         if assured_at > t:                           # not ASSURED yet: a candidate for early drop
-            _chain_link(ct32, chx, meta, e)
+            _chain_link(ct32, chx, nd, meta, e)
         else:
             ct32[e, CT_PREV] = OFF_CHAIN
             ct32[e, CT_NEXT] = OFF_CHAIN
