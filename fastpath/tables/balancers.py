@@ -642,92 +642,63 @@ def _scratch():
 _GROUP2 = 2 * GROUP
 
 
-# The pass over a work item's rows is compiled once per balancer, with ``lb`` a constant: LLVM
-# drops the other balancers' branches and keeps more of the pass in registers (random +6%,
-# source-hash +4%, measured). Round-robin and least-connection run the same pass (it stops before
-# the pick). Each is a function of its own, compiled as the sequential kernels are (no reference
-# counting, ``_nrt=False``), that the parallel loop calls: inlined into the ``prange`` body, numba's
-# parallel passes made it the longest compile of a first run (9.5 s for the random balancer; 7 s
-# now). Its scratch is on the stack (``stack_empty``): heap scratch passed in cost 9% of the pass.
+# The pass over a work item's rows is compiled once per balancer, with ``lb`` a constant (a literal
+# argument: numba compiles one form per value): LLVM drops the other balancers' branches and keeps
+# more of the pass in registers (random +6%, source-hash +4%, measured). Round-robin and
+# least-connection run the same pass (it stops before the pick). It is a function of its own,
+# compiled as the sequential kernels are (no reference counting, ``_nrt=False``), that the parallel
+# loop calls: inlined into the ``prange`` body, numba's parallel passes made it the longest compile of
+# a first run (9.5 s for the random balancer; 7 s now). Its scratch is on the stack
+# (``stack_empty``): heap scratch passed in cost 9% of the pass.
 
 
 @jit(_nrt=False)
-def _chunk_random(T, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service, dnat_ip,
-                  dnat_port, snat_ip, deferred, pend, slots):
+def _stage_hash_chunk(T, lb, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service,
+                      dnat_ip, dnat_port, snat_ip, deferred, pend, slots):
+    """:func:`_stage_hash_rows` over a work item, its scratch on the stack (``lb``: a literal, one form each)."""
     key, home, pick, at, tab, node = _scratch()
-    _stage_hash_rows(T, LB_RANDOM, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service,
+    _stage_hash_rows(T, lb, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service,
                      dnat_ip, dnat_port, snat_ip, deferred, pend, slots, key, home, pick, at, tab, node)
 
 
-@jit(_nrt=False)
-def _chunk_source(T, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service, dnat_ip,
-                  dnat_port, snat_ip, deferred, pend, slots):
-    key, home, pick, at, tab, node = _scratch()
-    _stage_hash_rows(T, LB_SOURCE_HASH, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service,
-                     dnat_ip, dnat_port, snat_ip, deferred, pend, slots, key, home, pick, at, tab, node)
-
-
-@jit(_nrt=False)
-def _chunk_maglev(T, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service, dnat_ip,
-                  dnat_port, snat_ip, deferred, pend, slots):
-    key, home, pick, at, tab, node = _scratch()
-    _stage_hash_rows(T, LB_MAGLEV, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service,
-                     dnat_ip, dnat_port, snat_ip, deferred, pend, slots, key, home, pick, at, tab, node)
-
-
-@jit(_nrt=False)
-def _chunk_counted(T, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service, dnat_ip,
-                   dnat_port, snat_ip, deferred, pend, slots):
-    key, home, pick, at, tab, node = _scratch()
-    _stage_hash_rows(T, LB_ROUND_ROBIN, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service,
-                     dnat_ip, dnat_port, snat_ip, deferred, pend, slots, key, home, pick, at, tab, node)
-
-
-# The parallel loop of each balancer: a work item of ``chunk`` rows, its scratch, its balancer's pass.
+@jit(inline="always")
+def _stage_hash_items(T, lb, chunk, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service, dnat_ip,
+                      dnat_port, snat_ip, deferred, pend):
+    """The parallel loop of a balancer's pass: work items of ``chunk`` rows (inlined into each balancer's kernel)."""
+    n = src_ip.shape[0]
+    slots = T.maglev.ravel()
+    for c in numba.prange((n + chunk - 1) // chunk):
+        lo, hi = chunk_bounds(c, chunk, n)
+        _stage_hash_chunk(T, lb, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service,
+                          dnat_ip, dnat_port, snat_ip, deferred, pend, slots)
 
 
 @pjit
 def _stage_hash_random(T, chunk, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service, dnat_ip,
                        dnat_port, snat_ip, deferred, pend):
-    n = src_ip.shape[0]
-    slots = T.maglev.ravel()
-    for c in numba.prange((n + chunk - 1) // chunk):
-        lo, hi = chunk_bounds(c, chunk, n)
-        _chunk_random(T, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service, dnat_ip,
-                      dnat_port, snat_ip, deferred, pend, slots)
+    _stage_hash_items(T, LB_RANDOM, chunk, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service,
+                      dnat_ip, dnat_port, snat_ip, deferred, pend)
 
 
 @pjit
 def _stage_hash_source(T, chunk, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service, dnat_ip,
                        dnat_port, snat_ip, deferred, pend):
-    n = src_ip.shape[0]
-    slots = T.maglev.ravel()
-    for c in numba.prange((n + chunk - 1) // chunk):
-        lo, hi = chunk_bounds(c, chunk, n)
-        _chunk_source(T, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service, dnat_ip,
-                      dnat_port, snat_ip, deferred, pend, slots)
+    _stage_hash_items(T, LB_SOURCE_HASH, chunk, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service,
+                      dnat_ip, dnat_port, snat_ip, deferred, pend)
 
 
 @pjit
 def _stage_hash_maglev(T, chunk, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service, dnat_ip,
                        dnat_port, snat_ip, deferred, pend):
-    n = src_ip.shape[0]
-    slots = T.maglev.ravel()
-    for c in numba.prange((n + chunk - 1) // chunk):
-        lo, hi = chunk_bounds(c, chunk, n)
-        _chunk_maglev(T, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service, dnat_ip,
-                      dnat_port, snat_ip, deferred, pend, slots)
+    _stage_hash_items(T, LB_MAGLEV, chunk, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service,
+                      dnat_ip, dnat_port, snat_ip, deferred, pend)
 
 
 @pjit
 def _stage_hash_counted(T, chunk, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service, dnat_ip,
                         dnat_port, snat_ip, deferred, pend):
-    n = src_ip.shape[0]
-    slots = T.maglev.ravel()
-    for c in numba.prange((n + chunk - 1) // chunk):
-        lo, hi = chunk_bounds(c, chunk, n)
-        _chunk_counted(T, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service, dnat_ip,
-                       dnat_port, snat_ip, deferred, pend, slots)
+    _stage_hash_items(T, LB_ROUND_ROBIN, chunk, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service,
+                      dnat_ip, dnat_port, snat_ip, deferred, pend)
 
 
 #: The parallel pass of each balancer, by balancer code.
@@ -735,7 +706,7 @@ _STAGE_HASH = (_stage_hash_random, _stage_hash_counted, _stage_hash_source, _sta
 
 
 def _stage_hash(T: MapArrays, lb: int, chunk: int, *columns: np.ndarray) -> None:
-    """The parallel pass (:func:`_stage_hash_body`) of balancer ``lb`` over ``columns``:
+    """The parallel pass (:func:`_stage_hash_rows`) of balancer ``lb`` over ``columns``:
     ``src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service, dnat_ip, dnat_port,
     snat_ip, deferred, pend``."""
     _STAGE_HASH[lb](T, chunk, *columns)
