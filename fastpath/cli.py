@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "(docs/events.md; fastpath synth events writes them); needs a trace with ts "
                          "(default: none, the cluster stands still)")
     _service_args(rp)
-    rp.add_argument("--batch-size", type=_positive, default=None, help="flows per batch (default 65536)")
+    rp.add_argument("--batch-size", type=_positive, default=None, help="flows per batch (default 131072)")
     rp.add_argument("--threads", type=_positive, default=None, help="kernel threads (default: all cores)")
     rp.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
     rp.add_argument("--summary-json", type=Path, help="also write the summary as JSON here ('-' for stdout)")
@@ -325,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     sd.add_argument("--seed", type=int, default=0, help="seed of the emulated randomness (default 0)")
     sd.add_argument("--maglev-size", type=_positive, default=16381,
                     help="Maglev lookup table size, a prime (default 16381, Cilium's)")
-    sd.add_argument("--batch-size", type=_positive, default=None, help="flows per batch (default 65536)")
+    sd.add_argument("--batch-size", type=_positive, default=None, help="flows per batch (default 131072)")
     sd.add_argument("--quiet", action="store_true", help="no progress bars")
     sd.add_argument("--no-cache", action="store_true",
                     help="neither read nor write the compiled-table cache (~/.cache/fastpath)")

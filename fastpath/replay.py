@@ -471,7 +471,7 @@ def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "r
     lb, seed, **service_opts
         Passed to :func:`fastpath.cluster.compile.compile_cluster`.
     batch_size
-        Flows per batch (default 65536: the batch's columns stay in cache).
+        Flows per batch (default 131072: the batch's columns stay in cache).
     on_batch
         Called as ``on_batch(flows, results)`` for every batch, in trace order, with
         the normalized :class:`~fastpath.traces.Flows` and the integer

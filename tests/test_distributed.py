@@ -123,7 +123,7 @@ def test_trace_without_ts_and_with_flows(tmp_path, dask_cluster):
         w.write_table(t, max_chunksize=50_000)
     one = replay(str(cluster), str(flat), tmp_path / "one.arrow", progress=False, lb="round-robin", with_flows=True)
     many = replay(str(cluster), str(flat), tmp_path / "parts", progress=False, lb="round-robin", with_flows=True,
-                  scheduler=dask_cluster.scheduler_address, part_rows=30_000)
+                  scheduler=dask_cluster.scheduler_address, part_rows=30_000, batch_size=50_000)   # parts: whole batches
     parts = sorted(p.name for p in (tmp_path / "parts").iterdir())
     assert parts[0] == "part-00000.arrow" and len(parts) > 2
     assert _rows(tmp_path / "one.arrow").equals(_rows(tmp_path / "parts"))

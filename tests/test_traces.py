@@ -370,7 +370,7 @@ def test_not_a_trace(tmp_path):
 def test_empty_trace_and_default_batch_size(tmp_path):
     r = open_trace(write_arrow(tmp_path / "z.arrow", table(0)))
     assert r.num_rows == 0 and list(r) == [] and r.read_all().n == 0
-    assert r.batch_size == DEFAULT_BATCH_SIZE == 65536
+    assert r.batch_size == DEFAULT_BATCH_SIZE == 131072
 
 
 # --------------------------------------------------------------------------- synth_trace
