@@ -569,26 +569,26 @@ def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "r
             if reader.schema.get_field_index("ts") < 0:
                 raise FastpathError(f"{trace}: --events needs a trace with a ts column (when each flow starts)")
             live.follow_conntrack(ct)
-    except BaseException:
+        compile_s = time.perf_counter() - t0
+
+        from .pipeline import RESULT_SCHEMA, Results
+
+        # the results carry where they came from; --with-flows puts the input's columns beside them
+        flow_cols = flow_fields_of_schema(reader.schema) if with_flows else []
+        out_schema = pa.schema(list(RESULT_SCHEMA) + flow_cols, metadata=results_metadata(
+            cluster=cluster_name, trace=str(trace), lb=lb, seed=seed, with_flows=with_flows,
+            options={"batch_size": reader.batch_size, **{k: v for k, v in service_opts.items()}}))
+        tally = _Tally(len(dp.services.names), len(dp.tables.pod_names))
+        from .stages.policy import policy_tally
+        ptally = policy_tally(dp)                # None without NetworkPolicies
+    except BaseException:                        # no helper left compiling, no notice left spinning
         first_run.stop(ok=False)
         if beside is not None:
             beside.close()
         raise
-    compile_s = time.perf_counter() - t0
-
-    from .pipeline import RESULT_SCHEMA, Results
-
-    # the results carry where they came from; --with-flows puts the input's columns beside them
-    flow_cols = flow_fields_of_schema(reader.schema) if with_flows else []
-    out_schema = pa.schema(list(RESULT_SCHEMA) + flow_cols, metadata=results_metadata(
-        cluster=cluster_name, trace=str(trace), lb=lb, seed=seed, with_flows=with_flows,
-        options={"batch_size": reader.batch_size, **{k: v for k, v in service_opts.items()}}))
 
     before = get_threads()
     used = set_threads(threads)
-    tally = _Tally(len(dp.services.names), len(dp.tables.pod_names))
-    from .stages.policy import policy_tally
-    ptally = policy_tally(dp)                # None without NetworkPolicies
     kept: list[pa.RecordBatch] = []
     writer = bar = None
     done = 0

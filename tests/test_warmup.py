@@ -97,3 +97,29 @@ def test_compile_beside_starts_only_on_a_cold_cache(monkeypatch):
     proc = beside.proc
     beside.join()
     assert beside.proc is None and proc.returncode == 0
+
+
+def test_a_failing_start_stops_the_helper(monkeypatch, tmp_path):
+    """The helper starts before the cluster loads; a cluster that fails to load stops it (no process left
+    compiling after the one-line error)."""
+    import pytest
+
+    from fastpath import _warmup
+    from fastpath.errors import FastpathError
+    from fastpath.replay import replay, sample_paths
+
+    class Helper:
+        closed = False
+
+        def close(self):
+            Helper.closed = True
+
+        def join(self, timeout=0):
+            pass
+
+    monkeypatch.setattr(_warmup.CompileBeside, "start_if_cold", classmethod(lambda cls, first, conntrack: Helper()))
+    bad = tmp_path / "cluster.json"
+    bad.write_text('{"kind": "List", "items": [')
+    with pytest.raises(FastpathError):
+        replay(bad, sample_paths()[1], None, progress=False)
+    assert Helper.closed
