@@ -159,7 +159,11 @@ def _early_drop(ct64, ct32, chx, nd, meta, n, nb, bucket, t):
     no record on a chain: a table full of ASSURED entries, the common case, probes no bucket)."""
     if nd[n, N_CHAINED] == 0:
         return np.int64(-1)
-    for off in range(min(EARLY_DROP_BUCKETS, nb)):
+    m = min(EARLY_DROP_BUCKETS, nb)
+    mask = chx.shape[0] - 1
+    for off in range(m):                             # the 8 chain heads' slots: their misses overlap
+        prefetch(chx, 2 * slot(_chain_key(n, (bucket + off) % nb), mask))
+    for off in range(m):
         b = (bucket + off) % nb
         key = _chain_key(n, b)
         i = find(chx, key)
