@@ -14,11 +14,11 @@
 4. **finish** -- summing up and encoding/writing a resolved batch (the tally
    kernel, Arrow's writers: both release the GIL) on a writer thread.
 
-While batch k is resolved, batch k+1 is read, batch k-1 tracked and batch k-2 written
-(k-1 without tracking). The
-queues between the stages hold at most :data:`DEPTH` batches, and the result
-buffers are a fixed pool recycled once a batch is written, so memory stays
-bounded by a few batches whatever the trace's length. With ``pipelined=False``
+While batch k is resolved, batch k+1 is read, batch k-1 tracked and batch k-2
+written (k-1 without tracking). The queues between the stages hold at most
+:data:`DEPTH` batches, and the result buffers are a fixed pool recycled once a
+batch is written, so memory stays bounded by a few batches whatever the
+trace's length. With ``pipelined=False``
 the same steps run one after the other on the calling thread (the reference the
 pipelined form is tested against, byte for byte).
 
