@@ -15,7 +15,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .._jit import chunk_bounds, jit, pjit, prefetch
+from .._jit import chunk_bounds, jit, pjit, prefetch, stack_empty
 from ..codes import DENIED, PENDING, R_POLICY_EGRESS, R_POLICY_INGRESS
 from ..tables.exact import at_find, at_home, at_probe, ht_find
 
@@ -180,7 +180,7 @@ def _side_row(rows, m_off, m_key, m_ps, fallback, has_addr, s, peer, n_peer, add
 
 
 @jit(_nrt=False)
-def _policy_rows(lo, hi, dp, se, si, qi, src_ip, proto, src_pod, dnat_ip, dnat_port, snat_ip,
+def _policy_rows(lo, hi, src_ip, proto, src_pod, dnat_ip, dnat_port, snat_ip,
                  pod_slots, node_slots, pod_node, pod_rec, peer_addr, n_peer, addr_base,
                  in_rows, eg_rows, in_off, in_key, in_ps, eg_off, eg_key, eg_ps, fb_in, fb_eg, ad_in, ad_eg,
                  ps_off, ps_lo, ps_hi, ps_pol, addr_start, addr_cls,
@@ -192,13 +192,17 @@ def _policy_rows(lo, hi, dp, se, si, qi, src_ip, proto, src_pod, dnat_ip, dnat_p
     exemptions; the decision), prefetching what the next level reads. Writes ``DENIED``
     with the reason, and ``dst_pod``/``dst_node`` of a denied flow's pod;
     ``last_in``/``last_eg`` get the allowing policy (or NOT_ISOLATED -1, EXEMPT -2,
-    NO_RULE -3). ``dp``, ``se``, ``si``, ``qi``: int64 scratch of :data:`PGROUP` each.
+    NO_RULE -3). Its scratch (``dp``, ``se``, ``si``, ``qi``: :data:`PGROUP` each) is on the stack.
     ``pod_rec`` ends with a blank record and each map's ``rows`` with a blank row, read
     in place of a branch where a flow has no such pod or subject.
 
-    Sequential, without reference counting (``_nrt=False``: it allocates nothing), so
-    it compiles in seconds; :func:`_policy_kernel` runs it on chunks in parallel.
+    Sequential, without reference counting (``_nrt=False``: it allocates nothing on the
+    heap), so it compiles in seconds; :func:`_policy_kernel` runs it on chunks in parallel.
     """
+    dp = stack_empty(PGROUP, np.int64)                  # the destination pod's slot, then the pod
+    se = stack_empty(PGROUP, np.int64)                  # the source's egress subject row
+    si = stack_empty(PGROUP, np.int64)                  # the destination's ingress subject row
+    qi = stack_empty(PGROUP, np.int64)                  # the pod behind the source address seen, or -1
     n_pods = pod_rec.shape[0] // 4 - 1                  # the blank record's index
     n_in = in_rows.shape[0] - 1                          # the blank rows'
     n_eg = eg_rows.shape[0] - 1
@@ -297,11 +301,9 @@ def _policy_kernel(src_ip, proto, src_pod, dnat_ip, dnat_port, snat_ip,
     """
     n = src_ip.shape[0]
     chunks = (n + chunk - 1) // chunk
-    scratch = np.empty((chunks, 4, PGROUP), dtype=np.int64)
     for c in numba.prange(chunks):
         lo, hi = chunk_bounds(c, chunk, n)
-        s = scratch[c]
-        _policy_rows(lo, hi, s[0], s[1], s[2], s[3], src_ip, proto, src_pod, dnat_ip, dnat_port, snat_ip,
+        _policy_rows(lo, hi, src_ip, proto, src_pod, dnat_ip, dnat_port, snat_ip,
                      pod_slots, node_slots, pod_node, pod_rec, peer_addr, n_peer, addr_base,
                      in_rows, eg_rows, in_off, in_key, in_ps, eg_off, eg_key, eg_ps, fb_in, fb_eg, ad_in, ad_eg,
                      ps_off, ps_lo, ps_hi, ps_pol, addr_start, addr_cls,
