@@ -20,7 +20,7 @@ import math
 import numba
 import numpy as np
 
-from .._jit import chunk_bounds, jit, pjit, prefetch
+from .._jit import chunk_bounds, jit, pjit, prefetch, stack_empty
 from ..tables.exact import at_find, at_home, ht_find, ht_home
 
 #: SplitMix64's increment (2**64 / golden ratio): the step between rows' streams and draws.
@@ -153,7 +153,7 @@ def _pack(ip, port, proto):
 
 
 @jit(_nrt=False)
-def _rows(lo, hi, start, key, bases, order, knobs, ch, ch_off, cli_ip, cli_pstart, cli_pcount, cli_port, cli_proto,
+def _rows(lo, hi, start, key, knobs, ch, ch_off, cli_ip, cli_pstart, cli_pcount, cli_port, cli_proto,
           ns_members, ns_start, ns_count, pp, listen, pod_slots, host_ip, cidr_net, cidr_size, ci, ci_keys, ci_addrs,
           nsf, node_addr, nm, missing_codes, egress_ip, egress_cum, egress_port, egress_proto, to_nothing_ways,
           src, dst, sport, dport, proto, gap, code, nbytes, packets, duration):
@@ -163,8 +163,8 @@ def _rows(lo, hi, start, key, bases, order, knobs, ch, ch_off, cli_ip, cli_pstar
     table line it will read (the client, the frontend's or name's alias entry, the pod
     port, the first probe of a set), prefetched, so the walk's cache misses overlap; then
     the rows sorted by kind (a counting sort), so each kind's code runs for a run of rows
-    and its branches are predicted. ``bases``: uint64 scratch of :data:`WALK`; ``order``:
-    int64 scratch of ``2 * WALK + 8`` (the sorted rows, each row's kind, the counts).
+    and its branches are predicted. Its scratch is on the stack: ``bases`` (uint64, :data:`WALK`)
+    and ``order`` (int64, ``2 * WALK + 8``: the sorted rows, each row's kind, the counts).
 
     Packed tables (one read an entry): ``pp``/``ci`` (pod ports, ClusterIP frontends) and
     ``nsf`` (North-South segments, the low bit set for a NodePort) as :func:`_pack` makes
@@ -180,6 +180,8 @@ def _rows(lo, hi, start, key, bases, order, knobs, ch, ch_off, cli_ip, cli_pstar
     svc_share = svc_share if n_ci > 0 else 0.0
     n_ways = to_nothing_ways.shape[0]
     with_life = duration.shape[0] > 0
+    bases = stack_empty(WALK, np.uint64)
+    order = stack_empty(_ORDER, np.int64)
     KS = WALK                             # order[KS + i]: row i's kind; order[CS + k]: counts
     CS = 2 * WALK
     for g in range(lo, hi, np.uint64(WALK)):
@@ -340,6 +342,8 @@ def _rows(lo, hi, start, key, bases, order, knobs, ch, ch_off, cli_ip, cli_pstar
 CHUNK = 1 << 14
 #: Rows a walk takes at once (prefetched, then sorted by kind).
 WALK = 256
+#: Items of :func:`_rows`'s ``order`` scratch (a constant for ``stack_empty``).
+_ORDER = 2 * WALK + 8
 
 
 @pjit
@@ -356,11 +360,9 @@ def make_rows(start, key, knobs, ch, ch_off, cli_ip, cli_pstart, cli_pcount, cli
     """
     n = src.shape[0]
     chunks = (n + CHUNK - 1) // CHUNK
-    scratch = np.empty((chunks, WALK), dtype=np.uint64)
-    scratch_i = np.empty((chunks, 2 * WALK + 8), dtype=np.int64)
     for c in numba.prange(chunks):
         lo, hi = chunk_bounds(c, CHUNK, n)
-        _rows(lo, hi, start, key, scratch[c], scratch_i[c], knobs, ch, ch_off, cli_ip, cli_pstart, cli_pcount, cli_port, cli_proto,
+        _rows(lo, hi, start, key, knobs, ch, ch_off, cli_ip, cli_pstart, cli_pcount, cli_port, cli_proto,
               ns_members, ns_start, ns_count, pp, listen, pod_slots, host_ip, cidr_net, cidr_size, ci, ci_keys,
               ci_addrs, nsf, node_addr, nm, missing_codes, egress_ip, egress_cum, egress_port, egress_proto,
               to_nothing_ways, src, dst, sport, dport, proto, gap, code, nbytes, packets, duration)
