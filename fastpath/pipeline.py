@@ -146,9 +146,9 @@ def pod_listens(pod_rec, more_off, more_ports, p, proto, port):
 
 
 # The per-item passes of the parallel kernels are functions of their own, compiled without
-# reference counting (``_nrt=False``) and called from the ``prange`` loop: inlined into it, numba's
-# parallel passes took most of a first run's compile
-# (see :mod:`fastpath.tables.balancers`).
+# reference counting (``_nrt=False``), their scratch on the stack, and called from the ``prange``
+# loop: inlined into it, numba's parallel passes compiled them for seconds longer (see
+# :mod:`fastpath.tables.balancers`).
 
 
 @pjit
