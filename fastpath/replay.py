@@ -539,8 +539,7 @@ def replay(cluster, trace, out: str | os.PathLike | None = None, *, lb: str = "r
     first_run = FirstRun(progress).start()   # a cold numba cache: say what the wait is for (stderr)
     # a cold cache: the forwarding and conntrack kernels compile in a helper process while this one
     # loads the cluster and compiles the others
-    beside = CompileBeside.start_if_cold(first_run, conntrack=bool(ct_opts.get("conntrack", True))
-                                         and "ts" in reader.schema.names)
+    beside = CompileBeside.start_if_cold(first_run, conntrack=ReplayConntrack.wanted(reader, ct_opts))
     try:
         live = cluster if hasattr(cluster, "apply_next") else None     # a LivePlane built by the caller
         if live is not None:

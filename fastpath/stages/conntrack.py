@@ -506,16 +506,22 @@ class ReplayConntrack:
         self.stage = stage
         self.timeline = timeline
 
+    @staticmethod
+    def wanted(reader, opts: dict) -> bool:
+        """Whether a replay of ``reader``'s trace with ``opts`` tracks connections (:meth:`start` makes a
+        stage): ``conntrack`` is not turned off and the trace has ``ts``."""
+        return bool(opts.get("conntrack", True)) and "ts" in reader.schema.names
+
     @classmethod
     def start(cls, dp, reader, opts: dict) -> "ReplayConntrack | None":
         from pathlib import Path
 
         timeline = opts.get("timeline")
-        timed = "ts" in reader.schema.names
-        if timeline is not None and (not timed or not opts.get("conntrack", True)):
-            why = "the trace has no 'ts' column" if not timed else "--no-conntrack was given"
-            raise FastpathError(f"--timeline {timeline}: no timeline to write ({why})")
-        if not opts.get("conntrack", True) or not timed:
+        if not cls.wanted(reader, opts):
+            if timeline is not None:
+                why = "the trace has no 'ts' column" if "ts" not in reader.schema.names else \
+                    "--no-conntrack was given"
+                raise FastpathError(f"--timeline {timeline}: no timeline to write ({why})")
             return None
         if timeline is not None:
             timeline = Path(timeline)
