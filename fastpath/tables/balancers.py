@@ -500,10 +500,25 @@ def _rewrite(i, k, rn, masq, set_backend, node_ip, src_ip, dnat_ip, dnat_port, s
 # negative-index wrap-around on every access, which costs more than the lookups here.
 
 
-@jit(inline="always")
-def _stage_hash_rows(T, lb, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service,
-                     dnat_ip, dnat_port, snat_ip, deferred, pend, slots, key, home, pick, at, tab, node):
-    """The parallel pass over rows ``[lo, hi)`` (one work item of :func:`_stage_hash`, compiled per balancer).
+#: Rows of two groups (:func:`_stage_hash_chunk` keeps two in flight), a constant for :func:`stack_empty`.
+_GROUP2 = 2 * GROUP
+
+
+# The pass over a work item's rows is compiled once per balancer, with ``lb`` a constant (a literal
+# argument: numba compiles one form per value): LLVM drops the other balancers' branches and keeps
+# more of the pass in registers (random +6%, source-hash +4%, measured). Round-robin and
+# least-connection run the same pass (it stops before the pick). It is a function of its own,
+# compiled as the sequential kernels are (no reference counting, ``_nrt=False``), that the parallel
+# loop calls: inlined into the ``prange`` body, numba's parallel passes made it the longest compile of
+# a first run (9.5 s for the random balancer; 7 s now). Its scratch is on the stack
+# (``stack_empty``): heap scratch passed in cost 9% of the pass.
+
+
+@jit(_nrt=False)
+def _stage_hash_chunk(T, lb, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service,
+                      dnat_ip, dnat_port, snat_ip, deferred, pend, slots):
+    """The parallel pass over rows ``[lo, hi)``: one work item of :func:`_stage_hash` (``lb`` a literal: one
+    compiled form per balancer, see above).
 
     Random, source-hash and maglev are decided here. Under round-robin and
     least-connection the pass stops before the pick: it leaves each row's eligible backends in ``pend``
@@ -518,13 +533,16 @@ def _stage_hash_rows(T, lb, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, s
      node_ip, loc_slots, lbn_off, lbn_node, set_off, _set_ep, _set_ip, _set_port, set_table, maglev,
      _affinity_ns, keys, addr_filter, sp_span, sp_table, set_backend, node_pool) = T
     m = maglev.shape[1]
-    # ``slots``: ``maglev`` flat (one index to prefetch and read). Scratch: ``key`` (frontend key),
-    # ``home`` (its home slot), ``pick`` (the balancer's hash), GROUP each; ``at``, ``tab``, ``node``,
-    # 2 * GROUP each, hold two groups in flight: rows [o, o + GROUP)
+    # ``slots``: ``maglev`` flat (one index to prefetch and read). The scratch, on the stack: ``key``,
+    # ``home``, ``pick`` hold a group; ``at``, ``tab``, ``node`` two groups in flight: rows [o, o + GROUP)
     # for the group being looked up, the others for the group before it, whose backends are read a
     # group later (Maglev: its table slots, prefetched a whole group earlier, come from DRAM).
-    # ``at``: home slot, then frontend (-1: none), then backend; -2: done. ``tab`` (maglev): the table
-    # slot naming the backend, -1: none. ``node``: receiving node, ~node where it masquerades.
+    key = stack_empty(GROUP, np.uint64)            # frontend key
+    home = stack_empty(GROUP, np.int64)            # its home slot
+    pick = stack_empty(GROUP, np.uint32)           # the balancer's hash
+    at = stack_empty(_GROUP2, np.int64)            # home slot, then frontend (-1: none), then backend; -2: done
+    tab = stack_empty(_GROUP2, np.int64)           # maglev: the table slot naming the backend, -1: none
+    node = stack_empty(_GROUP2, np.int64)          # receiving node, ~node where it masquerades
     screen = True                              # read the address filter (see FILTER_SKIP)
     o = np.uint64(0)                           # this group's rows in at / tab / node
     pg = hi                                    # the group before, still to rewrite (hi: none)
@@ -632,36 +650,6 @@ def _stage_hash_rows(T, lb, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, s
 
 
 @jit(inline="always")
-def _scratch():
-    """A work item's scratch for :func:`_stage_hash_rows` (``key, home, pick, at, tab, node``), on the stack."""
-    return (stack_empty(GROUP, np.uint64), stack_empty(GROUP, np.int64), stack_empty(GROUP, np.uint32),
-            stack_empty(_GROUP2, np.int64), stack_empty(_GROUP2, np.int64), stack_empty(_GROUP2, np.int64))
-
-
-#: Rows of two groups (:func:`_stage_hash_rows` keeps two in flight), a constant for :func:`stack_empty`.
-_GROUP2 = 2 * GROUP
-
-
-# The pass over a work item's rows is compiled once per balancer, with ``lb`` a constant (a literal
-# argument: numba compiles one form per value): LLVM drops the other balancers' branches and keeps
-# more of the pass in registers (random +6%, source-hash +4%, measured). Round-robin and
-# least-connection run the same pass (it stops before the pick). It is a function of its own,
-# compiled as the sequential kernels are (no reference counting, ``_nrt=False``), that the parallel
-# loop calls: inlined into the ``prange`` body, numba's parallel passes made it the longest compile of
-# a first run (9.5 s for the random balancer; 7 s now). Its scratch is on the stack
-# (``stack_empty``): heap scratch passed in cost 9% of the pass.
-
-
-@jit(_nrt=False)
-def _stage_hash_chunk(T, lb, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service,
-                      dnat_ip, dnat_port, snat_ip, deferred, pend, slots):
-    """:func:`_stage_hash_rows` over a work item, its scratch on the stack (``lb``: a literal, one form each)."""
-    key, home, pick, at, tab, node = _scratch()
-    _stage_hash_rows(T, lb, lo, hi, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service,
-                     dnat_ip, dnat_port, snat_ip, deferred, pend, slots, key, home, pick, at, tab, node)
-
-
-@jit(inline="always")
 def _stage_hash_items(T, lb, chunk, src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service, dnat_ip,
                       dnat_port, snat_ip, deferred, pend):
     """The parallel loop of a balancer's pass: work items of ``chunk`` rows (inlined into each balancer's kernel)."""
@@ -706,7 +694,7 @@ _STAGE_HASH = (_stage_hash_random, _stage_hash_counted, _stage_hash_source, _sta
 
 
 def _stage_hash(T: MapArrays, lb: int, chunk: int, *columns: np.ndarray) -> None:
-    """The parallel pass (:func:`_stage_hash_rows`) of balancer ``lb`` over ``columns``:
+    """The parallel pass (:func:`_stage_hash_chunk`) of balancer ``lb`` over ``columns``:
     ``src_ip, dst_ip, src_port, dst_port, proto, src_node, verdict, service, dnat_ip, dnat_port,
     snat_ip, deferred, pend``."""
     _STAGE_HASH[lb](T, chunk, *columns)
