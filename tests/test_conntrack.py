@@ -228,6 +228,19 @@ def test_fdb_entry_ages_out_and_floods():
     assert sum(r["fdb_floods"] for r in stage.timeline_table().to_pylist()) == 1
 
 
+def test_fdb_entry_aged_exactly_at_300_s():
+    """The bridge ages an entry once 300 s have passed since its MAC was last heard (``has_expired``:
+    ``updated + ageing_time <= now``; the gc deletes it at that moment): a frame at exactly 300 s floods,
+    one a nanosecond earlier does not."""
+    c = two_nodes()
+    flows = [fl(0, "10.244.0.5", "10.244.1.7", 8080, duration=0.0),
+             fl(300 * S - 1, "10.244.0.5", "10.244.1.7", 8080, sport=2, duration=0.0),   # 1 ns short: known
+             fl(600 * S - 1, "10.244.0.5", "10.244.1.7", 8080, sport=3, duration=0.0)]   # exactly 300 s: aged
+    stage, _, got = assert_agree(c, flows, interval=100.0)
+    assert [g["verdict"] for g in got] == ["delivered"] * 3
+    assert stage.summary()["fdb_floods"] == 1 and stage.summary()["nodes"]["node-b"]["fdb_floods"] == 1
+
+
 def test_neighbour_table_overflow_counted():
     """Node-a routes to 1,100 distinct pod addresses of node-b... only node-b's table of its own pods grows;
     a host reaching 1,100 addresses it must resolve overflows at gc_thresh3."""

@@ -643,7 +643,7 @@ def track(ct64, ct32, ct_free, ct_heads, qs, blk, bnext, chx, nb64, nix, nd,
                 (pa_ == BRIDGE or pa_ == ROUTED or pa_ == EXTERNAL):
             pn = np.int64(pod_node[dp])
             if own[pn] != 0:
-                if t > fdb_last[dp] + P[P_FDB_AGE]:
+                if t >= fdb_last[dp] + P[P_FDB_AGE]:          # aged once 300 s have passed (has_expired)
                     nd[pn, N_FLOODS] += 1
                     nd[pn, N_IV_FLOODS] += 1
                 if alive > fdb_last[dp]:

@@ -206,7 +206,7 @@ class NaiveConntrack:
         dp = r["dst_pod"]
         if v in ("delivered", "refused") and dp in self.bridged and r["path"] in ("bridge", "routed", "external"):
             pn = self.pod_node[dp]
-            if t > self.fdb[dp] + FDB_AGEING * NS:
+            if t >= self.fdb[dp] + FDB_AGEING * NS:      # aged at 300 s (updated + ageing <= now)
                 self.cur[pn]["floods"] += 1
                 self.totals[pn]["floods"] += 1
             self.fdb[dp] = max(self.fdb[dp], alive)
