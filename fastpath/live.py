@@ -15,8 +15,8 @@ before and after it (``docs/events.md``):
 
 It also measures what the changes did: for each group, the share of the affected
 service ports' flows that got another backend than the tables before the group would
-have given (same balancer state), and the connections broken (TCP/SCTP) or flushed
-(UDP) by pods going away (:class:`Departures`).
+have given (same balancer state), and the connections broken (TCP/SCTP, UDP straight to
+a pod) or flushed (UDP through a service) by pods going away (:class:`Departures`).
 """
 from __future__ import annotations
 
@@ -515,8 +515,10 @@ class Departures:
     """Connections broken or flushed by pods going away (``docs/events.md``), counted per group.
 
     ``gone`` and ``stops``: ``(pod, ts, group)`` tuples from :meth:`LiveCluster.departures`: a
-    TCP/SCTP connection breaks when its pod goes away first; a UDP one is flushed when its pod
-    stops serving first. Runs on the results of each batch (any thread, in trace order).
+    UDP flow through a service is flushed when its pod stops serving first (kube-proxy's
+    conntrack cleanup only touches entries to a service address or NodePort); every other
+    connection (TCP/SCTP, and UDP straight to a pod) breaks when its pod goes away first.
+    Runs on the results of each batch (any thread, in trace order).
     """
 
     def __init__(self, gone: list, stops: list, n_pods: int, n_groups: int) -> None:
@@ -538,7 +540,7 @@ class Departures:
         if not self.any or flows.ts is None:
             return
         life = lifetimes_ns(flows.proto, flows.duration, default_s)
-        _count_departures(r.verdict, r.dst_pod, flows.proto, flows.ts, life, *self.gone, *self.stops,
+        _count_departures(r.verdict, r.dst_pod, r.service, flows.proto, flows.ts, life, *self.gone, *self.stops,
                           self.broken, self.flushed)
 
     def fill(self, records: list[dict]) -> None:
@@ -548,15 +550,16 @@ class Departures:
 
 
 @jit(_nrt=False)
-def _count_departures(verdict, dst_pod, proto, ts, life, g_off, g_ts, g_group, s_off, s_ts, s_group, broken,
-                      flushed):
-    """Each delivered flow against the first departure of its pod after it starts (TCP/SCTP: the pod
-    going away; UDP: the pod no longer serving), counted when that comes before the flow ends."""
+def _count_departures(verdict, dst_pod, service, proto, ts, life, g_off, g_ts, g_group, s_off, s_ts, s_group,
+                      broken, flushed):
+    """Each delivered flow against the first departure of its pod after it starts (UDP through a
+    service: the pod no longer serving; anything else: the pod going away), counted when that
+    comes before the flow ends."""
     for i in range(verdict.shape[0]):
         p = dst_pod[i]
         if verdict[i] != DELIVERED or p < 0:
             continue
-        udp = proto[i] == 17
+        udp = proto[i] == 17 and service[i] >= 0     # kube-proxy flushes only what it DNATed
         off, times, group = (s_off, s_ts, s_group) if udp else (g_off, g_ts, g_group)
         t = ts[i]
         end = t + life[i]
@@ -583,8 +586,8 @@ def render_events(summary, top: int = 10):
     head.add_column(style="bold")
     head.add_column()
     head.add_row("cluster events", f"{sum(r['events'] for r in recs):,} in {summary.event_groups:,} groups")
-    head.add_row("broken", f"{summary.broken_connections:,} TCP/SCTP connections whose pod went away first")
-    head.add_row("flushed", f"{summary.udp_flushed:,} UDP flows whose pod went away (re-balanced)")
+    head.add_row("broken", f"{summary.broken_connections:,} connections whose pod went away first")
+    head.add_row("flushed", f"{summary.udp_flushed:,} UDP service flows whose pod stopped serving (re-balanced)")
     moved = sorted((r for r in recs if r["flows"]), key=lambda r: (-r["changed_backend"], r["ts"]))[:top]
     t = Table(title=f"groups that moved most flows (top {len(moved)})", title_justify="left",
               caption="changed: flows of the affected service ports that got another backend than the "

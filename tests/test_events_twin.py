@@ -287,29 +287,36 @@ def test_maglev_moves_about_one_in_n_random_moves_most():
 
 
 def test_tcp_broken_udp_flushed():
-    """Pod b1 is deleted at 5 s: a TCP connection to it from 0 s for 10 s is broken, the same UDP one
-    is flushed; shorter ones, one-shot UDP, connections after 5 s and to other pods are neither."""
+    """Pod b1 (the one backend of service y) is deleted at 5 s: a TCP connection to it from 0 s for
+    10 s is broken, the same UDP one through the service is flushed, and a UDP one straight to b1 is
+    broken (kube-proxy's cleanup only deletes entries to a service address: nothing re-balances
+    it); shorter ones, one-shot UDP, connections after 5 s and to other pods are neither."""
     objects = [node_obj(0), node_obj(1)]
-    objects += [pod_obj("a1", "node-0", "10.244.0.10", "x"), pod_obj("b1", "node-1", "10.244.1.10", "x"),
-                pod_obj("b2", "node-1", "10.244.1.11", "x")]
+    objects += [pod_obj("a1", "node-0", "10.244.0.10", "x"), pod_obj("b1", "node-1", "10.244.1.10", "y"),
+                pod_obj("b2", "node-1", "10.244.1.11", "x"), service_obj("y", "y", API_VIP)]
     events = [event("DELETED", 5 * S, objects[3])]
     flows = [flow(0, "10.244.0.10", "10.244.1.10", 8080, TCP, 1, duration=10.0),   # broken
-             flow(0, "10.244.0.10", "10.244.1.10", 5353, UDP, 2, duration=10.0),   # flushed
+             flow(0, "10.244.0.10", API_VIP, 53, UDP, 2, duration=10.0),           # flushed
+             flow(0, "10.244.0.10", "10.244.1.10", 5353, UDP, 10, duration=10.0),  # straight to b1: broken
              flow(0, "10.244.0.10", "10.244.1.10", 8080, TCP, 3, duration=4.0),    # over at 4 s
-             flow(0, "10.244.0.10", "10.244.1.10", 5353, UDP, 4),                  # one-shot UDP: 0 s
+             flow(0, "10.244.0.10", API_VIP, 53, UDP, 4),                          # one-shot UDP: 0 s
              flow(0, "10.244.0.10", "10.244.1.10", 8080, TCP, 5, duration=5.0),    # ends exactly at 5 s
              flow(S, "10.244.0.10", "10.244.1.10", 8080, TCP, 6),                  # default 30 s: broken
              flow(S, "10.244.0.10", "10.244.1.11", 8080, TCP, 7),                  # b2 stays
              flow(5 * S, "10.244.0.10", "10.244.1.10", 8080, TCP, 8),              # b1 gone already
              flow(6 * S, "10.244.0.10", "10.244.1.11", 5353, UDP, 9, duration=100.0)]
     rows, summary = naive_event_replay(objects, events, flows)
-    assert [r["verdict"] for r in rows] == ["delivered"] * 7 + ["dropped", "delivered"]
-    assert rows[7]["reason"] == "no-such-pod"
-    assert summary["broken_connections"] == 2 and summary["udp_flushed"] == 1
+    assert [r["verdict"] for r in rows] == ["delivered"] * 8 + ["dropped", "delivered"]
+    assert rows[8]["reason"] == "no-such-pod"
+    assert rows[1]["dst_pod"] == "default/b1" and rows[1]["service"] == "default/y:dns"
+    assert summary["broken_connections"] == 3 and summary["udp_flushed"] == 1
     (rec,) = summary["events"]
-    assert rec == {"ts": 5 * S, "events": 1, "kinds": {"DELETED Pod": 1}, "affected_service_ports": [],
-                   "flows": 0, "changed_backend": 0, "changed_share": None, "broken_connections": 2,
+    assert rec == {"ts": 5 * S, "events": 1, "kinds": {"DELETED Pod": 1},
+                   "affected_service_ports": ["default/y:dns", "default/y:http"],
+                   "flows": 0, "changed_backend": 0, "changed_share": None, "broken_connections": 3,
                    "udp_flushed": 1}
+    _, fast = assert_fast_equals_twin(objects, events, flows)
+    assert (fast["broken_connections"], fast["udp_flushed"]) == (3, 1)
 
 
 def node_deletion_case():
@@ -724,25 +731,30 @@ def test_fast_broken_and_flushed_match_twin():
              flow(S, "10.244.0.10", "10.244.1.10", 8080, TCP, 3),
              flow(5 * S, "10.244.0.10", "10.244.1.10", 8080, TCP, 4)]
     _, summary = assert_fast_equals_twin(objects, events, flows, ts_type="timestamp")
-    assert (summary["broken_connections"], summary["udp_flushed"]) == (2, 1)
+    assert (summary["broken_connections"], summary["udp_flushed"]) == (3, 0)   # the UDP flow: straight to b1
 
 
 def test_udp_flushed_when_its_pod_stops_serving():
     """A rollout's old pod turns terminating and not Ready at 5 s, and is deleted at 35 s: the UDP
-    stream to it is flushed at 5 s; the TCP connection keeps its pod and breaks only at 35 s."""
+    stream to it through its service is flushed at 5 s; the TCP connection keeps its pod and breaks
+    only at 35 s, and so does a UDP stream straight to the pod (kube-proxy flushes only entries to a
+    service address)."""
     objects = [node_obj(0), node_obj(1)]
-    objects += [pod_obj("a1", "node-0", "10.244.0.10", "x"), pod_obj("b1", "node-1", "10.244.1.10", "x")]
-    events = [event("MODIFIED", 5 * S, pod_obj("b1", "node-1", "10.244.1.10", "x", ready=False, terminating=True)),
+    objects += [pod_obj("a1", "node-0", "10.244.0.10", "x"), pod_obj("b1", "node-1", "10.244.1.10", "y"),
+                service_obj("y", "y", API_VIP)]
+    events = [event("MODIFIED", 5 * S, pod_obj("b1", "node-1", "10.244.1.10", "y", ready=False, terminating=True)),
               event("DELETED", 35 * S, objects[3])]
-    flows = [flow(0, "10.244.0.10", "10.244.1.10", 5353, UDP, 1, duration=10.0),    # flushed at 5 s
-             flow(0, "10.244.0.10", "10.244.1.10", 8080, TCP, 2, duration=10.0),    # over before 35 s
-             flow(S, "10.244.0.10", "10.244.1.10", 8080, TCP, 3, duration=60.0),    # broken at 35 s
-             flow(6 * S, "10.244.0.10", "10.244.1.10", 5353, UDP, 4, duration=60.0)]  # not serving already
+    flows = [flow(0, "10.244.0.10", API_VIP, 53, UDP, 1, duration=10.0),                # flushed at 5 s
+             flow(0, "10.244.0.10", "10.244.1.10", 8080, TCP, 2, duration=10.0),        # over before 35 s
+             flow(0, "10.244.0.10", "10.244.1.10", 5353, UDP, 5, duration=10.0),        # not flushed: no service
+             flow(S, "10.244.0.10", "10.244.1.10", 8080, TCP, 3, duration=60.0),        # broken at 35 s
+             flow(6 * S, "10.244.0.10", "10.244.1.10", 5353, UDP, 4, duration=60.0)]    # broken at 35 s
     rows, summary = naive_event_replay(objects, events, flows)
-    assert [r["verdict"] for r in rows] == ["delivered"] * 4
-    assert [(r["broken_connections"], r["udp_flushed"]) for r in summary["events"]] == [(0, 1), (1, 0)]
+    assert [r["verdict"] for r in rows] == ["delivered"] * 5
+    assert rows[0]["dst_pod"] == "default/b1" and rows[0]["service"] == "default/y:dns"
+    assert [(r["broken_connections"], r["udp_flushed"]) for r in summary["events"]] == [(0, 1), (2, 0)]
     _, fast = assert_fast_equals_twin(objects, events, flows)
-    assert (fast["broken_connections"], fast["udp_flushed"]) == (1, 1)
+    assert (fast["broken_connections"], fast["udp_flushed"]) == (2, 1)
 
 
 @pytest.mark.parametrize("conntrack", [False, True])

@@ -72,11 +72,12 @@ Broken and flushed
     ``DELETED`` of a Node for every existing pod whose ``spec.nodeName`` is that node and
     that has not gone away already (since it was last created). A delivered flow (final
     verdict) with ``dst_pod`` p and lifetime ``L`` (``duration`` rounded to ns, at most
-    100 years; no duration: 0 for UDP, ``conn_duration`` for the rest) is broken
-    (``proto != 17``) or flushed (``proto == 17``) by the first going-away time ``g`` of p
-    with ``ts < g < ts + L``, and counted to the group of ``g``; for UDP, ``g`` is instead the
-    first time p stopped serving: its Ready condition turned false while it existed, or it went
-    away Ready.
+    100 years; no duration: 0 for UDP, ``conn_duration`` for the rest) is flushed when it is
+    UDP through a service (``service`` not null: kube-proxy's cleanup only deletes entries to
+    a service address or NodePort), else broken, by the first going-away time ``g`` of p
+    with ``ts < g < ts + L``, and counted to the group of ``g``; for a flushed one, ``g`` is
+    instead the first time p stopped serving: its Ready condition turned false while it
+    existed, or it went away Ready.
 
 Churn
     Before a group is applied the old NaiveServices is kept with a deep copy of its state.
@@ -383,7 +384,7 @@ def naive_event_replay(objects: list[dict], events: list[dict], flows: list[dict
                     ct.fdb.setdefault(p, ts)
 
     results: list[dict] = []
-    delivered: list[tuple[int, int, str, int]] = []          # (ts, lifetime ns, dst_pod, proto)
+    delivered: list[tuple[int, int, str, bool]] = []         # (ts, lifetime ns, dst_pod, flushable UDP)
     gi = 0
     last_ts = None
     for f in flows:
@@ -415,7 +416,8 @@ def naive_event_replay(objects: list[dict], events: list[dict], flows: list[dict
             if before != (now["dnat_ip"], now["dnat_port"]):
                 rec["changed_backend"] += 1
         if r["verdict"] == "delivered" and r["dst_pod"] is not None:
-            delivered.append((t, lifetime_ns(f, conn_duration), r["dst_pod"], f["proto"]))
+            delivered.append((t, lifetime_ns(f, conn_duration), r["dst_pod"],
+                              f["proto"] == 17 and r["service"] is not None))
         results.append({k: r[k] for k in RESULT_KEYS})
     while gi < len(groups):                               # the rest still break connections
         apply_group(*groups[gi])
@@ -423,11 +425,11 @@ def naive_event_replay(objects: list[dict], events: list[dict], flows: list[dict
     if ct is not None:
         ct.finish()
 
-    for t, life, pod, proto in delivered:
-        times = (world.stopped if proto == 17 else world.goneaway).get(pod, [])
+    for t, life, pod, flushable in delivered:
+        times = (world.stopped if flushable else world.goneaway).get(pod, [])
         i = bisect.bisect_right(times, t)                 # first going-away strictly after ts
         if i < len(times) and times[i] < t + life:
-            by_ts[times[i]]["udp_flushed" if proto == 17 else "broken_connections"] += 1
+            by_ts[times[i]]["udp_flushed" if flushable else "broken_connections"] += 1
     for rec in records:
         rec["changed_share"] = rec["changed_backend"] / rec["flows"] if rec["flows"] else None
     summary = {
