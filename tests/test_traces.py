@@ -137,6 +137,35 @@ def test_ts_coarser_units_scale_to_ns():
     assert list(f.ts) == [1_000_000, 2_000_000, 3_000_000]
 
 
+def test_duration_nan_or_null_is_the_default():
+    """A NaN ``duration`` is a row without one, as a null is (pandas writes NaN for a missing float,
+    Zeek's ``-`` reads as NaN, and ``replay --with-flows`` writes NaN where the row gave none)."""
+    f = normalize_batch(table(4, duration=pa.array([1.5, np.nan, None, 0.0], pa.float64())))
+    assert f.duration.dtype == np.float64 and f.duration[0] == 1.5 and f.duration[3] == 0.0
+    assert np.isnan(f.duration[1]) and np.isnan(f.duration[2])
+    for bad, shown in ((-1.0, "-1.0"), (np.inf, "inf")):
+        with pytest.raises(FastpathError) as e:
+            normalize_batch(table(3, duration=np.array([1.0, np.nan, bad])), source="flows.arrow")
+        one_line_error(e, f"flows.arrow: column 'duration' holds {shown} at row 2")
+
+
+def test_results_with_flows_replay_as_a_trace(tmp_path):
+    """``replay --with-flows`` writes the input's columns (``duration`` NaN where a row gave none): the
+    results file is a trace itself, and replays to the same results."""
+    from fastpath.cluster.compile import compile_cluster
+    from fastpath.replay import replay
+
+    dp = compile_cluster(small_cluster())
+    dur = pa.array([None if i % 3 else 2.5 for i in range(10)], pa.float64())
+    trace = write_arrow(tmp_path / "t.arrow", table(10, duration=dur))
+    replay(dp, trace, tmp_path / "r.arrow", with_flows=True, progress=False)
+    again = replay(dp, tmp_path / "r.arrow", tmp_path / "r2.arrow", progress=False)
+    assert again.flows == 10
+    first = pa.ipc.open_file(str(tmp_path / "r.arrow")).read_all()
+    second = pa.ipc.open_file(str(tmp_path / "r2.arrow")).read_all()
+    assert second.equals(first.select(second.column_names).replace_schema_metadata(second.schema.metadata))
+
+
 @pytest.mark.parametrize("encode", [False, True])
 def test_dst_name_plain_or_dictionary(encode):
     names = pa.array(["web", None, "web.shop", "web", None])

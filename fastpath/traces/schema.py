@@ -338,12 +338,12 @@ def _proto_values(arr: pa.Array, source: str, row0: int) -> pa.Array:
 
 
 def _duration_values(arr: pa.Array, source: str, row0: int) -> np.ndarray:
-    """``duration`` as float64 seconds; a null is NaN (the replay's default for the row)."""
+    """``duration`` as float64 seconds; a null or a NaN is NaN: the row gives none (the replay's default
+    for it), as pandas writes a missing float and ``replay --with-flows`` writes such a row."""
     if pa.types.is_null(arr.type):
         return np.full(len(arr), np.nan)
-    values = arr.cast(pa.float64()).to_numpy(zero_copy_only=False)
-    bad = ~(values >= 0) & arr.is_valid().to_numpy(zero_copy_only=False) if arr.null_count else ~(values >= 0)
-    bad |= np.isinf(values)
+    values = arr.cast(pa.float64()).to_numpy(zero_copy_only=False)   # nulls read as NaN
+    bad = (values < 0) | np.isinf(values)                            # NaN compares false: not given
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise FastpathError(f"{source}: column 'duration' holds {values[i]} at row {row0 + i}; "
