@@ -245,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
     rp.add_argument("--summary-json", type=Path, help="also write the summary as JSON here ('-' for stdout)")
     rp.add_argument("--timeline", type=Path, metavar="TIMELINE",
-                    help="write one row per node and interval (Arrow IPC): conntrack entries (peak) and max, "
+                    help="write one row per node and interval (.arrow/.feather Arrow IPC or .parquet, by "
+                         "extension): conntrack entries (peak) and max, "
                          "new connections, drops, FDB floods, bytes in/out (needs a trace with ts)")
     rp.add_argument("--interval", type=float, default=1.0, metavar="S",
                     help="timeline interval, seconds (default 1)")
@@ -475,6 +476,8 @@ def _cmd_replay(a) -> int:
         raise FastpathError("--workers needs --scheduler (local, or a Dask scheduler's address)")
     if a.output is not None and a.scheduler is None:
         output_format(a.output, "results file")
+    if a.timeline is not None:
+        output_format(a.timeline, "timeline")
     if a.with_flows:
         opts["with_flows"] = True
     opts.update(conntrack=not a.no_conntrack, conntrack_max=a.conntrack_max, interval=a.interval)

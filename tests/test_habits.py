@@ -75,6 +75,24 @@ def test_results_parquet_and_feather_are_what_they_say(capsys, small, tmp_path):
     assert read_ipc(tmp_path / "r.feather").num_rows == FLOWS                # Arrow IPC (Feather v2)
 
 
+def test_timeline_format_follows_the_extension(capsys, small, tmp_path):
+    """``--timeline`` is an output file like ``-o``: ``.parquet`` is Parquet, ``.arrow``/``.feather`` Arrow
+    IPC, any other ending an error before any work, with nothing written."""
+    for name in ("tl.parquet", "tl.arrow"):
+        rc, _, err = cli(capsys, "replay", small["cluster"], small["trace"], "--quiet", "--timeline", tmp_path / name)
+        assert rc == 0, err
+    as_parquet, as_ipc = pq.read_table(tmp_path / "tl.parquet"), read_ipc(tmp_path / "tl.arrow")
+    assert as_parquet.num_rows > 0 and as_parquet.column_names[:2] == ["t", "node"]
+    assert as_parquet.equals(as_ipc)
+    for name in ("tl.csv", "timeline"):
+        rc, out, err = cli(capsys, "replay", small["cluster"], small["trace"], "--quiet", "-o", tmp_path / "r.arrow",
+                           "--timeline", tmp_path / name)
+        one_line_error(rc, out, err, name, ".arrow", ".parquet")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["tl.arrow", "tl.parquet"]
+    with pytest.raises(FastpathError, match="tl.csv.*parquet"):
+        replay(small["cluster"], small["trace"], timeline=tmp_path / "tl.csv", progress=False)
+
+
 def test_synth_trace_parquet_is_parquet(capsys, small, tmp_path):
     rc, _, err = cli(capsys, "synth", "trace", small["cluster"], "--flows", 500, "-o", tmp_path / "t.parquet")
     assert rc == 0, err

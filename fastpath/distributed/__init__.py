@@ -243,8 +243,10 @@ def replay_distributed(cluster, trace, out=None, *, scheduler: str = "local", wo
     if timeline is not None and not timed:
         why = "the trace has no 'ts' column" if "ts" not in reader.schema.names else "--no-conntrack was given"
         raise FastpathError(f"--timeline {timeline}: no timeline to write ({why})")
-    if timeline is not None and not Path(timeline).parent.is_dir():
-        raise FastpathError(f"{timeline}: folder {Path(timeline).parent} does not exist")
+    if timeline is not None:
+        output_format(timeline, "timeline")
+        if not Path(timeline).parent.is_dir():
+            raise FastpathError(f"{timeline}: folder {Path(timeline).parent} does not exist")
     cluster_path = cluster if isinstance(cluster, (str, os.PathLike)) else getattr(cluster, "source", None)
     if out_path is not None:
         check_outputs([("results folder" if kind == "folder" else "results file", out_path)],

@@ -403,16 +403,30 @@ def conntrack_max_of(cpu: int | None) -> int:
 
 
 def write_timeline(table: pa.Table, path) -> None:
-    """The ``--timeline`` table as an Arrow IPC file at ``path``, whole or not at all (a temporary name
-    beside it, then renamed)."""
+    """The ``--timeline`` table at ``path``, in the format its extension names (``.arrow``/``.feather``
+    Arrow IPC, ``.parquet``), whole or not at all (a temporary name beside it, then renamed).
+
+    Raises
+    ------
+    FastpathError
+        Any other extension (:func:`fastpath.outputs.output_format`).
+    """
     import os
     from pathlib import Path
 
+    from ..outputs import output_format
+
     path = Path(path)
+    fmt = output_format(path, "timeline")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
-            w.write_table(table)
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            pq.write_table(table, str(tmp))
+        else:
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+                w.write_table(table)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -524,7 +538,10 @@ class ReplayConntrack:
                 raise FastpathError(f"--timeline {timeline}: no timeline to write ({why})")
             return None
         if timeline is not None:
+            from ..outputs import output_format
+
             timeline = Path(timeline)
+            output_format(timeline, "timeline")          # the format follows the extension; others are an error
             if not timeline.parent.is_dir():
                 raise FastpathError(f"{timeline}: folder {timeline.parent} does not exist")
         stage = ConntrackStage(dp, conntrack_max=opts.get("conntrack_max"), interval=opts.get("interval", 1.0),
