@@ -276,6 +276,30 @@ def test_cli_local_cluster(tmp_path, capsys):
     assert rc == 2 and "--workers needs --scheduler" in err
 
 
+def test_cli_local_cluster_bad_trace_is_one_line(tmp_path):
+    """``--scheduler local`` on a trace with a bad row: the worker's failure is the command's one line on
+    stderr (no worker log, no traceback from a worker process), status 2, and no results file."""
+    import subprocess
+    import sys
+
+    cluster, trace = sample_paths()
+    t = pa.ipc.open_file(str(trace)).read_all().slice(0, 5_000)
+    ports = t.column("dst_port").to_numpy().astype(np.int64)
+    ports[4_000] = 70_000
+    bad = tmp_path / "bad.parquet"
+    import pyarrow.parquet as pq
+
+    pq.write_table(t.set_column(t.schema.get_field_index("dst_port"), "dst_port", pa.array(ports)), bad)
+    run = subprocess.run([sys.executable, "-m", "fastpath.cli", "replay", str(cluster), str(bad), "--quiet",
+                          "--scheduler", "local", "--workers", "1", "-o", str(tmp_path / "r.arrow")],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fastpath: error: "), run.stderr
+    assert "column 'dst_port' holds 70000 at row 4000" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.parquet"]
+
+
 # --------------------------------------------------------------------------- the plan
 
 def test_ranges_cover_the_trace_in_whole_batches():

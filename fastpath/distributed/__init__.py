@@ -88,8 +88,10 @@ class _Session:
             raise FastpathError(f"--workers {workers!r}: must be a positive number")
         if scheduler == "local":
             n = int(workers) if workers else (os.cpu_count() or 1)
+            # a task's failure (a bad trace row) reaches the caller as its exception, said in one
+            # line: the workers' own "Compute Failed" log with its traceback would be a second copy
             self.cluster = d.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                          dashboard_address=":0", silence_logs=logging.ERROR)
+                                          dashboard_address=":0", silence_logs=logging.CRITICAL)
             self.client = d.Client(self.cluster)
         else:
             try:
