@@ -353,6 +353,24 @@ def test_time_order_checked_across_batches_and_files(tmp_path):
     one_line_error(e, "2.arrow: column 'ts' goes back in time at row 0", "1.arrow")
 
 
+def test_directory_parts_numbered_without_padding_read_in_number_order(tmp_path):
+    """``pyarrow.dataset.write_dataset`` names its files ``part-0`` .. ``part-11`` (and Hive folders
+    ``hour=9``, ``hour=10``): read in the order of their numbers, not of their text, so the trace
+    written in time order is read in time order."""
+    import pyarrow.dataset as ds
+
+    tbl = big_table(1200)                                   # ts in order
+    ds.write_dataset(tbl, tmp_path / "parts", format="parquet", max_rows_per_file=100, max_rows_per_group=100)
+    assert len(list((tmp_path / "parts").iterdir())) == 12
+    r = open_trace(tmp_path / "parts", batch_size=256)
+    assert [p.name for p in r.files][:4] == ["part-0.parquet", "part-1.parquet", "part-2.parquet", "part-3.parquet"]
+    check_rows(r, tbl, 256)
+    for hour in (9, 10):
+        (tmp_path / "hive" / f"hour={hour}").mkdir(parents=True)
+        write_arrow(tmp_path / "hive" / f"hour={hour}" / "a.arrow", tbl.slice((hour - 9) * 600, 600))
+    check_rows(open_trace(tmp_path / "hive", batch_size=256), tbl, 256)
+
+
 def test_directory_with_differing_columns(tmp_path):
     write_arrow(tmp_path / "a.arrow", table(3))
     write_arrow(tmp_path / "b.arrow", table(3, ts=None))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import re
 import stat
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -194,6 +195,17 @@ def _concat(pieces: list[pa.RecordBatch]) -> pa.RecordBatch:
     return pa.Table.from_batches(pieces).combine_chunks().to_batches()[0]
 
 
+_DIGITS = re.compile(r"(\d+)")
+
+
+def _number_order(path: Path) -> tuple:
+    """Sort key of a trace directory's file: its path, with each run of digits compared as a number
+    (``part-2`` before ``part-10``, as ``pyarrow.dataset.write_dataset`` and Hive folders number
+    them); zero-padded names sort as their text does."""
+    return tuple(tuple((int(t), t) if i % 2 else t for i, t in enumerate(_DIGITS.split(part)))
+                 for part in path.parts)
+
+
 def _trace_files(path: Path) -> list[Path]:
     if stat.S_ISDIR(input_stat(path, "trace").st_mode):
         found = []
@@ -203,7 +215,7 @@ def _trace_files(path: Path) -> list[Path]:
                       if f.lower().endswith(TRACE_SUFFIXES) and not f.startswith((".", "_"))]
         if not found:
             raise FastpathError(f"{path}: directory holds no trace files ({', '.join(TRACE_SUFFIXES)})")
-        return sorted(found)
+        return sorted(found, key=_number_order)
     input_stat(path, "trace")  # no such file, a symlink loop, a FIFO or a device: one line
     return [path]
 
@@ -336,7 +348,8 @@ def open_trace(path: str | os.PathLike, batch_size: int = DEFAULT_BATCH_SIZE) ->
     path
         An Arrow IPC file (``.arrow``/``.feather``, memory-mapped), an Arrow IPC
         stream, a Parquet file, or a directory of them (read as one trace in
-        sorted path order; names starting with ``.`` or ``_`` are skipped). The
+        path order, a run of digits in a name compared as a number: ``part-2``
+        before ``part-10``; names starting with ``.`` or ``_`` are skipped). The
         format is told by the file's first bytes, not its name.
     batch_size
         Rows per yielded batch (default :data:`DEFAULT_BATCH_SIZE`).
