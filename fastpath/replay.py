@@ -90,6 +90,7 @@ class ServiceLoad:
     backends: int      #: backends that got at least one flow
     imbalance: float   #: busiest backend's flows / mean over the backends that got flows (1.0: even)
     bytes: int | None = None  #: bytes of those flows, where the trace has ``bytes``
+    packets: int | None = None  #: packets of those flows, where the trace has ``packets``
 
 
 @dataclass
@@ -229,6 +230,8 @@ class _Tally:
         self.service = np.zeros(n_services + 1, np.int64)        # slot 0: no service
         self.service_bytes = np.zeros(n_services + 1, np.uint64)
         self.has_bytes = False
+        self.service_packets = np.zeros(n_services + 1, np.uint64)
+        self.has_packets = False
         self.pod_slots = n_pods + 1                                # slot 0: no pod
         self._pairs: list[tuple[np.ndarray, np.ndarray]] = []
         # (service, backend) counts: a dense array while it is small enough (zeroed lazily by
@@ -248,6 +251,11 @@ class _Tally:
         k = tally_batch(r.verdict, r.path, r.service, r.dst_pod, nbytes, self.verdict, self.path, self.service,
                         self.service_bytes, self._dense if dense else _NO_KEYS, self.pod_slots, keys)
         self.reason += np.bincount(r.reason, minlength=len(REASONS))[:len(REASONS)]
+        if flows.packets is not None:      # a batch's sums stay exact in float64 (< 2**53)
+            self.has_packets = True
+            slots = self.service_packets.shape[0]
+            self.service_packets += np.bincount(np.asarray(r.service, np.int64) + 1, weights=flows.packets,
+                                                minlength=slots)[:slots].astype(np.uint64)
         if dense:
             return
         self._pairs.append(np.unique(keys[:k], return_counts=True))
@@ -270,7 +278,8 @@ class _Tally:
         replay's writing task sends back (:mod:`fastpath.distributed`)."""
         keys, counts = self._merged()
         return {"verdict": self.verdict, "reason": self.reason, "path": self.path, "service": self.service,
-                "service_bytes": self.service_bytes, "has_bytes": self.has_bytes, "keys": keys, "counts": counts}
+                "service_bytes": self.service_bytes, "has_bytes": self.has_bytes,
+                "service_packets": self.service_packets, "has_packets": self.has_packets, "keys": keys, "counts": counts}
 
     @classmethod
     def merged(cls, parts: list[dict], n_services: int, n_pods: int) -> "_Tally":
@@ -280,11 +289,13 @@ class _Tally:
         t._dense = None
         for name, dtype, size in (("verdict", np.int64, len(VERDICTS)), ("reason", np.int64, len(REASONS)),
                                   ("path", np.int64, len(PATHS)), ("service", np.int64, n_services + 1),
-                                  ("service_bytes", np.uint64, n_services + 1)):
+                                  ("service_bytes", np.uint64, n_services + 1),
+                                  ("service_packets", np.uint64, n_services + 1)):
             setattr(t, name, np.zeros(size, dtype))
             for p in parts:
                 getattr(t, name)[:] += p[name]
         t.has_bytes = any(p["has_bytes"] for p in parts)
+        t.has_packets = any(p["has_packets"] for p in parts)
         t._pairs = [(p["keys"], p["counts"]) for p in parts if p["keys"].size]
         t._pairs = [t._merged()]
         return t
@@ -311,7 +322,8 @@ class _Tally:
             mean = per_backend.mean() if per_backend.size else 0.0
             imbalance = float(per_backend.max() / mean) if mean > 0 else 0.0
             out.append(ServiceLoad(names[s - 1], int(self.service[s]), int(per_backend.size), round(imbalance, 4),
-                                   int(self.service_bytes[s]) if self.has_bytes else None))
+                                   int(self.service_bytes[s]) if self.has_bytes else None,
+                                   int(self.service_packets[s]) if self.has_packets else None))
         return out
 
 

@@ -110,6 +110,27 @@ def test_top_services_match_the_results(sample_run):
     assert summary.top_services[0].flows == max(flows.values())
 
 
+def test_top_services_carry_bytes_and_packets(sample, plane, sample_run, tmp_path):
+    """The trace's ``bytes`` and ``packets`` are carried into the per-service load figures: each top
+    service's sums over the flows that hit it (``packets`` None where the trace has no such column)."""
+    summary, results, _ = sample_run
+    trace = read(sample[1])
+    svc = results.column("service").to_pylist()
+    nbytes, packets = Counter(), Counter()
+    for s, b, p in zip(svc, trace.column("bytes").to_pylist(), trace.column("packets").to_pylist()):
+        if s is not None:
+            nbytes[s] += b
+            packets[s] += p
+    for s in summary.top_services:
+        assert (s.bytes, s.packets) == (nbytes[s.service], packets[s.service])
+    assert json.loads(json.dumps(summary.to_dict()))["top_services"][0]["packets"] == summary.top_services[0].packets
+    bare = trace.select(["src_ip", "dst_ip", "src_port", "dst_port", "proto", "ts", "dst_name"])
+    with pa.OSFile(str(tmp_path / "bare.arrow"), "wb") as sink, pa.ipc.new_file(sink, bare.schema) as w:
+        w.write_table(bare)
+    plain = replay(plane, tmp_path / "bare.arrow", progress=False)
+    assert plain.top_services and all(s.packets is None and s.bytes is None for s in plain.top_services)
+
+
 def test_summary_json_and_render(sample_run):
     summary, _, _ = sample_run
     d = json.loads(json.dumps(summary.to_dict()))
