@@ -228,16 +228,19 @@ def stream(batches: Iterable, resolve: Callable[[Any, Any], Any], finish: Callab
 
 #: An empty read-only uint64 column: "the trace has no bytes".
 NO_BYTES = read_only(np.zeros(0, np.uint64))
+#: An empty read-only uint32 column: "the trace has no packets".
+NO_PACKETS = read_only(np.zeros(0, np.uint32))
 
 
 @jit
-def tally_batch(verdict, path, service, dst_pod, nbytes, by_verdict, by_path, by_service, service_bytes,
-                pairs, pod_slots, keys):
+def tally_batch(verdict, path, service, dst_pod, nbytes, npackets, by_verdict, by_path, by_service, service_bytes,
+                service_packets, pairs, pod_slots, keys):
     """Count one batch of results into running totals, in one pass.
 
-    ``by_verdict``/``by_path``: flows per code; ``by_service``/``service_bytes``:
-    flows and bytes per service slot (service index + 1, slot 0: none; bytes
-    only where ``nbytes`` has a row per flow); ``pairs``: flows per (service
+    ``by_verdict``/``by_path``: flows per code; ``by_service``/``service_bytes``/
+    ``service_packets``: flows, bytes and packets per service slot (service index + 1,
+    slot 0: none; bytes and packets only where ``nbytes``/``npackets`` have a row per
+    flow); ``pairs``: flows per (service
     slot, pod slot) key ``slot * pod_slots + dst_pod + 1`` when it is a dense
     array, else (``pairs`` empty) those keys are written to ``keys`` and their
     count returned, for the caller to count sparsely. Only flows to a service
@@ -246,6 +249,7 @@ def tally_batch(verdict, path, service, dst_pod, nbytes, by_verdict, by_path, by
     n = verdict.shape[0]
     dense = pairs.shape[0] > 0
     weigh = nbytes.shape[0] == n
+    count_packets = npackets.shape[0] == n
     nv = by_verdict.shape[0]
     npath = by_path.shape[0]
     k = 0
@@ -262,6 +266,8 @@ def tally_batch(verdict, path, service, dst_pod, nbytes, by_verdict, by_path, by
         by_service[s] += 1
         if weigh:
             service_bytes[s] += nbytes[i]
+        if count_packets:
+            service_packets[s] += np.uint64(npackets[i])
         if s > 0:
             key = s * pod_slots + (np.int64(dst_pod[i]) + 1)
             if dense:

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ._jit import get_threads, set_threads
-from ._stream import NO_BYTES, read_only, stream, tally_batch
+from ._stream import NO_BYTES, NO_PACKETS, read_only, stream, tally_batch
 from .cluster.model import Cluster
 from .codes import PATHS, REASONS, VERDICTS
 from .errors import FastpathError
@@ -246,16 +246,15 @@ class _Tally:
         if flows.bytes is not None:
             self.has_bytes = True
         nbytes = read_only(flows.bytes) if flows.bytes is not None else NO_BYTES
+        if flows.packets is not None:
+            self.has_packets = True
+        npackets = read_only(flows.packets) if flows.packets is not None else NO_PACKETS
         dense = self._dense is not None
         keys = _NO_KEYS if dense else np.empty(len(r), np.int64)
-        k = tally_batch(r.verdict, r.path, r.service, r.dst_pod, nbytes, self.verdict, self.path, self.service,
-                        self.service_bytes, self._dense if dense else _NO_KEYS, self.pod_slots, keys)
+        k = tally_batch(r.verdict, r.path, r.service, r.dst_pod, nbytes, npackets, self.verdict, self.path,
+                        self.service, self.service_bytes, self.service_packets, self._dense if dense else _NO_KEYS,
+                        self.pod_slots, keys)
         self.reason += np.bincount(r.reason, minlength=len(REASONS))[:len(REASONS)]
-        if flows.packets is not None:      # a batch's sums stay exact in float64 (< 2**53)
-            self.has_packets = True
-            slots = self.service_packets.shape[0]
-            self.service_packets += np.bincount(np.asarray(r.service, np.int64) + 1, weights=flows.packets,
-                                                minlength=slots)[:slots].astype(np.uint64)
         if dense:
             return
         self._pairs.append(np.unique(keys[:k], return_counts=True))

@@ -231,22 +231,26 @@ def test_tally_kernel_counts_as_numpy_does():
     dst_pod = rng.integers(-1, pods, n).astype(np.int32)
     nbytes = rng.integers(0, 1 << 40, n).astype(np.uint64)
     nbytes.flags.writeable = False
+    npackets = rng.integers(0, 1 << 32, n).astype(np.uint32)
+    npackets.flags.writeable = False
     by_v, by_p = np.zeros(7, np.int64), np.zeros(5, np.int64)
     by_s, s_bytes = np.zeros(services + 1, np.int64), np.zeros(services + 1, np.uint64)
+    s_packets = np.zeros(services + 1, np.uint64)
     dense = np.zeros((services + 1) * (pods + 1), np.int64)
-    tally_batch(verdict, path, service, dst_pod, nbytes, by_v, by_p, by_s, s_bytes, dense, pods + 1,
-                np.zeros(0, np.int64))
+    tally_batch(verdict, path, service, dst_pod, nbytes, npackets, by_v, by_p, by_s, s_bytes, s_packets, dense,
+                pods + 1, np.zeros(0, np.int64))
     assert by_v.tolist() == np.bincount(verdict, minlength=7).tolist()
     assert by_p.tolist() == np.bincount(path, minlength=5).tolist()
     assert by_s.tolist() == np.bincount(service + 1, minlength=services + 1).tolist()
     for s in range(services + 1):
         assert int(s_bytes[s]) == int(nbytes[service + 1 == s].astype(object).sum())
+        assert int(s_packets[s]) == int(npackets[service + 1 == s].astype(object).sum())
     keys = (service.astype(np.int64) + 1) * (pods + 1) + dst_pod + 1
     want = np.bincount(keys[service >= 0], minlength=dense.size)
     assert dense.tolist() == want.tolist()
     sparse = np.zeros(n, np.int64)
-    k = tally_batch(verdict, path, service, dst_pod, nbytes, by_v, by_p, by_s, s_bytes, np.zeros(0, np.int64),
-                    pods + 1, sparse)
+    k = tally_batch(verdict, path, service, dst_pod, nbytes, npackets, by_v, by_p, by_s, s_bytes, s_packets,
+                    np.zeros(0, np.int64), pods + 1, sparse)
     assert sorted(sparse[:k].tolist()) == sorted(keys[service >= 0].tolist())
 
 
