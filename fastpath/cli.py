@@ -358,9 +358,10 @@ _OUTPUT_NAMES = {"output": "output (-o)", "summary_json": "summary JSON (--summa
                  "timeline": "timeline (--timeline)"}
 
 
-def _guard_paths(a, *inputs: tuple[str, Path]) -> None:
+def _guard_paths(a, *inputs: tuple[str, Path]) -> list[tuple[str, Path]]:
     """Refuse, before any work, inputs that are not regular files or directories, and outputs
-    that would overwrite an input or cannot be written (see :func:`fastpath.files.check_outputs`)."""
+    that would overwrite an input or cannot be written (see :func:`fastpath.files.check_outputs`);
+    returns the inputs checked, as ``(what, path)``."""
     from .files import check_outputs, input_stat
 
     ins = [(name, getattr(a, name)) for name in INPUT_ARGS if isinstance(getattr(a, name, None), Path)]
@@ -370,6 +371,7 @@ def _guard_paths(a, *inputs: tuple[str, Path]) -> None:
     outs = [(_OUTPUT_NAMES[name], getattr(a, name)) for name in OUTPUT_ARGS
             if isinstance(getattr(a, name, None), Path)]
     check_outputs(outs, ins)
+    return ins
 
 
 def _cmd_synth(a) -> int:
@@ -594,6 +596,7 @@ def _study_planes(a):
 
 def _cmd_study(a) -> int:
     from . import report
+    from .files import check_output_folder
     from .replay import sample_paths
 
     if (a.cluster is None) != (a.trace is None):
@@ -603,7 +606,8 @@ def _cmd_study(a) -> int:
     if a.report_dir.exists() and not a.report_dir.is_dir():
         raise FastpathError(f"{a.report_dir}: the report folder is a file")
     report.pyplot()                          # say what is missing before any replay runs
-    _guard_paths(a, *((("against", a.against),) if a.against else ()))
+    ins = _guard_paths(a, *((("against", a.against),) if a.against else ()))
+    check_output_folder(a.report_dir, ("index.html", "figures.json"), ins, "report folder")
     if a.events is not None and a.against:
         raise FastpathError("study: give --against or --events, not both")
     if a.events is not None:                 # the events: compiled per balancer over every object they add

@@ -226,6 +226,30 @@ def check_outputs(outputs: Iterable[tuple[str, str | os.PathLike | None]],
         seen.append((what, out))
 
 
+def check_output_folder(folder: str | os.PathLike, names: Iterable[str],
+                        inputs: Iterable[tuple[str, str | os.PathLike | None]], what: str = "output folder") -> None:
+    """Check, before any work, a folder that files ``names`` will be written into (made if missing).
+
+    The folder must not be an input directory or lie inside one (a study's
+    ``figures.json`` in a support bundle is read as a cluster file next time), and
+    none of ``folder/name`` may be an input file.
+
+    Raises
+    ------
+    FastpathError
+        One line naming the folder and the input.
+    """
+    out = Path(folder)
+    for in_what, src in ((w, Path(p)) for w, p in inputs if p is not None):
+        if src.is_dir() and _inside(out, src):
+            raise FastpathError(f"{out}: the {what} would be inside the {in_what} directory {src} "
+                                f"(read as {in_what} input next time); choose another folder")
+        for name in names:
+            if _same_file(out / name, src):
+                raise FastpathError(f"{out}: the {what}'s {name} would overwrite the {in_what} input {src}; "
+                                    f"choose another folder")
+
+
 def check_free_space(path: str | os.PathLike, need: int, what: str = "output") -> None:
     """Refuse to start writing about ``need`` bytes to ``path`` where its folder's file system lacks them.
 

@@ -131,6 +131,25 @@ def test_1_results_inside_a_trace_directory_are_refused(capsys, work, tmp_path):
     assert sorted(p.name for p in traces.iterdir()) == ["part-0.arrow"]
 
 
+def test_1_study_report_inside_an_input_directory_is_refused(capsys, work, tmp_path):
+    # fastpath study bundle/ t.arrow -o bundle/ wrote figures.json into the support bundle,
+    # read as a cluster file by every later run
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    shutil.copy(work.cluster, bundle / "pods.json")
+    for report_dir in (bundle, bundle / "report"):
+        rc, _, err = cli(capsys, "study", bundle, work.trace, "-o", report_dir, "--quiet")
+        one_line(rc, err, str(report_dir), "inside the cluster directory")
+        assert sorted(p.name for p in bundle.rglob("*")) == ["pods.json"]
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    shutil.copy(work.trace, traces / "part-0.arrow")
+    rc, _, err = cli(capsys, "study", work.cluster, traces, "-o", traces, "--quiet")
+    one_line(rc, err, "inside the trace directory")
+    assert sorted(p.name for p in traces.iterdir()) == ["part-0.arrow"]
+    unchanged(work)
+
+
 def test_1_library_replay_refuses_the_cluster_as_output(work, tmp_path):
     cluster = tmp_path / "cluster.arrow"  # a JSON cluster under a results ending: still an input
     shutil.copy(work.cluster, cluster)
