@@ -137,3 +137,19 @@ def test_verdict_counts_add_up_on_a_support_bundle(tmp_path):
     table = replay(c, trace, return_table=True, progress=False, threads=1).table
     got = pc.value_counts(table.column("verdict").combine_chunks().dictionary_decode()).to_pylist()
     assert sum(x["counts"] for x in got) == 500
+
+
+def test_study_of_a_one_node_dump_whose_conntrack_fills(tmp_path):
+    """minikube's one node holds 131,072 connections: a 200,000-flow trace fills it, and the
+    state-over-time figure counts the nodes that dropped (it raised ArrowNotImplementedError)."""
+    pytest.importorskip("matplotlib")
+    from fastpath.cli import main
+
+    path = DUMPS / "kubediagrams-nginx-deployed-all-ep-eps-nodes.yaml"
+    synth_trace(load_cluster(path), 200_000, seed=1, out=tmp_path / "t.arrow")
+    assert main(["study", str(path), str(tmp_path / "t.arrow"), "-o", str(tmp_path / "report"), "--lb", "random",
+                 "--quiet", "--no-cache"]) == 0
+    import json
+
+    got = json.loads((tmp_path / "report" / "figures.json").read_text())["state_over_time"]
+    assert got["drops"] > 0 and got["nodes_with_drops"] == 1 and got["peak_node"] == "minikube"
