@@ -348,6 +348,11 @@ def _explain(dp: DataPlane, s_end: Endpoint, d_end: Endpoint, dport: int, p: int
     elif kind == SRC_HOST:
         ex.add("source", f"{int_to_ip(src_ip)} is node {t.node_names[sn]}'s address (host network namespace)",
                node=t.node_names[sn], table="node-by-IP", key=int_to_ip(src_ip), result=f"node {t.node_names[sn]}")
+    elif (absent := _pod_on_absent_node(dp, src_ip)) is not None:
+        pod, node = absent
+        ex.add("source", f"{int_to_ip(src_ip)} is pod {pod}, on node {node or '?'}, which is not in the input: "
+                         f"it sends as a client outside the cluster",
+               table="pod-by-IP, node-by-IP", key=int_to_ip(src_ip), result="external")
     else:
         ex.add("source", f"{int_to_ip(src_ip)} is outside the cluster (not a pod, not a node)",
                table="pod-by-IP, node-by-IP", key=int_to_ip(src_ip), result="external")
@@ -355,8 +360,10 @@ def _explain(dp: DataPlane, s_end: Endpoint, d_end: Endpoint, dport: int, p: int
     # --- DNS
     if by_name:
         if row["verdict"] == "unresolved":
-            ex.add("dns", f"{dst!r}: no answer (search path of the source's namespace, ndots:5)",
-                   table="dns", key=dst, result=None)
+            why = ("search path of the source's namespace, ndots:5" if kind == SRC_POD else
+                   f"{'a host' if kind == SRC_HOST else 'a client outside the cluster'} has no search path: "
+                   f"only a fully qualified cluster name answers")
+            ex.add("dns", f"{dst!r}: no answer ({why})", table="dns", key=dst, result=None)
             return ex
         orig = _answered(dp, flows)
         ex.add("dns", f"{dst!r} -> {int_to_ip(orig)}", table="dns", key=dst, result=int_to_ip(orig))
@@ -458,6 +465,19 @@ def _explain(dp: DataPlane, s_end: Endpoint, d_end: Endpoint, dport: int, p: int
     else:
         ex.add("route", f"{int_to_ip(d)}: no route from outside the cluster: dropped")
     return ex
+
+
+def _pod_on_absent_node(dp: DataPlane, ip: int) -> tuple[str, str | None] | None:
+    """``(pod, node)`` where ``ip`` is a pod's on a node not in the input (its /32 route to nowhere); else None."""
+    t = dp.tables
+    if int(t.routes.lookup(np.array([ip], np.uint32))[0]) != NH_NODE_NOT_IN_INPUT:
+        return None
+    found = np.flatnonzero(t.pod_ip == ip)[:1]
+    if not found.size:
+        return None
+    pod = t.pod_names[int(found[0])]
+    node = next((p.node for p in getattr(dp.cluster, "pods", None) or () if p.key == pod), None)
+    return pod, node
 
 
 def _looks_like_ip(text: str) -> bool:

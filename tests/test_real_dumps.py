@@ -153,3 +153,20 @@ def test_study_of_a_one_node_dump_whose_conntrack_fills(tmp_path):
 
     got = json.loads((tmp_path / "report" / "figures.json").read_text())["state_over_time"]
     assert got["drops"] > 0 and got["nodes_with_drops"] == 1 and got["peak_node"] == "minikube"
+
+
+def test_explain_names_a_pod_on_an_absent_node_as_the_source():
+    """`kubectl get all -n default` has no Nodes: zk-0 sends as a client outside the cluster
+    (docs/dataplane.md §1), and explain says which pod that is and why, not 'not a pod'."""
+    from fastpath import compile_cluster
+    from fastpath.explain import explain
+
+    dp = compile_cluster(load_cluster(DUMPS / "kubediagrams-zookeeper-namespace-default-no-nodes.yml"))
+    lines = explain(dp, "default/zk-0", "zk-hs", 2181).render().splitlines()
+    assert lines[1].split(None, 1)[1] == ("10.244.1.19 is pod default/zk-0, on node minikube-m02, which is not in "
+                                          "the input: it sends as a client outside the cluster")
+    assert lines[2].split(None, 1)[1] == ("'zk-hs': no answer (a client outside the cluster has no search path: "
+                                          "only a fully qualified cluster name answers)")
+    assert lines[-1].split()[:2] == ["result", "unresolved,"]
+    full = explain(dp, "default/zk-0", "zk-hs.default.svc.cluster.local", 2181).render().splitlines()
+    assert "no answer" not in full[2]
