@@ -265,6 +265,21 @@ def test_bad_files(tmp_path, content, expected):
     assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("name, content", [
+    # a hand-edited kubectl List: a bare "-" (null) between two items
+    ("c.yaml", b"apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Namespace, metadata: {name: a}}\n-\n"
+               b"- {apiVersion: v1, kind: Namespace, metadata: {name: b}}\n"),
+    ("c.json", b'{"apiVersion": "v1", "kind": "List", "items": [{"apiVersion": "v1", "kind": "Namespace", '
+               b'"metadata": {"name": "a"}}, null, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "b"}}]}'),
+])
+def test_null_list_item_is_named(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(FastpathError) as err:
+        load_cluster(path)
+    assert str(err.value) == f"{path}: List items[1]: expected a Kubernetes object (a mapping), found null"
+
+
 def test_missing_path_and_empty_directory(tmp_path):
     with pytest.raises(FastpathError, match="no such (cluster )?file"):
         load_cluster(tmp_path / "nope.json")

@@ -296,7 +296,7 @@ def _flatten(items: Iterable[tuple[str, object]]) -> Iterator[tuple[str, dict, s
                 if k is not None:
                     yield src, it, k
                 else:
-                    yield from _list_items(src, obj.kind, (it,))
+                    yield from _list_items(src, obj.kind, (it,), i)
             continue
         kind = _kind(src, obj)
         if not (kind.endswith("List") and "items" in obj):
@@ -308,16 +308,19 @@ def _flatten(items: Iterable[tuple[str, object]]) -> Iterator[tuple[str, dict, s
         yield from _list_items(src, kind, sub)
 
 
-def _list_items(src: str, kind: str, sub: Iterable) -> Iterator[tuple[str, dict, str]]:
-    """The items of a List of ``kind``, flattened."""
+def _list_items(src: str, kind: str, sub: Iterable, start: int = 0) -> Iterator[tuple[str, dict, str]]:
+    """The items of a List of ``kind`` (``sub`` from item ``start`` on), flattened."""
     # kubectl's List carries kinds in its items; an API PodList (etc.) leaves them out
     item_kind = kind[:-4]
-    for it in sub:
+    for i, it in enumerate(sub, start):
         if type(it) is dict:            # the usual item: a mapping with a kind that is no List
             k = it.get("kind")
             if type(k) is str and k and not k.endswith("List"):
                 yield src, it, k
                 continue
+        elif not isinstance(it, dict):  # a bare "-" in a hand-edited List, a string, ...
+            found = "null" if it is None else show(it)
+            raise FastpathError(f"{src}: {kind} items[{i}]: expected a Kubernetes object (a mapping), found {found}")
         if item_kind and isinstance(it, dict) and "kind" not in it:
             it = {**it, "kind": item_kind}
         k = _kind(src, it)
