@@ -68,7 +68,9 @@ def test_dump_loads_and_replays(name, tmp_path):
     try:
         assert synth_trace(cluster, 300, seed=1, out=trace) == 300
     except FastpathError as e:      # nothing to make flows between: a lone Service, Node list, ...
-        assert "no pods or services to make flows between" in str(e)
+        assert str(e) == ("the cluster has nothing to make flows between: no pod with an IP to send from, and no "
+                          "service an outside client can reach (at a node's NodePort, a load-balancer or an external "
+                          "IP) (or every kind share of the trace mix is 0)")
         assert not any(p.ip is not None for p in cluster.pods)
         _address_trace(cluster, 300, trace)
     summary = replay(cluster, trace, return_table=True, progress=False, threads=1)

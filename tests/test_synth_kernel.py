@@ -143,7 +143,7 @@ def test_real_dumps_kernel_equals_twin():
             mix = S.TraceMix(duration_mix=True)
             assert_rows_equal(cl, mix, seed=3, start=0, count=400)
         except S.FastpathError as e:
-            assert "no pods or services" in str(e)
+            assert "nothing to make flows between" in str(e)
             continue
         p, want = _pools(cl, S.TraceMix(), 3), twin.pools(cl, S.TraceMix(), 3)
         assert p.cli_ip.tolist() == want["cli_ip"] and p.listen_keys.tolist() == want["listen_keys"], path.name

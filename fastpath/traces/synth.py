@@ -352,7 +352,8 @@ class _Pools:
         }
         w = np.array([float(getattr(mix, k)) if can[k] else 0.0 for k in TraceMix.KINDS])
         if w.sum() <= 0:
-            raise FastpathError("the cluster has no pods or services to make flows between "
+            raise FastpathError("the cluster has nothing to make flows between: no pod with an IP to send from, "
+                                "and no service an outside client can reach (at a node's NodePort, a load-balancer or an external IP) "
                                 "(or every kind share of the trace mix is 0)")
         return w / w.sum()
 
