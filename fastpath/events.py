@@ -130,7 +130,10 @@ def events_from_lines(lines, source: str = "<events>") -> EventLog:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise FastpathError(f"{where}: not JSON ({e.msg} at column {e.colno})") from None
+                msg = e.msg.removesuffix(" at")      # json's "Unterminated string starting at"
+                tail = "; the line ends early (cut short?)" if e.pos >= len(line.rstrip()) or \
+                    msg.startswith("Unterminated") else ""
+                raise FastpathError(f"{where}: not JSON ({msg} at column {e.colno}){tail}") from None
         else:
             rec = line
         if not isinstance(rec, dict):

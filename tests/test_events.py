@@ -72,6 +72,15 @@ def test_bad_lines_name_the_line(line, message):
         events_from_lines([first, line], "ev.jsonl")
 
 
+def test_a_line_cut_short_says_so():
+    # an events file copied while `kubectl get --watch` was still writing it: the last line ends mid-string
+    line = '{"type": "MODIFIED", "ts": 7, "object": {"kind": "Pod", "metadata": {"name": "web-1", "namesp'
+    with pytest.raises(FastpathError) as err:
+        events_from_lines([line], "ev.jsonl")
+    assert str(err.value) == ("ev.jsonl line 1: not JSON (Unterminated string starting at column 87); "
+                              "the line ends early (cut short?)")
+
+
 def test_skipped_kinds_and_bookmarks_are_said(tmp_path):
     p = tmp_path / "ev.jsonl"
     p.write_text("\n".join([
