@@ -129,7 +129,7 @@ def test_calico_noted_once():
     c = load_cluster(DATA / "calico-list.json")
     assert len(c.pods) == 6 and c.warnings == [
         "4 pod IPs outside every node's pod CIDR (e.g. Pod orders/api-84d5b7c9f6-2kq8d 192.168.33.3): "
-        "Calico-style addressing, routed by block or host routes"]
+        "Calico-style or VPC-native addressing (Calico IPAM blocks, the AWS VPC CNI), routed by block or host routes"]
 
 
 def test_pod_in_another_nodes_cidr_noted(small, tmp_path):

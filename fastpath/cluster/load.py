@@ -633,8 +633,8 @@ def _check_pods(pods: list[Pod], pod_src: list[str], nodes: list[Node], warnings
     if outside:
         p = pods[outside[0]]
         warnings.append(f"{len(outside)} pod IP{'s' * (len(outside) != 1)} outside every node's pod CIDR "
-                        f"(e.g. Pod {p.key} {int_to_ip(p.ip)}): Calico-style addressing, "
-                        f"routed by block or host routes")
+                        f"(e.g. Pod {p.key} {int_to_ip(p.ip)}): Calico-style or VPC-native addressing (Calico IPAM "
+                        f"blocks, the AWS VPC CNI), routed by block or host routes")
     if foreign:
         p = pods[foreign[0]]
         warnings.append(f"{len(foreign)} pod IP{'s' * (len(foreign) != 1)} inside another node's pod CIDR "
