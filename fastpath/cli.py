@@ -251,8 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--interval", type=float, default=1.0, metavar="S",
                     help="timeline interval, seconds (default 1)")
     rp.add_argument("--conntrack-max", type=_positive, default=None, metavar="N",
-                    help="every node's conntrack table size (default: kube-proxy's "
-                         "min(max(32768 x CPUs, 131072), 1048576) from the Node's capacity.cpu)")
+                    help="every node's conntrack table size (default: kube-proxy's sizing, "
+                         "min(max(maxPerCore x CPUs, min), 1048576) with the Node's capacity.cpu, maxPerCore and "
+                         "min from the ConfigMap kube-system/kube-proxy's conntrack block, else 32768 and 131072; "
+                         "maxPerCore 0: kube-proxy leaves it alone, the kernel default 262144)")
     rp.add_argument("--no-conntrack", action="store_true",
                     help="no connection tracking, FDB or neighbour state (a trace without ts has none)")
     rp.add_argument("--scheduler", metavar="local|ADDRESS", default=None,

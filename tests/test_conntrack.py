@@ -69,7 +69,7 @@ def run_both(cluster: Cluster, flows: list[dict], *, batches: int = 1, **opts):
     fl = to_flows(flows)
     base = dp.resolve_flows(fl)
     stage = ConntrackStage(dp, timeline=True, **opts)
-    twin = NaiveConntrack(cluster, **opts)
+    twin = NaiveConntrack(cluster, sizing=cluster.conntrack_sizing, **opts)
     want = []
     for i, f in enumerate(flows):
         r = named(dp, base, i)

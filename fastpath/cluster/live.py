@@ -163,7 +163,8 @@ class LiveCluster:
         if c is None:
             c = self._cluster = Cluster(nodes=self.nodes, pods=self.pods, services=[], slices=[], warnings=[],
                                         domain=b.domain, namespaces=self.namespaces, masquerade=b.masquerade,
-                                        workloads=b.workloads, cluster_cidr=b.cluster_cidr, source=b.source)
+                                        workloads=b.workloads, cluster_cidr=b.cluster_cidr,
+                                        conntrack_sizing=b.conntrack_sizing, source=b.source)
             self._dirty = True
         if self._dirty:
             ordered = lambda kind, d: [d[k] for k in sorted(d, key=lambda k: self.order[(kind,) + k])]  # noqa: E731

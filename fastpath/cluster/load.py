@@ -372,7 +372,7 @@ def _build(items: Iterable[tuple[str, object]], problems: Problems | None = None
     legacy: dict[tuple[str, str], tuple[str, dict]] = {}   # Endpoints by (ns, name)
     namespaces: dict[str, dict] = {}
     ns_names: dict[str, str] = {}
-    masq = cluster_cidr = None
+    masq = cluster_cidr = conntrack_sizing = None
     problems = problems if problems is not None else Problems()
     parse_pod = _PodParser(by_identity)
     extra = ExtraKinds()        # NetworkPolicy, Namespace, workloads (fastpath.cluster.netpol)
@@ -476,6 +476,7 @@ def _build(items: Iterable[tuple[str, object]], problems: Problems | None = None
                                           lambda t: problems.add("masquerade-v6", t))
             elif (ns, name) == objects.KUBE_PROXY:
                 cluster_cidr = objects.kube_proxy_cluster_cidr(obj, _cidr)
+                conntrack_sizing = objects.kube_proxy_conntrack(obj)
             else:                                   # another ConfigMap: not used
                 skipped[kind] = skipped.get(kind, 0) + 1
         except (_Invalid, FastpathError, objects.ObjectError) as e:
@@ -507,7 +508,7 @@ def _build(items: Iterable[tuple[str, object]], problems: Problems | None = None
     warnings.extend(problems.lines())
     cluster = Cluster(nodes=nodes, pods=pods, services=services, slices=slices, warnings=warnings,
                       namespaces=namespaces, missing_nodes=missing, masquerade=masq, cluster_cidr=cluster_cidr,
-                      skipped_kinds=skipped, problems=problems.by_key)
+                      conntrack_sizing=conntrack_sizing, skipped_kinds=skipped, problems=problems.by_key)
     extra.finish(cluster)
     return cluster
 

@@ -181,6 +181,10 @@ class Cluster:
     workloads: list = field(default_factory=list)
     #: kube-proxy's ``clusterCIDR`` (ConfigMap ``kube-system/kube-proxy``), when given.
     cluster_cidr: tuple[int, int] | None = None
+    #: kube-proxy's conntrack sizing ``(maxPerCore, min)`` (the ConfigMap's ``conntrack`` block, null
+    #: fields as their defaults), when it sets one; None: the defaults (32768, 131072). Read by
+    #: :func:`fastpath.stages.conntrack.conntrack_max`; ``maxPerCore`` 0 leaves the kernel's default.
+    conntrack_sizing: tuple[int, int] | None = None
     #: Kinds the loader skipped -> object count.
     skipped_kinds: dict[str, int] = field(default_factory=dict)
     #: Load problems by kind (a short key such as ``duplicate-container-port``) -> every

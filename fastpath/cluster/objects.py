@@ -9,8 +9,9 @@
 * ``ConfigMap kube-system/ip-masq-agent``: the agent's YAML or JSON under
   ``data.config`` (``nonMasqueradeCIDRs``, ``masqLinkLocal``; a key left out keeps the
   agent's default: RFC 1918 and no link-local masquerade).
-* ``ConfigMap kube-system/kube-proxy``: ``clusterCIDR`` of the KubeProxyConfiguration
-  under ``data["config.conf"]`` (kubeadm, minikube, kind) or any other key.
+* ``ConfigMap kube-system/kube-proxy``: ``clusterCIDR`` and ``conntrack.maxPerCore`` /
+  ``conntrack.min`` (the conntrack table's sizing) of the KubeProxyConfiguration under
+  ``data["config.conf"]`` (kubeadm, minikube, kind) or any other key.
 
 Errors raise :class:`ObjectError` with the field path; the loader adds file and object.
 """
@@ -23,6 +24,11 @@ from .validate import show
 
 #: ip-masq-agent's default ``nonMasqueradeCIDRs`` (RFC 1918), as ``(network, length)``.
 DEFAULT_NON_MASQUERADE = ((0x0A000000, 8), (0xAC100000, 12), (0xC0A80000, 16))
+#: kube-proxy's defaults for ``conntrack.maxPerCore`` and ``conntrack.min`` (``--conntrack-max-per-core``,
+#: ``--conntrack-min``; ``pkg/proxy/apis/config/v1alpha1/defaults.go``): a null or absent field takes these.
+CONNTRACK_MAX_PER_CORE, CONNTRACK_MIN = 32768, 131072
+#: The largest value kube-proxy's int32 fields hold.
+_INT32_MAX = (1 << 31) - 1
 #: Where the objects live.
 MASQ_AGENT = ("kube-system", "ip-masq-agent")
 KUBE_PROXY = ("kube-system", "kube-proxy")
@@ -137,9 +143,14 @@ def masquerade(obj: dict, source: str, cidr, v6_note) -> Masquerade:
     return Masquerade(non_masquerade_cidrs=cidrs, masq_link_local=link_local, source=source)
 
 
+def _kube_proxy_doc(obj: dict) -> tuple[str, dict] | None:
+    """kube-proxy's KubeProxyConfiguration: ``data["config.conf"]``, else the first mapping under any key."""
+    return _config_doc(obj, ("config.conf",)) or _config_doc(obj, (), strict=False)
+
+
 def kube_proxy_cluster_cidr(obj: dict, cidr) -> tuple[int, int] | None:
     """The first IPv4 ``clusterCIDR`` of kube-proxy's configuration, or None when not set."""
-    found = _config_doc(obj, ("config.conf",)) or _config_doc(obj, (), strict=False)
+    found = _kube_proxy_doc(obj)
     if found is None:
         return None
     path, doc = found
@@ -155,3 +166,32 @@ def kube_proxy_cluster_cidr(obj: dict, cidr) -> tuple[int, int] | None:
     return None
 
 
+def kube_proxy_conntrack(obj: dict) -> tuple[int, int] | None:
+    """``(maxPerCore, min)`` of the ``conntrack`` block of kube-proxy's configuration, or None when
+    the configuration sets neither (the defaults then apply, as without the ConfigMap).
+
+    A null or absent field takes kube-proxy's default (:data:`CONNTRACK_MAX_PER_CORE`,
+    :data:`CONNTRACK_MIN`). ``maxPerCore: 0`` means kube-proxy leaves ``nf_conntrack_max``
+    alone (:func:`fastpath.stages.conntrack.conntrack_max`). A value that is not a whole number
+    from 0 to 2**31-1 (kube-proxy's ``int32``) raises :class:`ObjectError` naming the field.
+    """
+    found = _kube_proxy_doc(obj)
+    if found is None:
+        return None
+    path, doc = found
+    block = doc.get("conntrack")
+    if block is None:
+        return None
+    if type(block) is not dict:
+        raise ObjectError(f"{path}: conntrack: expected a mapping of settings, found {show(block)}")
+    values = []
+    for key, default in (("maxPerCore", CONNTRACK_MAX_PER_CORE), ("min", CONNTRACK_MIN)):
+        v = block.get(key)
+        if v is not None and (type(v) is not int or not 0 <= v <= _INT32_MAX):
+            raise ObjectError(f"{path}: conntrack.{key}: expected a whole number from 0 to {_INT32_MAX}, "
+                              f"found {show(v)}")
+        values.append(v)
+    if values == [None, None]:
+        return None
+    per_core, floor = values
+    return (CONNTRACK_MAX_PER_CORE if per_core is None else per_core, CONNTRACK_MIN if floor is None else floor)

@@ -467,8 +467,9 @@ def _headroom(ref: StudyTally) -> dict:
     names = list(ref.dp.tables.node_names)
     entries, seconds = s["ct_entries"], s["ct_seconds"]
     nodes = ref.dp.cluster.nodes if len(ref.dp.cluster.nodes) == len(names) else []
-    cmax = np.array([conntrack_max(getattr(n, "cpu", None)) for n in nodes] or [conntrack_max(None)] * len(names),
-                    dtype=np.float64)
+    sizing = getattr(ref.dp.cluster, "conntrack_sizing", None)       # kube-proxy's ConfigMap
+    cmax = np.array([conntrack_max(getattr(n, "cpu", None), sizing) for n in nodes]
+                    or [conntrack_max(None, sizing)] * len(names), dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         mean_life = np.where(entries > 0, seconds / np.maximum(entries, 1), np.nan)
         # Little's law: entries on node n = rate x (entries per flow on n) x (mean lifetime)

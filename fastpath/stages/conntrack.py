@@ -55,8 +55,12 @@ TIMEOUTS = {
 #: A replied UDP flow becomes a stream (ASSURED) this long after its first packet.
 UDP_STREAM_AFTER = 2
 #: kube-proxy's conntrack sizing: ``min(max(PER_CPU * cpus, MIN), MAX)`` (``--conntrack-max-per-core``,
-#: ``--conntrack-min``); a Node without ``status.capacity.cpu`` gets ``MIN``.
+#: ``--conntrack-min``, their defaults here; the ConfigMap ``kube-system/kube-proxy`` may set others:
+#: :func:`conntrack_max`); a Node without ``status.capacity.cpu`` counts as 1 CPU (``MIN`` by default).
 CT_PER_CPU, CT_MIN, CT_MAX = 32768, 131072, 1048576
+#: The kernel's own ``nf_conntrack_max``, kept on a node whose kube-proxy leaves it alone
+#: (``conntrack.maxPerCore: 0``).
+CT_KERNEL_DEFAULT = 262144
 #: Hash buckets = max / HASHSIZE_RATIO (kube-proxy sets ``hashsize`` to a quarter of the max).
 HASHSIZE_RATIO = 4
 #: Bridge FDB ageing (``BR_DEFAULT_AGEING_TIME``), seconds.
@@ -70,11 +74,19 @@ SALT_CONNTRACK = 9
 _TCPLIKE = (6, 132)
 
 
-def conntrack_max(cpu: int | None) -> int:
-    """kube-proxy's ``nf_conntrack_max`` for a node with ``cpu`` CPUs (``CT_MIN`` where unknown)."""
-    if cpu is None:
-        return CT_MIN
-    return min(max(CT_PER_CPU * int(cpu), CT_MIN), CT_MAX)
+def conntrack_max(cpu: int | None, sizing: tuple[int, int] | None = None) -> int:
+    """``nf_conntrack_max`` of a node with ``cpu`` CPUs under kube-proxy's ``sizing``.
+
+    ``sizing`` is ``(maxPerCore, min)`` from the ConfigMap ``kube-system/kube-proxy``
+    (:attr:`fastpath.cluster.model.Cluster.conntrack_sizing`); None: kube-proxy's defaults
+    (:data:`CT_PER_CPU`, :data:`CT_MIN`). ``maxPerCore`` 0: kube-proxy leaves the sysctl
+    alone and the node keeps the kernel's :data:`CT_KERNEL_DEFAULT`; otherwise
+    ``min(max(maxPerCore * cpu, min), CT_MAX)``. Unknown CPUs (None) count as 1.
+    """
+    per_core, floor = (CT_PER_CPU, CT_MIN) if sizing is None else sizing
+    if per_core == 0:
+        return CT_KERNEL_DEFAULT
+    return min(max(int(per_core) * (1 if cpu is None else int(cpu)), int(floor)), CT_MAX)
 
 
 def bucket_count(ct_max: int) -> int:
@@ -104,8 +116,9 @@ class ConntrackStage:
     dp
         The compiled :class:`fastpath.pipeline.DataPlane` (its cluster and tables).
     conntrack_max
-        Every node's table size; ``None``: kube-proxy's formula over each
-        Node's ``status.capacity.cpu`` (:func:`conntrack_max`).
+        Every node's table size; ``None``: kube-proxy's sizing (the cluster's
+        ``conntrack_sizing``, from its ConfigMap) over each Node's
+        ``status.capacity.cpu`` (:func:`conntrack_max`).
     interval
         Timeline interval, seconds.
     default_duration
@@ -136,7 +149,8 @@ class ConntrackStage:
         if conntrack_max is not None:
             mx = np.full(n, int(conntrack_max), np.int64)
         else:
-            mx = np.array([conntrack_max_of(c) for c in self.node_cpu], dtype=np.int64)
+            sizing = getattr(cluster, "conntrack_sizing", None)
+            mx = np.array([conntrack_max_of(c, sizing) for c in self.node_cpu], dtype=np.int64)
         self.interval_ns = int(round(interval * NS))
         if self.interval_ns < 1:
             raise FastpathError(f"--interval {interval!r}: shorter than a nanosecond")
@@ -397,9 +411,9 @@ class ConntrackStage:
         })
 
 
-def conntrack_max_of(cpu: int | None) -> int:
+def conntrack_max_of(cpu: int | None, sizing: tuple[int, int] | None = None) -> int:
     """:func:`conntrack_max` under a name ``ConntrackStage``'s ``conntrack_max`` argument does not hide."""
-    return conntrack_max(cpu)
+    return conntrack_max(cpu, sizing)
 
 
 def write_timeline(table: pa.Table, path) -> None:

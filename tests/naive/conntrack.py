@@ -27,9 +27,17 @@ FDB_AGEING, NEIGH_LIFE, GC_THRESH3 = 300, 60, 1024
 CONNTRACK_SALT = 9
 
 
-def kube_proxy_max(cpu: Optional[int]) -> int:
-    """kube-proxy: min(max(32768 x CPUs, 131072), 1048576); 131072 where the CPUs are unknown."""
-    return 131072 if cpu is None else min(max(32768 * cpu, 131072), 1048576)
+def kube_proxy_max(cpu: Optional[int], sizing: Optional[tuple] = None) -> int:
+    """kube-proxy: min(max(maxPerCore x CPUs, min), 1048576), CPUs unknown counting as 1;
+    ``sizing`` is (maxPerCore, min) from its ConfigMap, None for (32768, 131072). maxPerCore 0:
+    kube-proxy leaves the sysctl alone, so the kernel's default 262144 stays."""
+    if sizing is None:
+        sizing = (32768, 131072)
+    per_core, floor = sizing
+    if per_core == 0:
+        return 262144
+    cpus = 1 if cpu is None else cpu
+    return min(max(per_core * cpus, floor), 1048576)
 
 
 def bucket_hash(seed: int, f: dict) -> int:
@@ -45,10 +53,12 @@ class NaiveConntrack:
     """Every node's conntrack table, FDB and neighbour table, as dicts."""
 
     def __init__(self, cluster, *, conntrack_max: Optional[int] = None, interval: float = 1.0,
-                 default_duration: float = 30.0, seed: int = 0) -> None:
+                 default_duration: float = 30.0, seed: int = 0, sizing: Optional[tuple] = None) -> None:
+        """``conntrack_max`` sets every node's table; else kube-proxy's ``sizing`` (maxPerCore, min)
+        over each node's CPUs (:func:`kube_proxy_max`)."""
         self.nodes = [n.name for n in cluster.nodes]
         self.node_ip = {n.name: (n.internal_ip or 0) for n in cluster.nodes}
-        self.max = {n.name: conntrack_max if conntrack_max is not None else kube_proxy_max(n.cpu)
+        self.max = {n.name: conntrack_max if conntrack_max is not None else kube_proxy_max(n.cpu, sizing)
                     for n in cluster.nodes}
         self.buckets = {n: max(1, m // 4) for n, m in self.max.items()}
         self.pod_node = {p.key: p.node for p in cluster.pods}

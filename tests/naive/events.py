@@ -336,7 +336,7 @@ def _conntrack(objects: list[dict], events: list[dict], cluster, conntrack_max, 
             first.setdefault(identity(obj)[2], obj)
     nodes = [cluster_from_objects([o]).nodes[0] for o in first.values()]
     return NaiveConntrack(SimpleNamespace(nodes=nodes, pods=cluster.pods), conntrack_max=conntrack_max,
-                          default_duration=conn_duration, seed=seed)
+                          default_duration=conn_duration, seed=seed, sizing=cluster.conntrack_sizing)
 
 
 def naive_event_replay(objects: list[dict], events: list[dict], flows: list[dict], *, lb: str = "random",
