@@ -9,9 +9,9 @@ summarize every row).
 * ``test_single_process[conntrack|stateless]``: ``replay(cluster, trace)``, with
   connection tracking (the default for a trace with ``ts``) and without
   (``conntrack=False``).
-* ``test_local_cluster[...]``: the same call with ``scheduler=`` a LocalCluster of
-  ``WORKERS`` processes, one thread each, started inside the round (its start-up
-  counts). ``extra_info``: ``vs_single`` (this median / the single process's median
+* ``test_local_cluster[...]``: the same call with ``scheduler=`` the LocalCluster that
+  ``--scheduler local`` starts (``fastpath.distributed.local_cluster``: ``WORKERS``
+  processes, one thread each), started inside the round (its start-up counts). ``extra_info``: ``vs_single`` (this median / the single process's median
   of the same mode, same run; the target on 2 cores is at most 1.2), Dask's task
   stream summed per task kind (``compute_s``), ``worker_flows_per_s`` (flows / the
   compute seconds of all tasks: what one worker does per second of work),
@@ -48,16 +48,16 @@ print(json.dumps({"flows": s.flows, "wall_s": time.perf_counter() - t0, "compile
 """
 
 DIST_CHILD = PEAK_RSS + """
-import json, logging, sys, time
+import json, sys, time
 from collections import defaultdict
 
 def main():
     t0 = time.perf_counter()
-    from distributed import Client, LocalCluster, get_task_stream
+    from distributed import Client, get_task_stream
     from distributed.utils import key_split
+    from fastpath.distributed import local_cluster
     from fastpath.replay import replay
-    cluster = LocalCluster(n_workers=int(sys.argv[4]), threads_per_worker=1, processes=True,
-                           dashboard_address=":0", silence_logs=logging.ERROR)
+    cluster = local_cluster(int(sys.argv[4]))         # as --scheduler local starts it
     client = Client(cluster)
     up_s = time.perf_counter() - t0
     with get_task_stream(client) as stream:

@@ -300,6 +300,26 @@ def test_cli_local_cluster_bad_trace_is_one_line(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.parquet"]
 
 
+def test_local_cluster_workers_keep_glibc_malloc_defaults():
+    """``--scheduler local``'s workers start without Dask's ``MALLOC_TRIM_THRESHOLD_`` (set, it also fixes
+    glibc's mmap threshold: every batch column a fresh mmap the kernel zeroes), and Dask's own setting
+    is as it was after the cluster starts."""
+    import os
+
+    import dask
+
+    from fastpath.distributed import PRE_SPAWN, _Session
+
+    before = dict(dask.config.get(PRE_SPAWN))
+    session = _Session("local", 1)                    # as replay(scheduler="local") starts it
+    try:
+        got = session.client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+    finally:
+        session.close()
+    assert list(got.values()) == [os.environ.get("MALLOC_TRIM_THRESHOLD_")]   # as this process has it: unset
+    assert dict(dask.config.get(PRE_SPAWN)) == before and "MALLOC_TRIM_THRESHOLD_" in before
+
+
 # --------------------------------------------------------------------------- the plan
 
 def test_ranges_cover_the_trace_in_whole_batches():
