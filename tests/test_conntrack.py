@@ -178,6 +178,18 @@ def test_udp_stream_becomes_assured():
     assert [g["verdict"] for g in got] == ["delivered", "delivered", "delivered", "dropped"]
 
 
+def test_udp_stream_needs_a_packet_after_2_s():
+    """A replied UDP flow is a stream only with a packet *after* 2 s (``time_after(jiffies, stream_ts)``):
+    alive exactly 2 s it keeps the 30 s timeout (gone by 50 s: the next connection finds room in a table
+    of one); alive 2.001 s it is an ASSURED stream held 120 s after its last packet (the next one is dropped)."""
+    c = two_nodes()
+    for alive, later in ((2.0, "delivered"), (2.001, "dropped")):
+        flows = [fl(0, "10.244.0.6", "10.244.0.5", 53, UDP, sport=1, duration=alive),
+                 fl(50 * S, "10.244.0.5", "10.244.0.6", 8080, sport=2)]
+        _, _, got = assert_agree(c, flows, conntrack_max=1)
+        assert [g["verdict"] for g in got] == ["delivered", later], alive
+
+
 def test_time_wait_holds_entries_after_close():
     c = two_nodes()
     flows = [fl(0, "10.244.0.5", "10.244.0.6", 8080, duration=1.0)] + \

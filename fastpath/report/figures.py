@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..codes import DROPPED, DENIED, LOOPBACK, PATHS, REASONS, UNRESOLVED, VERDICTS
-from ..stages.conntrack import TIMEOUTS, conntrack_max
+from ..stages.conntrack import TIMEOUTS, UDP_STREAM_AFTER, conntrack_max
 from ..study import _match_backends, imbalance
 
 #: Node pairs counted in a dense matrix up to this many nodes; beyond it, sparse counts.
@@ -193,7 +193,7 @@ class StudyTally:
         tcp = (proto == 6) | (proto == 132)
         answered = r.verdict == VERDICTS.index("delivered")
         close = np.where(tcp, np.where(answered, TIMEOUTS["tcp_time_wait"], TIMEOUTS["tcp_close"]),
-                         np.where(proto == 17, np.where(dur >= 2, TIMEOUTS["udp_stream"], TIMEOUTS["udp"]),
+                         np.where(proto == 17, np.where(dur > UDP_STREAM_AFTER, TIMEOUTS["udp_stream"], TIMEOUTS["udp"]),
                                   TIMEOUTS["generic"]))
         life = np.where(tcp & ~answered, 0.0, dur) + close
         a = np.flatnonzero(seen & (r.src_node >= 0))

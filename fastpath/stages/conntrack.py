@@ -49,10 +49,11 @@ TIMEOUTS = {
     "tcp_syn_sent": 120,     #: a SYN that got no answer (dropped on the far node)
     "tcp_close": 10,         #: after a RST (refused: nothing listens)
     "udp": 30,               #: after the last packet, not a stream (one-shot, refused, unanswered)
-    "udp_stream": 120,       #: after the last packet of a stream (replied, alive 2 s after the first)
+    "udp_stream": 120,       #: after the last packet of a stream (replied, alive more than 2 s after the first)
     "generic": 600,          #: any other protocol
 }
-#: A replied UDP flow becomes a stream (ASSURED) this long after its first packet.
+#: A replied UDP flow becomes a stream (ASSURED) with a packet more than this long after its first one
+#: (``nf_conntrack_proto_udp.c``: ``time_after(jiffies, stream_ts)``); a ``duration`` of exactly 2 s is not one.
 UDP_STREAM_AFTER = 2
 #: kube-proxy's conntrack sizing: ``min(max(PER_CPU * cpus, MIN), MAX)`` (``--conntrack-max-per-core``,
 #: ``--conntrack-min``, their defaults here; the ConfigMap ``kube-system/kube-proxy`` may set others:
@@ -484,7 +485,7 @@ def explain_conntrack(stage: ConntrackStage | None, proto: int, verdict: int, sr
     if verdict in (DELIVERED, EGRESS):
         if tcp:
             life, state = d + TIMEOUTS["tcp_time_wait"], "ASSURED once established; TIME_WAIT 120 s after close"
-        elif proto == 17 and d >= UDP_STREAM_AFTER:
+        elif proto == 17 and d > UDP_STREAM_AFTER:
             life, state = d + TIMEOUTS["udp_stream"], "a UDP stream: ASSURED 2 s in; 120 s after its last packet"
         elif proto == 17:
             life, state = d + TIMEOUTS["udp"], "one-shot UDP: never ASSURED (evictable); 30 s after its last packet"

@@ -463,7 +463,7 @@ def _lifetime(v, tcp, pr, t, d, P):
         if tcp:
             return t + d + P[P_TIME_WAIT], t                  # established at once
         if pr == 17:
-            if d >= P[P_STREAM_AFTER]:
+            if d > P[P_STREAM_AFTER]:                          # a packet after 2 s (time_after)
                 return t + d + P[P_UDP_STREAM], t + P[P_STREAM_AFTER]
             return t + d + P[P_UDP], I64_MAX
         return t + d + P[P_GENERIC], I64_MAX

@@ -180,7 +180,7 @@ class NaiveConntrack:
         if v in ("delivered", "egress"):
             if tcp:
                 expiry, assured = t + d + TIME_WAIT * NS, t
-            elif proto == 17 and d >= STREAM_AFTER * NS:
+            elif proto == 17 and d > STREAM_AFTER * NS:
                 expiry, assured = t + d + UDP_STREAM * NS, t + STREAM_AFTER * NS
             elif proto == 17:
                 expiry, assured = t + d + UDP * NS, never
