@@ -330,15 +330,16 @@ def test_ranges_cover_the_trace_in_whole_batches():
         assert all((b - a) % bs == 0 for a, b in got[:-1])
 
 
-def test_nodes_sharing_an_affinity_key_stay_together():
-    """An external client reaching one ClientIP-affinity service through nodes 1 and 4 (and another
-    through 4 and 6): those nodes share a state partition, whatever the balance says."""
-    counts = np.array([0, 10, 10, 10, 10, 10, 10, 10, 10])           # slot 0: rows without state
-    key = np.array([7, 7, 9, 9, 11], np.uint64)
-    node = np.array([1, 4, 4, 6, 2], np.int32)
-    part = plan.state_partitions(counts, key, node, 4)
-    assert part[1 + 1] == part[4 + 1] == part[6 + 1]
-    assert len(set(part[1:].tolist())) == 4                          # the rest still spread
+def test_state_partitions_balance_nodes_alone():
+    """Every piece of balancer state is one node's (ClientIP affinity included: kube-proxy keeps it per
+    node, so an external client reaching a service through two nodes has an entry on each): nodes
+    are balanced over the partitions by their rows alone, none tied to another."""
+    counts = np.array([5, 40, 10, 10, 30, 10, 10, 0, 10])            # slot 0: rows without state
+    part = plan.state_partitions(counts, 4)
+    assert part[0] == 0 and part.shape == counts.shape
+    loads = np.bincount(part[1:], weights=counts[1:], minlength=4)
+    assert sorted(loads.tolist()) == [20.0, 30.0, 30.0, 40.0]            # greedy LPT over the nodes themselves
+    assert part[0 + 1] != part[3 + 1]                                # the two heaviest nodes apart
 
 
 def test_balance_is_greedy_over_weights():

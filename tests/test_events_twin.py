@@ -548,6 +548,8 @@ class Stream:
 
     def api_service(self) -> dict:
         spec = {"externalTrafficPolicy": "Local"} if self.rng.random() < 0.3 else {}
+        if self.rng.random() < 0.4:                 # external clients through several nodes: per-node affinity
+            spec["sessionAffinity"] = "ClientIP"
         return service_obj("api", "api", API_VIP, stype="NodePort", ports=[
             {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080, "nodePort": NODE_PORT}], **spec)
 
@@ -643,8 +645,9 @@ class Stream:
                 port, proto = r.choice([(8080, TCP), (5353, UDP), (9, TCP)])
             else:
                 dst, port, proto = r.choice(self.node_ips), NODE_PORT, TCP
-                if r.random() < 0.7:
-                    src = f"100.64.1.{r.randint(1, 250)}"
+                if r.random() < 0.7:                # a roaming client (one of two) half the time
+                    src = f"100.64.1.{r.randint(1, 250)}" if r.random() < 0.5 else r.choice(["100.64.1.1",
+                                                                                          "100.64.1.2"])
             d = r.choice([None, None, 0.0, 0.5, 3.0, 20.0, 100.0])
             out.append(flow(t, src, dst, port, proto, sport=r.randrange(1024, 65536), duration=d))
         out.sort(key=lambda f: f["ts"])

@@ -482,6 +482,8 @@ def test_round_robin_per_node_counts_differ_by_at_most_one():
 
 @pytest.mark.parametrize("lb", BALANCERS)
 def test_affinity_never_broken_inside_timeout(lb):
+    """External clients to a ClusterIP land on nodes drawn per flow; each receiving node keeps the
+    client's backend (affinity is per node, as kube-proxy's), never broken inside the timeout."""
     c = wide_cluster(8, affinity=True, timeout=5)
     rng = np.random.default_rng(3)
     clients = rng.integers(0x64400000, 0x6440FFFF, 40)
@@ -489,14 +491,119 @@ def test_affinity_never_broken_inside_timeout(lb):
     out = run_stage(ServiceStage(compile_services(c, lb=lb, maglev_size=1021)), c, flows, batches=4)
     last = {}
     moved_after_idle = 0
-    for f, d in zip(flows, out["dnat_ip"].tolist()):
-        prev = last.get(f["src_ip"])
+    for f, d, node in zip(flows, out["dnat_ip"].tolist(), out["src_node"].tolist()):
+        prev = last.get((f["src_ip"], node))
         if prev is not None:
             if f["ts"] - prev[1] <= 5 * 10**9:
                 assert d == prev[0]
             else:
                 moved_after_idle += d != prev[0]
-        last[f["src_ip"]] = (d, f["ts"])
+        last[(f["src_ip"], node)] = (d, f["ts"])
+    assert len(set(out["src_node"].tolist())) == 3
+
+
+NODE_A, NODE_B = ip("192.168.0.1"), ip("192.168.0.2")      # node-0's and node-1's InternalIP
+
+
+def hop_flows(clients, steps, dport=30080, duration=0.0):
+    """Each client's flows, in time order: ``steps`` is (seconds, node address) per round of flows (TCP)."""
+    flows = []
+    for t, node in steps:
+        for k, c in enumerate(clients):
+            flows.append({"src_ip": int(c), "dst_ip": node, "src_port": 20000 + len(flows), "dst_port": dport,
+                          "proto": 6, "ts": t * 10**9 + k + 1, "duration": duration})
+    return flows
+
+
+def fresh(smap, cluster, f):
+    """The backend a flow gets with no affinity entry anywhere (alone on a fresh stage)."""
+    out = run_stage(ServiceStage(smap), cluster, [f])
+    return int(out["dnat_ip"][0]), int(out["src_node"][0])
+
+
+@pytest.mark.parametrize("lb", BALANCERS)
+def test_affinity_is_per_node_for_an_external_client(lb):
+    """kube-proxy keeps ClientIP affinity in each node's kernel (iptables' ``recent`` lists, IPVS
+    persistence templates): an external client reaching a ClientIP-affinity NodePort at node A, then
+    at node B, gets B's own choice there (not A's), and each node keeps its own choice after.
+    Kernel == twin flow by flow. (One flow of another client through B first, so that B's
+    round-robin and least-connection counters are not A's.)"""
+    c = small_cluster(svc={"session_affinity": True, "affinity_timeout": 100})
+    smap = compile_services(c, lb=lb, maglev_size=251)
+    clients = np.random.default_rng(8).integers(0x64400000, 0x6440FFFF, 30)
+    steps = [(0, NODE_A), (1, NODE_B), (2, NODE_A), (3, NODE_B), (4, NODE_A)]
+    warm = {"src_ip": OUTSIDE, "dst_ip": NODE_B, "src_port": 1, "dst_port": 30080, "proto": 6, "ts": 0,
+            "duration": 50.0}
+    flows = [warm] + hop_flows(clients, steps, duration=50.0)
+    got = check_same(c, flows, lb, m=251)[1:]
+    n = len(clients)
+    differ = 0
+    for k in range(n):
+        a = [got[j * n + k] for j in (0, 2, 4)]
+        b = [got[j * n + k] for j in (1, 3)]
+        assert {r["src_node"] for r in a} == {"node-0"} and {r["src_node"] for r in b} == {"node-1"}
+        assert len({r["dnat_ip"] for r in a}) == 1 and len({r["dnat_ip"] for r in b}) == 1
+        if lb in ("random", "source-hash", "maglev"):     # B chose by its hash, A's entry unseen
+            assert b[0]["dnat_ip"] == fresh(smap, c, flows[1 + n + k])[0]
+        differ += a[0]["dnat_ip"] != b[0]["dnat_ip"]
+    if lb == "source-hash":                  # the client hash picks the same on every node
+        assert differ == 0
+    else:
+        assert differ > n // 2
+
+
+def test_affinity_timeout_runs_per_node():
+    """Each node's entry has its own timeout: the client's flow through node B at 6 s does not
+    refresh node A's entry, so at 12 s (timeout 10 s) node A chooses anew."""
+    c = small_cluster(svc={"session_affinity": True, "affinity_timeout": 10})
+    smap = compile_services(c, lb="random")
+    clients = np.random.default_rng(9).integers(0x64400000, 0x6440FFFF, 40)
+    flows = hop_flows(clients, [(0, NODE_A), (6, NODE_B), (12, NODE_A), (13, NODE_A)])
+    got = check_same(c, flows, "random")
+    n = len(clients)
+    moved = 0
+    for k in range(n):
+        first, again, after = got[k], got[2 * n + k], got[3 * n + k]
+        assert again["dnat_ip"] == fresh(smap, c, flows[2 * n + k])[0]     # expired: a fresh draw
+        assert after["dnat_ip"] == again["dnat_ip"]                         # the new entry holds
+        moved += again["dnat_ip"] != first["dnat_ip"]
+    assert moved > 0
+
+
+def test_pod_client_affinity_is_its_nodes():
+    """A pod or host client is always DNATed on its own node: one entry, on that node, whichever
+    frontend (ClusterIP, NodePort on another node's address, load-balancer IP) it uses."""
+    c = small_cluster(svc={"session_affinity": True, "affinity_timeout": 100})
+    for lb in BALANCERS:
+        smap = compile_services(c, lb=lb, maglev_size=251)
+        stage = ServiceStage(smap)
+        dsts = [(VIP, 80), (NODE_A, 30080), (NODE_B, 30080), (LB_IP, 80), (EXT_IP, 80)] * 4
+        flows = [{"src_ip": CLIENT, "dst_ip": d, "src_port": 30000 + j, "dst_port": p, "proto": 6, "ts": j * 10**8}
+                 for j, (d, p) in enumerate(dsts)]
+        out = run_stage(stage, c, flows)
+        assert set(out["src_node"].tolist()) == {2} and len(set(out["dnat_ip"].tolist())) == 1
+        entry = stage.state.affinity(0, 2, CLIENT, 3)
+        assert entry is not None and smap.ep_ip[entry[0]] == out["dnat_ip"][0]
+        assert stage.state.affinity(0, 0, CLIENT, 3) is None and stage.state.affinity(0, 1, CLIENT, 3) is None
+        check_same(c, flows, lb, m=251)
+
+
+def test_affinity_keys_are_one_to_one_and_bounded():
+    from fastpath.tables.balancer_state import affinity_key, affinity_keys_np, check_affinity_keys
+    from fastpath.tables.exact import EMPTY
+
+    n_sp, n_nodes = 5, 7
+    sp, node = np.meshgrid(np.arange(n_sp), np.arange(n_nodes), indexing="ij")
+    for client in (0, 0x0A000001, 0xFFFFFFFF):
+        keys = affinity_keys_np(sp.ravel(), node.ravel(), n_nodes, np.full(sp.size, client))
+        assert np.unique(keys).size == sp.size
+        assert int(keys[-1]) == int(affinity_key(n_sp - 1, n_nodes - 1, n_nodes, client))
+    check_affinity_keys(1 << 16, (1 << 16) - 1)
+    top = affinity_keys_np(np.array([(1 << 16) - 2]), np.array([(1 << 16) - 2]), (1 << 16) - 1,
+                           np.array([0xFFFFFFFF]))
+    assert top[0] != EMPTY
+    with pytest.raises(FastpathError, match="ClientIP-affinity"):
+        check_affinity_keys(1 << 16, 1 << 16)
 
 
 def test_least_connection_never_picks_a_busier_backend():
@@ -543,6 +650,19 @@ def test_explain_lines():
     f = [{"src_ip": CLIENT, "dst_ip": VIP, "src_port": 1, "dst_port": 99, "proto": 6}]
     out = run_stage(ServiceStage(smap), c, f)
     assert "rejected" in explain_service(smap, arrays(f), out)[0]
+
+
+def test_explain_says_affinity_is_the_receiving_nodes():
+    c = small_cluster(svc={"session_affinity": True, "affinity_timeout": 60})
+    smap = compile_services(c)
+    stage = ServiceStage(smap)
+    f = [{"src_ip": OUTSIDE, "dst_ip": NODE_B, "src_port": 1234, "dst_port": 30080, "proto": 6, "ts": 0}]
+    out = run_stage(stage, c, f)
+    out["src_kind"] = np.array([2], np.uint8)
+    dp = type("DP", (), {"services": smap, "stage": stage})()
+    text = "\n".join(explain_service(dp, arrays(f), out))
+    assert "sessionAffinity ClientIP (60 s): node node-1 keeps the client's backend" in text
+    assert "each node's kube-proxy has its own affinity entries" in text
 
 
 def test_frontend_clash_first_wins_with_warning():

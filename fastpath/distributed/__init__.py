@@ -14,9 +14,9 @@ picture and the costs):
    least-connection counters, affinity) keep state per node, so rows are
    shuffled into *state partitions* first: a stateless pass finds the node whose
    kube-proxy state each row touches (the client's node; for an external client
-   the receiving node), nodes that share an affinity key are kept together, and
-   each partition resolves its rows in trace order with one balancer state, as
-   the single process would.
+   the receiving node), nodes are balanced over the partitions by rows (no state
+   is shared between nodes, affinity included), and each partition resolves its
+   rows in trace order with one balancer state, as the single process would.
 2. **Connection tracking** (a trace with ``ts``): per-node tables, but a
    cross-node connection couples its client's node and its backend's node (a full
    backend table changes the client's entry). Nodes are split into one group per
@@ -442,10 +442,8 @@ def _resolve_phase(client, waiter, spec_f, trace: str, batch_size: int, bounds, 
     keys = [client.submit(tasks.state_keys, spec_f, trace, batch_size, a, b, pure=False) for a, b in bounds]
     heads = waiter.wait("find state nodes", [client.submit(_key_facts, k, pure=False) for k in keys])
     counts = np.sum([h["counts"] for h in heads], axis=0)
-    aff_key = np.concatenate([h["aff_key"] for h in heads])
-    aff_node = np.concatenate([h["aff_node"] for h in heads])
     nparts = max(workers, 1) * 2
-    part_of_node = plan.state_partitions(counts, aff_key, aff_node, nparts)
+    part_of_node = plan.state_partitions(counts, nparts)
     splits = [client.submit(tasks.split_range, k, part_of_node, trace, batch_size, a, b, nparts, pure=False)
               for k, (a, b) in zip(keys, bounds)]
     parts = [client.submit(tasks.resolve_partition, spec_f, batch_size,
@@ -460,7 +458,7 @@ def _first(k: int, bounds: list) -> int:
 
 
 def _key_facts(keys: dict) -> dict:
-    return {k: keys[k] for k in ("aff_key", "aff_node", "counts", "edges")}
+    return {k: keys[k] for k in ("counts", "edges")}
 
 
 def _conntrack_phase(client, waiter, spec_f, parts, pieces, bounds, facts, ct_opts, session, groups_asked, edges,

@@ -194,28 +194,21 @@ def _policy_counting(dp) -> None:
 # --------------------------------------------------------------------------- stateful partitions
 
 def state_keys(spec: PlaneSpec, trace: str, batch_size: int, start: int, stop: int) -> dict:
-    """The node whose kube-proxy state each row of ``start:stop`` touches, and the ClientIP-affinity
-    keys each node uses (the stateless half of the service stage decides both: the client's node, or
-    for an external client the receiving node).
+    """The node whose kube-proxy state each row of ``start:stop`` touches (the stateless half of the
+    service stage decides it: the client's node, or for an external client the receiving node).
+    Every piece of balancer state is that node's own: round-robin counters per (node, service port),
+    least-connection counts per (node, endpoint), ClientIP affinity per (service port, node, client),
+    so a node's rows need nothing from another node's.
 
-    Returns ``node`` (int32 per row, -1: no state), ``aff_key``/``aff_node`` (distinct
-    (service port, client IP) affinity keys with the node that used them), ``counts``
-    (rows per node + 1, slot 0 for -1) and the range's first and last ``ts``.
+    Returns ``node`` (int32 per row, -1: no state), ``counts`` (rows per node + 1, slot 0 for -1)
+    and the range's first and last ``ts``.
     """
-    from ..tables.balancers import F_AFFINITY
-
     with _KernelThreads(), _Plane(spec.with_lb("random")) as dp:
         batches = _read(trace, batch_size, start, stop)
         r = _resolve(dp, batches)
         node = r.src_node.astype(np.int32)
         node = np.where(r.service >= 0, node, np.int32(-1))     # only service traffic has balancer state
-        flags = dp.services.arrays.sp_flags
-        aff = (r.service >= 0) & ((flags[np.maximum(r.service, 0)] & F_AFFINITY) != 0)
-        src_ip = np.concatenate([b.src_ip for b in batches]) if batches else np.zeros(0, np.uint32)
-        key = (r.service[aff].astype(np.uint64) << np.uint64(32)) | src_ip[aff].astype(np.uint64)
-        pairs = np.unique(np.stack([key, node[aff].astype(np.uint64)]), axis=1) if key.size \
-            else np.zeros((2, 0), np.uint64)
-        return {"node": node, "aff_key": pairs[0], "aff_node": pairs[1].astype(np.int32),
+        return {"node": node,
                 "counts": np.bincount(node.astype(np.int64) + 1, minlength=len(dp.tables.node_names) + 1),
                 "edges": _edges(batches)}
 
@@ -259,17 +252,20 @@ def resolve_partition(spec: PlaneSpec, batch_size: int, *pieces) -> Resolved:
 
 def affinity_split(spec: PlaneSpec, part: Resolved, parts: int) -> list:
     """A stateless balancer's range, resolved on its own, is exact but for its rows to ClientIP-affinity
-    service ports: their state is the affinity table, keyed by (service port, client IP) only. Those rows
-    (row numbers and flows) for each of ``parts`` key partitions, by a hash of the key."""
+    service ports: their state is the affinity table, keyed by (service port, node, client IP) only (the
+    node that DNATs: the row's ``src_node``). Those rows (row numbers and flows) for each of ``parts``
+    key partitions, by a hash of the key."""
+    from ..tables.balancer_state import affinity_keys_np
     from ..tables.balancers import F_AFFINITY
 
     with _Plane(spec) as dp:
         flags = dp.services.arrays.sp_flags
+        n_nodes = len(dp.services.node_names)
     sp = part.results.service
     aff = np.flatnonzero((sp >= 0) & ((flags[np.maximum(sp, 0)] & F_AFFINITY) != 0))
     if aff.size == 0:
         return [None] * parts
-    key = (sp[aff].astype(np.uint64) << np.uint64(32)) | part.flows.src_ip[aff].astype(np.uint64)
+    key = affinity_keys_np(sp[aff], part.results.src_node[aff], n_nodes, part.flows.src_ip[aff])
     q = ((key * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)) % np.uint64(parts)
     out = []
     for p in range(parts):

@@ -3,7 +3,9 @@
 The stateful balancers' memory between flows (and batches), in flat arrays the
 sequential stage kernels of :mod:`fastpath.tables.balancers` read and write:
 counters per (node, service port) and (node, endpoint), the open connections
-of least-connection by their end time, and the ClientIP affinity table.
+of least-connection by their end time, and the ClientIP affinity table, keyed by
+(service port, node, client IP): each node's kube-proxy keeps its own affinity entries
+(:func:`affinity_key`).
 
 Connections live their own ``duration``, so they need not end in the order
 they started; most do (one default lifetime for all, or durations shorter than
@@ -18,6 +20,7 @@ from collections import namedtuple
 import numpy as np
 
 from .._jit import jit
+from ..errors import FastpathError
 from .exact import EMPTY, ht_place, pack2
 
 #: Balancer names, indexed by their code.
@@ -33,11 +36,39 @@ StateArrays = namedtuple("StateArrays", [
     "rr_keys", "rr_vals",          # pack2(node, sp) -> [counter]
     "lc_dense",                    # int64[nodes, E] active connections, or [0, 0]: use the hash table
     "lc_keys", "lc_vals",          # pack2(node, endpoint) -> [active connections]
-    "aff_keys", "aff_vals",        # pack2(sp, client ip) -> [endpoint, last use ns]
+    "aff_keys", "aff_vals",        # affinity_key(sp, node, nodes, client ip) -> [endpoint, last use ns]
     "conn_end", "conn_key",        # [2, cap] open connections by end ns: row 0 a FIFO ring, row 1 a min-heap
     "meta",                        # i64: rr used, lc used, aff used, FIFO head, FIFO count, heap count
 ])
 _RR_USED, _LC_USED, _AFF_USED, _FIFO_HEAD, _FIFO_COUNT, _HEAP_COUNT = range(6)
+
+
+# --------------------------------------------------------------------------- affinity keys
+
+@jit(inline="always")
+def affinity_key(sp, node, n_nodes, client):
+    """The ClientIP-affinity key of (service port, node, client IP): ``(sp * n_nodes + node) << 32 | client``.
+
+    ``node`` is the node whose kube-proxy DNATs the flow (the one whose round-robin and
+    least-connection counters it uses): kube-proxy keeps affinity in each node's own kernel
+    (iptables' ``recent`` lists, IPVS persistence templates, nftables maps), so an external
+    client arriving at two nodes has an entry on each. One-to-one while ``S * n_nodes`` fits 32
+    bits (:func:`check_affinity_keys`), and never the table's empty key ``EMPTY``.
+    """
+    return pack2(np.uint64(sp) * np.uint64(n_nodes) + np.uint64(node), client)
+
+
+def affinity_keys_np(sp: np.ndarray, node: np.ndarray, n_nodes: int, client: np.ndarray) -> np.ndarray:
+    """Vectorized :func:`affinity_key`."""
+    hi = np.asarray(sp, np.uint64) * np.uint64(n_nodes) + np.asarray(node, np.uint64)
+    return (hi << np.uint64(32)) | np.asarray(client, np.uint64)
+
+
+def check_affinity_keys(n_sp: int, n_nodes: int) -> None:
+    """Refuse a map whose (service port, node) pairs do not fit the affinity key's 32 bits."""
+    if n_sp * n_nodes >= 1 << 32:
+        raise FastpathError(f"{n_sp} service ports x {n_nodes} nodes exceed the 2^32 (service port, node) "
+                            f"pairs the ClientIP-affinity table can key")
 
 
 # --------------------------------------------------------------------------- state tables
@@ -156,11 +187,11 @@ class BalancerState:
         a = self.arrays
         return int(_count(a.rr_dense, a.rr_keys, a.rr_vals, node, sp))
 
-    def affinity(self, sp: int, client: int) -> tuple[int, int] | None:
-        """(endpoint, last use ns) remembered for ``client`` on service port ``sp`` (the last use is the end of
-        the client's latest-ending connection under it)."""
+    def affinity(self, sp: int, node: int, client: int, n_nodes: int) -> tuple[int, int] | None:
+        """(endpoint, last use ns) that ``node`` (of ``n_nodes``) remembers for ``client`` on service port ``sp``
+        (the last use is the end of the client's latest-ending connection through that node under it)."""
         a = self.arrays
-        i = ht_place(a.aff_keys, pack2(sp, client))
+        i = ht_place(a.aff_keys, affinity_key(sp, node, n_nodes, client))
         if a.aff_keys[i] == EMPTY:
             return None
         return int(a.aff_vals[i, 0]), int(a.aff_vals[i, 1])

@@ -50,8 +50,8 @@ in ``(IP, port)`` order:
     of (end time, node, backend) retires them. Without ``ts`` connections never
     end: lc balances the connections each node has opened.
 
-``sessionAffinity: ClientIP`` wraps any balancer: a table keyed (client IP,
-service port) keeps the backend for ``timeoutSeconds`` after its last use,
+``sessionAffinity: ClientIP`` wraps any balancer: a table keyed (service port,
+node, client IP) keeps the backend for ``timeoutSeconds`` after its last use,
 and a connection uses it until it ends: a flow at ``ts`` finds the remembered
 backend if ``ts`` is at most ``timeoutSeconds`` past the end of the client's
 latest-ending connection there (connection lifetimes as least-connection's;
@@ -59,7 +59,13 @@ with no ``duration`` column a UDP exchange ends at once, as iptables'
 ``recent --rcheck --seconds`` from the last new connection); a remembered backend that is not
 eligible for this flow (another node under a Local policy) is chosen anew.
 Without ``ts`` an affinity never expires. An affinity hit does not advance
-round-robin.
+round-robin. The node is the one that DNATs the flow, whose counters it uses (the
+client's node; for an external client the receiving node): kube-proxy keeps
+affinity in each node's kernel (iptables' ``-m recent --name KUBE-SEP-…
+--rcheck --seconds T`` lists, IPVS persistence templates, nftables maps), so an
+external client reaching one service through two nodes has an entry, and a
+timeout, on each, and may get a different backend on each
+(:func:`~fastpath.tables.balancer_state.affinity_key`).
 
 Each row is a new connection (conntrack pinning of later packets is not
 modelled here): a row repeating a 5-tuple gets the same backend from the hash
@@ -94,7 +100,7 @@ from .._jit import GROUP, UGROUP, chunk_bounds, jit, pjit, prefetch, stack_empty
 from ..codes import DROPPED, PENDING, REJECTED
 from .balancer_state import (BALANCERS, LB_LEAST_CONN, LB_MAGLEV, LB_RANDOM, LB_ROUND_ROBIN,  # noqa: F401
                              LB_SOURCE_HASH, BalancerState, StateArrays, _add, _count, _open, _retire, _AFF_USED,
-                             _RR_USED)
+                             _RR_USED, affinity_key)
 from .exact import EMPTY, ht_find, ht_home, ht_place, ht_probe, pack2, pack3
 
 #: Frontend kinds, indexed by code (bits 32-35 of a frontend value).
@@ -779,6 +785,7 @@ def _stage(T, S, lb, has_ts, life, rows, src_ip, dst_ip, src_port, dst_port, pro
      node_ip, loc_slots, lbn_off, lbn_node, set_off, set_ep, _set_ip, _set_port, set_table, maglev,
      affinity_ns, keys, addr_filter, _sp_span, _sp_table, set_backend, node_pool) = T
     rr_dense, rr_keys, rr_vals, lc_dense, lc_keys, lc_vals, aff_keys, aff_vals, conn_end, conn_key, meta = S
+    n_nodes = np.int64(node_ip.shape[0])               # affinity keys: (service port, node, client)
     for _ in range(1):                                 # one thread walks the rows in trace order
         for r in range(rows.shape[0]):
             i = np.uint64(rows[r])                     # unsigned: no wrap-around per access
@@ -805,8 +812,9 @@ def _stage(T, S, lb, has_ts, life, rows, src_ip, dst_ip, src_port, dst_port, pro
             pos = np.int64(-1)
             slot = np.int64(0)
             hit = False
-            akey = pack2(sp, s_ip)
-            if affinity:
+            akey = EMPTY
+            if affinity:                               # the DNAT node's own entry (rn: as its counters)
+                akey = affinity_key(sp, rn, n_nodes, s_ip)
                 slot = ht_place(aff_keys, akey)
                 if aff_keys[slot] == akey and (not has_ts or t - aff_vals[slot, 1] <= affinity_ns[sp]):
                     ep = aff_vals[slot, 0]

@@ -54,6 +54,7 @@ from ..lifetimes import lifetimes_ns
 from .balancers import (BALANCERS, F_AFFINITY, F_ETP_LOCAL, F_HAS_ANY, F_ITP_LOCAL, F_NODE_HINTS, NODE_HINT_KEY,
                         LB_LEAST_CONN, LB_MAGLEV, LB_ROUND_ROBIN, SEQ_CHUNK, BalancerState, MapArrays, PAR_CHUNK, _pick_in_order, _stage,
                         _stage_hash, seed_keys)
+from .balancer_state import check_affinity_keys
 from .exact import ExactTable, pack2_np, pack3_np
 from .frontends import (DEFAULT_AFFINITY_TIMEOUT, frontend_filter, frontend_tables,  # noqa: F401 (re-exported)
                         service_ports)
@@ -295,6 +296,8 @@ def compile_services(cluster: Cluster, *, lb: str = "random", seed: int = 0,
     sp_table = np.where(plain, np.append(set_table, -1)[s0], -1).astype(np.int32)
 
     timeouts = np.array(sp_timeout, dtype=np.int64)
+    if (sp_flags_a & F_AFFINITY).any():
+        check_affinity_keys(len(names), len(nodes))    # affinity keys pack (service port, node) in 32 bits
     arrays = MapArrays(
         fe_slots=frontends.slots, np_slots=node_ports.slots, nip_slots=node_ips.slots, cip_slots=cip_table.slots,
         sp_flags=sp_flags_a, sp_set=sp_set, sp_zone_row=sp_zone_row, zone_sets=zone_sets,

@@ -120,8 +120,10 @@ def explain_service(dp, flows, results, row: int = 0) -> list[str]:
     pos = int(np.flatnonzero(members == e_chosen)[0]) if e_chosen >= 0 else -1
     lb = balancer_code(smap.lb)
     if flags & F_AFFINITY:
-        lines.append(f"sessionAffinity ClientIP ({int(smap.affinity_timeout[sp])} s): the client keeps its "
-                     f"backend while it returns within the timeout")
+        lines.append(f"sessionAffinity ClientIP ({int(smap.affinity_timeout[sp])} s): node {node} keeps the "
+                     f"client's backend while the client returns through node {node} within the timeout "
+                     f"(each node's kube-proxy has its own affinity entries: through another node the client "
+                     f"may get another backend)")
     if lb == LB_RANDOM:
         h = int(flow_hash(a.keys[SALT_RANDOM], src, dst, sport, dport, proto))
         lines.append(f"random: 5-tuple hash {h:#010x} -> position {modn(h, n)} of {n}")

@@ -28,6 +28,7 @@ import dataclasses
 import numpy as np
 
 from ..cluster.columns import _endpoint_columns
+from .balancer_state import check_affinity_keys
 from .balancers import F_AFFINITY, F_ETP_LOCAL, F_HAS_ANY, F_HAS_READY, F_ITP_LOCAL, F_NODE_HINTS, NODE_HINT_KEY
 from .exact import EMPTY, ExactTable, pack2_np
 from .frontends import frontend_filter
@@ -137,6 +138,8 @@ class ServiceMapEditor:
         keep = a.sp_flags & np.uint8(F_HAS_ANY | F_HAS_READY | F_NODE_HINTS)
         a.sp_flags[:] = np.array(ports.flags, np.uint8) | keep
         a.affinity_ns[:] = np.array(ports.timeout, np.int64) * np.int64(1_000_000_000)
+        if (a.sp_flags & F_AFFINITY).any():
+            check_affinity_keys(len(sm.names), len(sm.node_names))
         filt = frontend_filter(frontends, node_ips, cip_table)
         arrays = a._replace(fe_slots=frontends.slots, np_slots=node_ports.slots, nip_slots=node_ips.slots,
                             cip_slots=cip_table.slots, addr_filter=filt)

@@ -147,7 +147,9 @@ class NaiveServices:
                 self.frontends.setdefault(k, v)
         self.rr: dict[tuple, int] = {}
         self.conns: list[tuple] = []               # (end ns or None, node, sp, (ip, port))
-        self.affinity: dict[tuple, tuple] = {}     # (sp, client) -> ((ip, port), last ns)
+        # ClientIP affinity is each node's own (kube-proxy's iptables `recent` lists, IPVS persistence
+        # templates and nftables maps live in the node's kernel): keyed by the node that DNATs
+        self.affinity: dict[tuple, tuple] = {}     # (sp, node, client) -> ((ip, port), last ns)
         self._tables: dict[tuple, list[int]] = {}
 
     @staticmethod
@@ -260,7 +262,7 @@ class NaiveServices:
             self.conns = [c for c in self.conns if c[0] is None or c[0] > ts]
         chosen = None
         if svc.session_affinity:
-            prev = self.affinity.get((sp, flow["src_ip"]))
+            prev = self.affinity.get((sp, node, flow["src_ip"]))
             timeout = (svc.affinity_timeout or 10800) * 10**9
             if prev is not None and (ts is None or ts - prev[1] <= timeout):
                 chosen = next((e for e in elig if (e["ip"], e["port"]) == prev[0]), None)
@@ -272,7 +274,7 @@ class NaiveServices:
             last = end or 0                          # in use until the connection ends
             if hit:
                 last = max(last, prev[1])
-            self.affinity[(sp, flow["src_ip"])] = ((chosen["ip"], chosen["port"]), last)
+            self.affinity[(sp, node, flow["src_ip"])] = ((chosen["ip"], chosen["port"]), last)
         if self.lb == "least-connection":
             self.conns.append((end, node, sp, (chosen["ip"], chosen["port"])))
         return chosen
@@ -387,8 +389,11 @@ def random_cluster(rng: random.Random, n_nodes: int = 4, n_services: int = 10, m
 def random_flows(rng: random.Random, cluster: Cluster, n: int, with_ts: bool = True,
                  durations: bool = False) -> list[dict]:
     """Flows to every kind of frontend and elsewhere, from pods, hosts and outside, in time order
-    (with ``durations``, each timed flow has a ``duration``: seconds, or None for the default)."""
-    dsts = []
+    (with ``durations``, each timed flow has a ``duration``: seconds, or None for the default).
+    A fifth of them come from two roaming external clients to external frontends (NodePorts on
+    every node's addresses, load-balancer IPs, externalIPs): one client through several nodes,
+    where each node keeps its own ClientIP affinity."""
+    dsts, external = [], []
     for s in cluster.services:
         for p in s.ports:
             for cip in s.cluster_ips:
@@ -397,20 +402,26 @@ def random_flows(rng: random.Random, cluster: Cluster, n: int, with_ts: bool = T
                 dsts.append((cip, 23 - p.proto, p.port))          # the other protocol
             for e in s.external_ips + s.lb_ips:
                 dsts += [(e, p.proto, p.port)] * 2
+                external.append((e, p.proto, p.port))
             if p.node_port:
                 for nd in cluster.nodes:
                     for a in (nd.internal_ip, nd.external_ip):
                         if a is not None:
                             dsts.append((a, p.proto, p.node_port))
+                            external.append((a, p.proto, p.node_port))
     dsts.append((ip("10.244.0.2"), 6, 8080))
     dsts.append((ip("8.8.8.8"), 17, 53))
     srcs = [a for a in [p.ip for p in cluster.pods] + [n.internal_ip for n in cluster.nodes] if a is not None]
     srcs += [ip(f"100.64.0.{i}") for i in range(1, 6)]
+    roaming = [ip("100.64.1.1"), ip("100.64.1.2")]
     flows, t = [], 0
     for _ in range(n):
-        d, proto, port = rng.choice(dsts)
+        if external and rng.random() < 0.2:
+            src, (d, proto, port) = rng.choice(roaming), rng.choice(external)
+        else:
+            src, (d, proto, port) = rng.choice(srcs), rng.choice(dsts)
         t += rng.choice([0, 10**8, 10**9, 4 * 10**9, 25 * 10**9])
-        f = {"src_ip": rng.choice(srcs), "dst_ip": d, "src_port": rng.randint(1024, 65535), "dst_port": port,
+        f = {"src_ip": src, "dst_ip": d, "src_port": rng.randint(1024, 65535), "dst_port": port,
              "proto": proto}
         if with_ts:
             f["ts"] = t
