@@ -151,7 +151,8 @@ def lookup_endpoint(dp: DataPlane, text: str, role: str = "source", src_is_pod: 
     and, as destination, a service (``svc/namespace/name``: its ClusterIP; or
     ``name.namespace`` where that service exists: from a pod, through the pod's DNS
     resolver as the pod would ask; from a node or an outside client, which do not
-    use the cluster's DNS, the service's ClusterIP) or any other DNS name.
+    use the cluster's DNS, the service's ClusterIP, with a ``dns`` step saying whether
+    the name itself gets a DNS answer there, as a replay row by name does) or any other DNS name.
     """
     what = role
     t = dp.tables
@@ -368,6 +369,21 @@ def _explain(dp: DataPlane, s_end: Endpoint, d_end: Endpoint, dport: int, p: int
         orig = _answered(dp, flows)
         ex.add("dns", f"{dst!r} -> {int_to_ip(orig)}", table="dns", key=dst, result=int_to_ip(orig))
 
+    elif d_end.kind == "service" and _dns_form(d_end.text):
+        # ``name.namespace`` from a node or outside client: read as the service itself (kubectl habit),
+        # but say what the cluster DNS would answer a flow that asked for the name (a replay row by name)
+        svc_ip = int_to_ip(orig)
+        if _name_answer(dp, src_ip, sport, d_end.text) is None:
+            who = "a host" if kind == SRC_HOST else "a client outside the cluster"
+            fqdn = f"{d_end.name.split('/', 1)[1]}.{d_end.name.split('/', 1)[0]}.svc.{dp.cluster.domain}"
+            ex.add("dns", f"{d_end.text!r}: not asked of DNS, read as service {d_end.name} (ClusterIP {svc_ip}); "
+                          f"{who} has no search path, so a flow asking DNS for {d_end.text!r} gets no answer "
+                          f"(unresolved, no-dns-answer): it resolves only as {fqdn}",
+                   table="dns", key=d_end.text, result=None)
+        else:
+            ex.add("dns", f"{d_end.text!r} -> {svc_ip} (service {d_end.name})", table="dns", key=d_end.text,
+                   result=svc_ip)
+
     # --- loopback
     if row["path"] == "loopback" and (cidr_contains(LOOPBACK_NET, LOOPBACK_LEN, orig) or orig == src_ip):
         where = t.pod_names[sp] if kind == SRC_POD else f"node {t.node_names[sn]}"
@@ -483,6 +499,25 @@ def _pod_on_absent_node(dp: DataPlane, ip: int) -> tuple[str, str | None] | None
 def _looks_like_ip(text: str) -> bool:
     parts = text.split(".")
     return len(parts) == 4 and all(x.isdigit() for x in parts)
+
+
+def _dns_form(text: str) -> bool:
+    """Whether a destination was written as a DNS name (``name.namespace[.svc...]``), not ``svc/...``."""
+    return "/" not in text and "." in text and not _looks_like_ip(text)
+
+
+def _name_answer(dp: DataPlane, src_ip: int, sport: int, name: str) -> int | None:
+    """What the cluster DNS answers ``src_ip`` asking for ``name`` (as a replay row by name gets it); None: no answer."""
+    from .codes import UNRESOLVED
+    from .traces import normalize_batch
+
+    flows = normalize_batch(pa.record_batch({
+        "src_ip": pa.array([src_ip], pa.uint32()), "src_port": pa.array([sport], pa.uint16()),
+        "dst_port": pa.array([0], pa.uint16()), "proto": pa.array([6], pa.uint8()),
+        "dst_ip": pa.array([None], pa.uint32()), "dst_name": pa.array([name], pa.string())}), "explain")
+    verdict = np.full(flows.n, 255, np.uint8)
+    dst = dp._resolve_names(flows, verdict)
+    return None if verdict[0] == UNRESOLVED else int(dst[0])
 
 
 def _answered(dp: DataPlane, flows) -> int:

@@ -22,7 +22,7 @@ from fastpath.explain import Explanation, explain
 from fastpath.replay import sample_paths
 
 #: Stages in the order a flow meets them (each may repeat, e.g. several ``service`` lines).
-STAGE_ORDER = ["source", "dns", "loopback", "drop", "portmap", "service", "route", "forward", "neighbour", "fdb",
+STAGE_ORDER = ["source", "dns", "loopback", "drop", "portmap", "service", "policy", "route", "forward", "neighbour", "fdb",
                "listen", "snat"]
 #: Rows of the sample trace the flows are drawn from.
 WINDOW = 40_000
@@ -142,3 +142,139 @@ def test_pod_names_and_errors(sample):
         explain(dp, pod.key, "10.96.0.300", 53)
     with pytest.raises(FastpathError, match="icmp"):
         explain(dp, pod.key, "10.96.0.10", 53, "icmp")
+
+
+# --------------------------------------------------------------------------- clusters with more rules
+
+#: Flows drawn per (verdict, reason, path, by-name, service-or-not) kind of each cluster below.
+PER_RULE_KIND = 3
+
+
+def _synth_policy_cluster(addressing: str):
+    from fastpath.cluster.load import cluster_from_objects
+    from fastpath.cluster.synth import synth_cluster
+
+    obj = synth_cluster(8, 8, 16, namespaces=3, policies=10, addressing=addressing, seed=2)
+    return cluster_from_objects(obj["items"], f"synth-{addressing}")
+
+
+def _conformance_cluster():
+    from tests.test_policy_conformance import CORPUS, case_cluster
+
+    if not (CORPUS / "onlineboutique_workloads").is_dir():
+        pytest.skip("conformance corpus not present")
+    c = case_cluster(CORPUS / "onlineboutique_workloads")
+    return c[0] if isinstance(c, tuple) else c
+
+
+def _dump_cluster():
+    from pathlib import Path
+
+    p = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-k8s-dumps" / \
+        "kubediagrams-wordpress-namespace-default-no-nodes.yml"
+    if not p.is_file():
+        pytest.skip("real dump not present")
+    return load_cluster(p)
+
+
+@pytest.fixture(scope="module", params=["synth-bridge-policies", "synth-calico-policies", "conformance-boutique",
+                                        "dump-pods-on-absent-nodes"])
+def ruled(request, tmp_path_factory):
+    """(plane, drawn flows with their resolve rows) of a cluster with NetworkPolicies, VPC-like addressing or a dump."""
+    from fastpath.traces.synth import synth_trace
+
+    cluster = {"synth-bridge-policies": lambda: _synth_policy_cluster("bridge"),
+               "synth-calico-policies": lambda: _synth_policy_cluster("calico"),
+               "conformance-boutique": _conformance_cluster,
+               "dump-pods-on-absent-nodes": _dump_cluster}[request.param]()
+    dp = compile_cluster(cluster, lb="maglev", seed=3)
+    out = tmp_path_factory.mktemp("ruled") / "trace.arrow"
+    synth_trace(cluster, 3000, seed=1, out=out, cache=False)
+    with pa.memory_map(str(out)) as src:
+        table = pa.ipc.open_file(src).read_all().combine_chunks()
+    table = table.set_column(table.schema.get_field_index("ts"), "ts", table.column("ts").cast(pa.int64()))
+    batch = table.to_batches()[0]
+    rows = dp.resolve(batch).to_pylist()
+    flows = batch.to_pylist()
+    kinds = defaultdict(list)
+    for i, (f, r) in enumerate(zip(flows, rows)):
+        kinds[(r["verdict"], r["reason"], r["path"], f["dst_ip"] is None, r["service"] is None)].append(i)
+    rng = np.random.default_rng(5)
+    picked = set()
+    for members in kinds.values():
+        picked.update(rng.choice(members, size=min(PER_RULE_KIND, len(members)), replace=False).tolist())
+    if dp.policy is not None:
+        assert {"policy-egress", "policy-ingress"} <= {rows[i]["reason"] for i in picked}
+    return dp, [(flows[i], rows[i]) for i in sorted(picked)]
+
+
+def _policy_said(lines: list[str], side: str, keys: list[str]) -> int:
+    """What the policy step says of one direction, as the kernel's code (policy index, -1, -2, -3)."""
+    if any("to itself" in t for t in lines):
+        return -2
+    for t in lines:
+        if not t.startswith(side + ":"):
+            continue
+        if "always allowed" in t:
+            return -2
+        if t.startswith(f"{side}: allowed by "):
+            return keys.index(t.split()[3])
+        if "denied" in t:
+            return -3
+        if "not isolated" in t:
+            return -1
+    return -1
+
+
+def test_steps_agree_with_the_kernels_on_ruled_clusters(ruled):
+    dp, drawn = ruled
+    keys = [p.key for p in dp.policy.t.policies] if dp.policy is not None else []
+    for f, row in drawn:
+        ex = explain_flow(dp, f)
+        names = [s for s, _ in ex.steps]
+        if f["dst_ip"] is None and ex.query["dst_kind"] == "service":
+            # ``name.namespace`` from a node or outside client: read as the service, and the dns step
+            # says whether the name itself gets an answer (the replay row's verdict)
+            dns = [t for s, t in ex.steps if s == "dns"]
+            assert len(dns) == 1 and ("no answer" in dns[0]) == (row["verdict"] == "unresolved"), (f, row, dns)
+            continue
+        assert ex.result == row, f
+        ranks = [STAGE_ORDER.index(s) for s in names]
+        assert ranks == sorted(ranks), (f, names)
+        if row["verdict"] != "unresolved" and row["dnat_ip"] is not None:
+            dnat = [t for s, t in ex.steps if s == "service" and t.startswith("DNAT -> ")]
+            assert all(t.startswith(f"DNAT -> {int_to_ip(row['dnat_ip'])}:{row['dnat_port']}") for t in dnat), (f, dnat)
+        if row["verdict"] == "egress" and row["src_pod"] is not None and row["snat_ip"] != f["src_ip"]:
+            assert f"-> {int_to_ip(row['snat_ip'])}" in ex.steps[-1][1], (f, ex.steps[-1])
+        if dp.policy is None or "policy" not in names:
+            assert row["reason"] not in ("policy-egress", "policy-ingress"), f
+            continue
+        lines = [t for s, t in ex.steps if s == "policy"]
+        egress, ingress = int(dp.policy.last_egress[0]), int(dp.policy.last_ingress[0])   # explain's own resolve
+        assert _policy_said(lines, "egress", keys) == egress, (f, lines, egress)
+        if egress != -3:
+            assert _policy_said(lines, "ingress", keys) == ingress, (f, lines, ingress)
+        if row["verdict"] == "denied":
+            assert names[-1] == "policy" and row["reason"] in lines[-1], (f, lines)
+
+
+def test_a_service_name_from_a_host_says_what_dns_answers():
+    """``name.namespace`` from a node is read as the service (a kubectl habit), and explain says that a
+    flow asking DNS for that name from the node gets no answer, as a replay row by name does."""
+    dp = compile_cluster(_synth_policy_cluster("bridge"), lb="maglev", seed=3)
+    node = dp.cluster.nodes[1]
+    ex = explain(dp, node.name, "kube-dns.kube-system", 53, "udp")
+    assert ex.result["service"] == "kube-system/kube-dns:dns"
+    by_name = dp.resolve(pa.record_batch({
+        "src_ip": pa.array([node.internal_ip], pa.uint32()), "src_port": pa.array([40000], pa.uint16()),
+        "dst_port": pa.array([53], pa.uint16()), "proto": pa.array([17], pa.uint8()),
+        "dst_ip": pa.array([None], pa.uint32()), "dst_name": pa.array(["kube-dns.kube-system"], pa.string())}))
+    assert by_name.column("verdict")[0].as_py() == "unresolved"
+    dns = [t for s, t in ex.steps if s == "dns"]
+    assert len(dns) == 1 and "no answer" in dns[0] and "kube-dns.kube-system.svc.cluster.local" in dns[0], ex.steps
+    fq = explain(dp, node.name, "kube-dns.kube-system.svc.cluster.local", 53, "udp")
+    assert fq.result == ex.result
+    assert [t for s, t in fq.steps if s == "dns"] == ["'kube-dns.kube-system.svc.cluster.local' -> 10.96.0.10 "
+                                                       "(service kube-system/kube-dns)"]
+    by_svc = explain(dp, node.name, "svc/kube-system/kube-dns", "dns")
+    assert by_svc.result == ex.result and "dns" not in [s for s, _ in by_svc.steps]
