@@ -261,7 +261,9 @@ def explain(dp: DataPlane, src: str, dst: str, dport: int | str, proto: str | in
     next flow would get, and ``dp`` is left as it was.
     """
     s_end = lookup_endpoint(dp, str(src), "source")
-    from_pod = s_end.kind == "pod" or dp.tables.pod_by_ip.get(int(s_end.ip)) >= 0
+    # a pod asks its resolver: one the kernels see as a pod (a pod on a node not in the input sends as an
+    # outside client, whether named or given by IP)
+    from_pod = dp.tables.pod_by_ip.get(int(s_end.ip)) >= 0
     d_end = lookup_endpoint(dp, str(dst), "destination", src_is_pod=from_pod)
     named = None
     if isinstance(dport, str) and not dport.isdigit():

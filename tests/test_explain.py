@@ -278,3 +278,14 @@ def test_a_service_name_from_a_host_says_what_dns_answers():
                                                        "(service kube-system/kube-dns)"]
     by_svc = explain(dp, node.name, "svc/kube-system/kube-dns", "dns")
     assert by_svc.result == ex.result and "dns" not in [s for s, _ in by_svc.steps]
+
+
+def test_a_pod_on_an_absent_node_by_name_or_by_ip():
+    """A pod on a node not in the input sends as an outside client: named or by IP, the same walk."""
+    c = _dump_cluster()
+    dp = compile_cluster(c)
+    pod = next(p for p in c.pods if p.ip and p.node and p.node not in {n.name for n in c.nodes})
+    by_name = explain(dp, pod.key, "wordpress.default", 80)
+    by_ip = explain(dp, int_to_ip(pod.ip), "wordpress.default", 80)
+    assert by_name.result == by_ip.result and by_name.steps == by_ip.steps
+    assert by_name.query["dst_kind"] == by_ip.query["dst_kind"] == "service"
