@@ -200,8 +200,13 @@ def _pod_key(dp: DataPlane, text: str) -> str:
     return next((k for k in names if k == text), None) or next(k for k in names if k.split("/", 1)[1] == text)
 
 
-def _named_port(dp: DataPlane, dst: Endpoint, port: str) -> tuple[int, int]:
-    """(number, protocol) of the named ``port`` of the destination (a service's port, a pod's container port)."""
+def _named_port(dp: DataPlane, dst: Endpoint, port: str, src_ip: int | None = None,
+                sport: int = 40000) -> tuple[int, int]:
+    """(number, protocol) of the named ``port`` of the destination (a service's port, a pod's container port).
+
+    A DNS name that is not ``name.namespace`` of a service (``kube-dns`` from a pod of its
+    namespace) is read as what the source's resolver answers for it.
+    """
     c = dp.cluster
     if dst.kind in ("service", "dns"):
         ns_name = dst.name if dst.kind == "service" else None
@@ -215,6 +220,10 @@ def _named_port(dp: DataPlane, dst: Endpoint, port: str) -> tuple[int, int]:
                 raise FastpathError(f"--dport {port!r}: service {svc.key} has no port named so (it has "
                                     + (", ".join(sp.name or str(sp.port) for sp in svc.ports) or "no ports") + ")")
             return hit.port, hit.proto
+        if dst.kind == "dns" and src_ip is not None:
+            answer = _name_answer(dp, src_ip, sport, dst.name or dst.text)
+            if answer is not None:
+                return _named_port(dp, Endpoint(dst.text, "ip", answer), port)
     if dst.kind == "ip" and dst.ip is not None:
         svc = next((s for s in c.services if dst.ip in s.cluster_ips), None)
         if svc is not None:
@@ -267,7 +276,7 @@ def explain(dp: DataPlane, src: str, dst: str, dport: int | str, proto: str | in
     d_end = lookup_endpoint(dp, str(dst), "destination", src_is_pod=from_pod)
     named = None
     if isinstance(dport, str) and not dport.isdigit():
-        dport, named = _named_port(dp, d_end, dport)
+        dport, named = _named_port(dp, d_end, dport, int(s_end.ip), int(sport))
     if isinstance(dport, str):
         dport = int(dport)
     if not 0 <= int(dport) <= 0xFFFF or not 0 <= int(sport) <= 0xFFFF:

@@ -289,3 +289,17 @@ def test_a_pod_on_an_absent_node_by_name_or_by_ip():
     by_ip = explain(dp, int_to_ip(pod.ip), "wordpress.default", 80)
     assert by_name.result == by_ip.result and by_name.steps == by_ip.steps
     assert by_name.query["dst_kind"] == by_ip.query["dst_kind"] == "service"
+
+
+def test_a_named_port_of_a_name_the_pods_resolver_answers():
+    """``--dst kube-dns --dport dns`` from a pod of kube-system: the service its resolver answers, its port."""
+    dp = compile_cluster(_synth_policy_cluster("bridge"), lb="maglev", seed=3)
+    pod = next(p for p in dp.cluster.pods if p.namespace == "kube-system" and p.ip and not p.host_network)
+    ex = explain(dp, pod.key, "kube-dns", "dns")
+    assert (ex.query["dst_port"], ex.query["proto"]) == (53, "udp")
+    assert ex.result == explain(dp, pod.key, "kube-dns", 53, "udp").result
+    assert ex.result["service"] == "kube-system/kube-dns:dns"
+    other = next(p for p in dp.cluster.pods if p.namespace not in ("kube-system", "default") and p.ip
+                 and not p.host_network)
+    with pytest.raises(FastpathError, match="named port"):
+        explain(dp, other.key, "kube-dns", "dns")                  # no answer from another namespace
