@@ -298,7 +298,7 @@ def explain(dp: DataPlane, src: str, dst: str, dport: int | str, proto: str | in
 
 def _add_conntrack(ex: Explanation, dp: DataPlane, proto: int) -> None:
     """What the connection leaves in the nodes' conntrack tables (``fastpath.stages.conntrack``)."""
-    from .codes import VERDICTS
+    from .codes import REASONS, VERDICTS
     from .stages.conntrack import explain_conntrack
 
     row = ex.result
@@ -307,9 +307,10 @@ def _add_conntrack(ex: Explanation, dp: DataPlane, proto: int) -> None:
     index = {name: i for i, name in enumerate(dp.tables.node_names)}
     sn = index.get(row.get("src_node"), -1)
     dn = index.get(row.get("dst_node"), -1)
+    reason = REASONS.index(row["reason"]) if row.get("reason") in REASONS else 0
     for line in explain_conntrack(None, proto, VERDICTS.index(row["verdict"]), sn, dn,
                                   default_duration=getattr(dp.services, "conn_duration", 30.0),
-                                  node_names=list(dp.tables.node_names), say_none=False):
+                                  node_names=list(dp.tables.node_names), say_none=False, reason=reason):
         ex.conntrack.append(line.removeprefix("conntrack: "))
 
 

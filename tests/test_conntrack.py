@@ -253,6 +253,39 @@ def test_fdb_entry_aged_exactly_at_300_s():
     assert stage.summary()["fdb_floods"] == 1 and stage.summary()["nodes"]["node-b"]["fdb_floods"] == 1
 
 
+def test_policy_denied_across_nodes_holds_an_entry_only_for_ingress():
+    """A cross-node connection denied by the backend's ingress policy left the client's node (SYN_SENT
+    120 s there, its next hop's neighbour entry used); one denied by the client's egress policy is
+    dropped on the client's node before its entry is confirmed: no entry, no neighbour entry."""
+    from fastpath.cluster.load import cluster_from_objects
+
+    def obj_pod(name, node, addr, app):
+        return {"kind": "Pod", "metadata": {"name": name, "namespace": "default", "labels": {"app": app}},
+                "spec": {"nodeName": node, "containers": [{"name": "c", "ports": [{"containerPort": 8080}]}]},
+                "status": {"podIP": addr, "conditions": [{"type": "Ready", "status": "True"}]}}
+
+    def obj_node(name, addr, cidr):
+        return {"kind": "Node", "metadata": {"name": name}, "spec": {"podCIDR": cidr},
+                "status": {"addresses": [{"type": "InternalIP", "address": addr}]}}
+
+    deny = lambda name, app, kind: {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",  # noqa: E731
+                                    "metadata": {"name": name, "namespace": "default"},
+                                    "spec": {"podSelector": {"matchLabels": {"app": app}}, "policyTypes": [kind]}}
+    c = cluster_from_objects([obj_node("node-a", "192.168.1.10", "10.244.0.0/24"),
+                              obj_node("node-b", "192.168.1.11", "10.244.1.0/24"),
+                              obj_pod("quiet", "node-a", "10.244.0.5", "quiet"),    # may send nothing
+                              obj_pod("client", "node-a", "10.244.0.6", "client"),
+                              obj_pod("closed", "node-b", "10.244.1.7", "closed"),  # takes nothing
+                              deny("no-egress", "quiet", "Egress"), deny("no-ingress", "closed", "Ingress")])
+    flows = [fl(0, "10.244.0.5", "10.244.1.7", 8080, sport=1),        # egress-denied on node-a
+             fl(S, "10.244.0.6", "10.244.1.7", 8080, sport=2)]        # ingress-denied on node-b
+    stage, _, got = assert_agree(c, flows)
+    assert [(g["verdict"], g["reason"]) for g in got] == [("denied", "policy-egress"), ("denied", "policy-ingress")]
+    s = stage.summary()["nodes"]
+    assert s["node-a"]["conntrack_peak"] == 1 and s["node-b"]["conntrack_peak"] == 0
+    assert s["node-a"]["neigh_peak"] == 1                              # node-b's address, for the second only
+
+
 def test_neighbour_table_overflow_counted():
     """Node-a routes to 1,100 distinct pod addresses of node-b... only node-b's table of its own pods grows;
     a host reaching 1,100 addresses it must resolve overflows at gc_thresh3."""

@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from .._jit import read_only
-from ..codes import DELIVERED, DENIED, DROPPED, EGRESS, LOOPBACK, REFUSED
+from ..codes import DELIVERED, DENIED, DROPPED, EGRESS, LOOPBACK, R_POLICY_EGRESS, REFUSED
 from ..errors import FastpathError
 from ..lifetimes import UDP_DEFAULT_DURATION, lifetimes_ns
 from ..tables import hashindex, timers
@@ -472,11 +472,13 @@ def _dst_of(flows, r) -> np.ndarray:
 
 def explain_conntrack(stage: ConntrackStage | None, proto: int, verdict: int, src_node: int, dst_node: int,
                       duration: float | None = None, default_duration: float = 30.0,
-                      node_names: list[str] | None = None, say_none: bool = True) -> list[str]:
+                      node_names: list[str] | None = None, say_none: bool = True, reason: int = 0) -> list[str]:
     """What a connection leaves in the conntrack tables, as lines of text (``fastpath explain``).
 
     With a ``stage`` (a replay's), each line also says how full that node's table is now.
     A connection that leaves no entry gets a line saying so, or none with ``say_none=False``.
+    ``reason`` (a code of :data:`fastpath.codes.REASONS`) tells a denied connection's side: egress
+    policy drops it on the client's node (no entry), ingress policy on the far node.
     """
     names = stage.node_names if stage is not None else node_names
     tcp = proto in _TCPLIKE
@@ -494,7 +496,8 @@ def explain_conntrack(stage: ConntrackStage | None, proto: int, verdict: int, sr
     elif verdict == REFUSED:
         life = TIMEOUTS["tcp_close"] if tcp else TIMEOUTS["udp"]
         state = "refused: RST, CLOSE for 10 s" if tcp else "refused: ICMP port unreachable, 30 s unreplied"
-    elif verdict in (DROPPED, DENIED) and src_node >= 0 and dst_node >= 0 and dst_node != src_node:
+    elif (verdict == DROPPED or (verdict == DENIED and reason != R_POLICY_EGRESS)) and src_node >= 0 \
+            and dst_node >= 0 and dst_node != src_node:        # egress policy: dropped on the client's node
         life = TIMEOUTS["tcp_syn_sent"] if tcp else TIMEOUTS["udp"]
         state = "no answer from the far node: SYN_SENT 120 s" if tcp else "no answer: 30 s unreplied"
         dst_node = -1

@@ -43,6 +43,7 @@ import numpy as np
 
 from .._jit import jit, prefetch
 from ..codes import (BRIDGE, DELIVERED, DENIED, DROPPED, EGRESS, EXTERNAL, LOOPBACK, NONE, R_CONNTRACK_FULL,
+                     R_POLICY_EGRESS,
                      REFUSED, ROUTED)
 from ..tables.balancers import flow_hash
 from ..tables.hashindex import delete, find, slot
@@ -567,6 +568,9 @@ def track(ct64, ct32, ct_free, ct_heads, qs, blk, bnext, chx, nb64, nix, nd,
         pr = np.int64(proto[i])
         tcp = pr == 6 or pr == 132
         d = life_ns[i]                               # fastpath.lifetimes: duration, else the default
+        # denied by the backend's ingress policy (on the far node); egress policy drops it on the
+        # client's node before the entry is confirmed: no entry anywhere
+        far_denied = v == DENIED and reason[i] != R_POLICY_EGRESS
         # what the connection leaves in the tables of the nodes that see it
         both = False                                 # client's node and the far node
         one = False                                  # the client's node only
@@ -575,7 +579,7 @@ def track(ct64, ct32, ct_free, ct_heads, qs, blk, bnext, chx, nb64, nix, nd,
             both = one and dn >= 0 and dn != sn
         elif v == EGRESS:
             one = sn >= 0
-        elif (v == DROPPED or v == DENIED) and sn >= 0 and dn >= 0 and dn != sn:
+        elif (v == DROPPED or far_denied) and sn >= 0 and dn >= 0 and dn != sn:
             one = True                               # left the client's node, dropped on the far one
         kind = src_kind[i]
         if one:
@@ -655,7 +659,7 @@ def track(ct64, ct32, ct_free, ct_heads, qs, blk, bnext, chx, nb64, nix, nd,
         if sn >= 0:
             cross = dn >= 0 and dn != sn
             answered = v == DELIVERED or v == REFUSED
-            use_next = cross and own_s and (answered or v == DROPPED or v == DENIED)
+            use_next = cross and own_s and (answered or v == DROPPED or far_denied)
             use_back = cross and own_d and answered
             use_gw = own_s and (v == EGRESS or (kind == 2 and answered))
             for k in range(3):                       # one call site, inlined once

@@ -171,8 +171,9 @@ class NaiveConntrack:
                 nodes.append(dn)
         elif v == "egress":
             nodes = [sn] if sn is not None else []
-        elif v in ("dropped", "denied") and sn is not None and dn is not None and dn != sn:
-            nodes = [sn]
+        elif (v == "dropped" or (v == "denied" and r["reason"] != "policy-egress")) and sn is not None \
+                and dn is not None and dn != sn:
+            nodes = [sn]                             # egress policy drops it on the client's node: none
         else:
             nodes = []
         never = math.inf
@@ -223,7 +224,8 @@ class NaiveConntrack:
             if r["path"] != "bridge" or r["src_kind"] != "pod":
                 self._neigh(pn, r["dnat_ip"], t)
         if sn is not None:
-            if dn is not None and dn != sn and v in ("delivered", "refused", "dropped", "denied"):
+            if dn is not None and dn != sn and (v in ("delivered", "refused", "dropped")
+                                                or (v == "denied" and r["reason"] != "policy-egress")):
                 self._neigh(sn, self.node_ip[dn], t)
                 if v in ("delivered", "refused"):
                     self._neigh(dn, self.node_ip[sn], t)
