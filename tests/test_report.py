@@ -97,6 +97,16 @@ def test_figures_agree_with_the_results_file(small):
     for p in top:
         assert p[key] == pods[p["pod"]]
 
+    # headroom: each node's entries and their lifetimes, by the conntrack stage's rule
+    load = twin.conntrack_load(ref, trace.select([c for c in ("proto", "duration") if c in trace.column_names]).to_pylist())
+    got = {n["node"]: n for n in figs["headroom"]["nodes"]}
+    assert set(got) == set(load)
+    for node, (entries, seconds) in load.items():
+        assert got[node]["entries_per_flow"] == pytest.approx(entries / len(ref), abs=1e-6)
+        assert got[node]["mean_lifetime_s"] == pytest.approx(seconds / entries, rel=1e-6)
+        assert got[node]["fill_rate_flows_per_s"] == pytest.approx(got[node]["conntrack_max"] * len(ref) / seconds,
+                                                                   rel=1e-5)
+
     # change against the drained state: the twin replays it too
     for lb in ("random", "maglev"):
         assert main(["replay", str(small / "drained.json"), str(small / "trace.arrow"), "--lb", lb, "--quiet",

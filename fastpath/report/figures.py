@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from ..codes import DROPPED, DENIED, LOOPBACK, PATHS, REASONS, UNRESOLVED, VERDICTS
+from ..codes import DELIVERED, DENIED, DROPPED, EGRESS, LOOPBACK, PATHS, REASONS, REFUSED, VERDICTS
+from ..lifetimes import DEFAULT_DURATION as DEFAULT_CONN_DURATION, lifetimes_ns
 from ..stages.conntrack import TIMEOUTS, UDP_STREAM_AFTER, conntrack_max
 from ..study import _match_backends, imbalance
 
@@ -38,9 +39,6 @@ MIN_FLOWS_PER_BACKEND = 20
 TOP_TALKERS = 10
 #: Nodes shown in the node x node heatmap (the busiest; the rest are summed as "other").
 HEATMAP_NODES = 40
-#: Seconds a connection lives where the trace has no ``duration``: TCP a short request,
-#: UDP a query and its answer (the conntrack stage's defaults).
-DEFAULT_DURATION = {6: 1.0, 17: 0.0, 132: 1.0}
 
 
 class _SparseCounter:
@@ -177,31 +175,37 @@ class StudyTally:
     def _conntrack(self, flows, r) -> None:
         """Entries each node's conntrack gets from this batch, and how long they live.
 
-        A flow that netfilter sees (not loopback, not stopped before forwarding by a
-        drop, a policy or DNS) holds an entry on its client's node and, when
-        different, its backend's node, for its ``duration`` plus the closing
-        state's timeout (``fastpath.stages.conntrack.TIMEOUTS``): TIME_WAIT after a
-        TCP close, a RST's close for a refused TCP flow, the UDP timeouts (stream
-        when it lasts past ``UDP_STREAM_AFTER``).
+        The conntrack stage's rule (``docs/dataplane.md``, ``tests/naive/conntrack.py``):
+        a flow that is not loopback holds an entry on its client's node when it was
+        delivered, refused or left the cluster (egress), and also on its backend's node
+        when delivered or refused there; a flow dropped or denied on another node than
+        its client's holds one on the client's node, unanswered. Each lives by how the
+        connection ended (``fastpath.stages.conntrack.TIMEOUTS``): its ``duration``
+        (else ``--conn-duration`` for TCP, SCTP and other protocols, 0 for UDP,
+        :mod:`fastpath.lifetimes`) plus TIME_WAIT or the UDP (stream) or generic
+        timeout when answered; the close (RST) or UDP timeout alone when refused;
+        SYN_SENT or the UDP timeout alone when no answer came.
         """
         s = self._state
-        seen = (r.path != LOOPBACK) & (r.verdict != DROPPED) & (r.verdict != DENIED) & (r.verdict != UNRESOLVED)
-        proto = flows.proto
-        dur = np.full(flows.n, np.nan) if flows.duration is None else np.asarray(flows.duration, np.float64)
-        default = np.where(proto == 17, DEFAULT_DURATION[17], DEFAULT_DURATION[6])
-        dur = np.where(np.isnan(dur), default, dur)
-        tcp = (proto == 6) | (proto == 132)
-        answered = r.verdict == VERDICTS.index("delivered")
-        close = np.where(tcp, np.where(answered, TIMEOUTS["tcp_time_wait"], TIMEOUTS["tcp_close"]),
-                         np.where(proto == 17, np.where(dur > UDP_STREAM_AFTER, TIMEOUTS["udp_stream"], TIMEOUTS["udp"]),
-                                  TIMEOUTS["generic"]))
-        life = np.where(tcp & ~answered, 0.0, dur) + close
-        a = np.flatnonzero(seen & (r.src_node >= 0))
-        s["ct_entries"] += np.bincount(r.src_node[a], minlength=s["ct_entries"].size)
-        s["ct_seconds"] += np.bincount(r.src_node[a], weights=life[a], minlength=s["ct_seconds"].size)
-        b = np.flatnonzero(seen & (r.dst_node >= 0) & (r.dst_node != r.src_node))
-        s["ct_entries"] += np.bincount(r.dst_node[b], minlength=s["ct_entries"].size)
-        s["ct_seconds"] += np.bincount(r.dst_node[b], weights=life[b], minlength=s["ct_seconds"].size)
+        v, sn, dn, proto = r.verdict, r.src_node, r.dst_node, flows.proto
+        d = lifetimes_ns(proto, flows.duration, getattr(self.dp.services, "conn_duration", DEFAULT_CONN_DURATION))
+        tcp, udp = (proto == 6) | (proto == 132), proto == 17
+        answered = (v == DELIVERED) | (v == EGRESS)
+        refused = v == REFUSED
+        other = np.where(udp, TIMEOUTS["udp"], TIMEOUTS["generic"])
+        life = np.where(answered, d / 1e9 + np.where(
+                            tcp, TIMEOUTS["tcp_time_wait"],
+                            np.where(udp & (d > UDP_STREAM_AFTER * 1_000_000_000), TIMEOUTS["udp_stream"], other)),
+                        np.where(refused, np.where(tcp, TIMEOUTS["tcp_close"], other),
+                                 np.where(tcp, TIMEOUTS["tcp_syn_sent"], other)))
+        client = (r.path != LOOPBACK) & (sn >= 0)
+        far = (dn >= 0) & (dn != sn)
+        a = np.flatnonzero(client & (answered | refused | (((v == DROPPED) | (v == DENIED)) & far)))
+        s["ct_entries"] += np.bincount(sn[a], minlength=s["ct_entries"].size)
+        s["ct_seconds"] += np.bincount(sn[a], weights=life[a], minlength=s["ct_seconds"].size)
+        b = np.flatnonzero(client & far & ((v == DELIVERED) | refused))
+        s["ct_entries"] += np.bincount(dn[b], minlength=s["ct_entries"].size)
+        s["ct_seconds"] += np.bincount(dn[b], weights=life[b], minlength=s["ct_seconds"].size)
 
     def add_against(self, r, r2) -> None:
         """Count service flows whose backend differs between this cluster (``r``) and the other (``r2``)."""

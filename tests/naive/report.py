@@ -62,3 +62,35 @@ def changed(rows_a: list[dict], rows_b: list[dict]) -> tuple[int, int]:
             flows += 1
             moved += (a["dnat_ip"], a["dnat_port"]) != (b["dnat_ip"], b["dnat_port"])
     return flows, moved
+
+
+def conntrack_load(rows: list[dict], trace: list[dict], default_s: float = 30.0) -> dict[str, tuple[int, float]]:
+    """Per node, (conntrack entries, their summed lifetimes in seconds) by the conntrack stage's
+    rule (tests/naive/conntrack.py): who holds an entry, and for how long, by how the flow ended."""
+    out: dict[str, list] = {}
+    for r, f in zip(rows, trace):
+        v, sn, dn, proto = r["verdict"], r["src_node"], r["dst_node"], f["proto"]
+        if r["path"] == "loopback" or sn is None:
+            continue
+        tcp = proto in (6, 132)
+        d = f.get("duration")
+        d = (0.0 if proto == 17 else default_s) if d is None or d != d else d
+        other = 30 if proto == 17 else 600
+        if v in ("delivered", "egress"):
+            life = d + (120 if tcp else 120 if proto == 17 and d > 2 else other)
+        elif v == "refused":
+            life = 10 if tcp else other
+        else:
+            life = 120 if tcp else other
+        far = dn is not None and dn != sn
+        if v in ("delivered", "refused"):
+            nodes = [sn, dn] if far else [sn]
+        elif v == "egress" or (v in ("dropped", "denied") and far):
+            nodes = [sn]
+        else:
+            nodes = []
+        for n in nodes:
+            e = out.setdefault(n, [0, 0.0])
+            e[0] += 1
+            e[1] += life
+    return {n: (e, s) for n, (e, s) in out.items()}
