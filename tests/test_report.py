@@ -219,3 +219,15 @@ def test_state_over_time_agrees_with_the_replay_timeline(small):
     assert got["drops"] == sum(r["drops"] for r in rows)
     assert got["fdb_floods"] == sum(r["fdb_floods"] for r in rows)
     assert got["nodes"] == len(peak)
+
+
+def test_empty_trace_is_one_line_and_writes_nothing(small, tmp_path, capsys):
+    t = pa.ipc.open_file(pa.memory_map(str(small / "trace.arrow"))).read_all().slice(0, 0)
+    with pa.OSFile(str(tmp_path / "empty.arrow"), "wb") as f, pa.ipc.new_file(f, t.schema) as w:
+        w.write_table(t)
+    rc = main(["study", str(small / "cluster.json"), str(tmp_path / "empty.arrow"), "-o", str(tmp_path / "r"),
+               "--lb", "random", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "no flows" in err[0]
+    assert not (tmp_path / "r").exists()
+

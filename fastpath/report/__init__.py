@@ -112,6 +112,8 @@ def study(cluster, trace, *, lbs: Iterable[str] = ("random",), against=None, see
             if getattr(summary, "flows", tally.flows) != tally.flows:
                 raise FastpathError(f"study: the replay counted {summary.flows} flows, the study {tally.flows}")
             tallies.append(tally)
+            if tally.flows == 0:    # every figure would be empty, and the page would say why wrongly
+                raise FastpathError(f"study: {trace}: the trace has no flows, so there is nothing to study")
         return figures(tallies, cluster=name, trace=str(trace), against=other_name, timeline=timeline)
 
 
