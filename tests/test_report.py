@@ -231,3 +231,11 @@ def test_empty_trace_is_one_line_and_writes_nothing(small, tmp_path, capsys):
     assert rc == 2 and len(err) == 1 and "no flows" in err[0]
     assert not (tmp_path / "r").exists()
 
+
+def test_empty_top_talker_tables_say_why(small):
+    # a one-node cluster has no node pair; a trace from outside only has no source pod
+    figs = _study(small, "--lb", "random")
+    figs["where"]["top_node_pairs"], figs["where"]["top_source_pods"] = [], []
+    page = fastpath.report.render_html(figs)
+    assert "No flow went from one node of the cluster to another." in page
+    assert "No flow came from a pod." in page

@@ -162,8 +162,10 @@ def _where(plt, f: dict) -> tuple[str, list[str], str]:
     bytes_note = f" ({_n(f['cross_zone_bytes'])} bytes)" if f.get("cross_zone_bytes") is not None else ""
     sentence = (f"{_pct(f['cross_node_share'])} of {f['forwarded_flows']:,} forwarded flows cross nodes and "
                 f"{_pct(f['cross_zone_share'])} cross zones{bytes_note}.")
-    tables = "<h3>Top node pairs</h3>" + _table(f["top_node_pairs"], ["src_node", "dst_node", "flows", "bytes"])
-    tables += "<h3>Top source pods</h3>" + _table(f["top_source_pods"], ["pod", "flows", "bytes"])
+    tables = "<h3>Top node pairs</h3>" + (_table(f["top_node_pairs"], ["src_node", "dst_node", "flows", "bytes"])
+                                           or "<p>No flow went from one node of the cluster to another.</p>")
+    tables += "<h3>Top source pods</h3>" + (_table(f["top_source_pods"], ["pod", "flows", "bytes"])
+                                            or "<p>No flow came from a pod.</p>")
     return sentence, [_png(fig)], tables
 
 
