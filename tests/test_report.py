@@ -239,3 +239,12 @@ def test_empty_top_talker_tables_say_why(small):
     page = fastpath.report.render_html(figs)
     assert "No flow went from one node of the cluster to another." in page
     assert "No flow came from a pod." in page
+
+
+def test_state_over_time_of_a_cluster_without_nodes_says_so():
+    from types import SimpleNamespace
+
+    from fastpath.report.figures import _state_over_time
+
+    ref = SimpleNamespace(has_ts=True, dp=SimpleNamespace(tables=SimpleNamespace(node_names=[])))
+    assert "no Node objects" in _state_over_time(ref, None)["why_empty"]

@@ -404,6 +404,8 @@ def _where(ref: StudyTally) -> dict:
 def _state_over_time(ref: StudyTally, timeline) -> dict:
     if not ref.has_ts:
         return {"why_empty": "the trace has no ts column, so the replay keeps no state over time"}
+    if not len(ref.dp.tables.node_names):
+        return {"why_empty": "the cluster has no Node objects, so no node keeps conntrack state"}
     if timeline is None or timeline.num_rows == 0:
         return {"why_empty": "the replay wrote no timeline rows (conntrack off?)"}
     node = timeline.column("node").to_pylist()
