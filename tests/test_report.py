@@ -248,3 +248,12 @@ def test_state_over_time_of_a_cluster_without_nodes_says_so():
 
     ref = SimpleNamespace(has_ts=True, dp=SimpleNamespace(tables=SimpleNamespace(node_names=[])))
     assert "no Node objects" in _state_over_time(ref, None)["why_empty"]
+
+
+def test_change_without_service_flows_says_why(small):
+    # events after the trace's end (or a trace that meets no service) move no flow: no 'n/a' bars
+    figs = _study(small, "--lb", "random", "--against", str(small / "drained.json"))
+    figs["change"]["by_lb"]["random"].update(service_flows=0, changed=0, changed_share=None, services=[])
+    page = fastpath.report.render_html(figs)
+    assert "No flow of the trace went to a service, so none could change backend." in page
+    assert "n/a under random" not in page

@@ -195,6 +195,13 @@ def _change(plt, f: dict) -> tuple[str, list[str], str]:
     if "why_empty" in f:
         return "", [], f"Nothing to show: {f['why_empty']}."
     lbs = list(f["by_lb"])
+    if not any(f["by_lb"][lb]["service_flows"] for lb in lbs):
+        if "events" in f:
+            broken = ", ".join(f"{f['by_lb'][lb]['broken_connections']:,} under {lb}" for lb in lbs)
+            return "", [], ("No service flow met a group of events while the trace played (the events fall outside "
+                            "its time span, or change no service port it uses), so no flow could change backend; "
+                            f"connections broken by pods going away: {broken}.")
+        return "", [], "No flow of the trace went to a service, so none could change backend."
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.bar(lbs, [100 * (f["by_lb"][lb]["changed_share"] or 0) for lb in lbs], color="#dd8452")
     ax.set_ylabel("% of service flows")
@@ -214,7 +221,8 @@ def _change(plt, f: dict) -> tuple[str, list[str], str]:
     tables = ""
     for lb in lbs:
         tables += f"<h3>{html.escape(lb)}: busiest services</h3>"
-        tables += _table(f["by_lb"][lb]["services"], ["service", "flows", "changed", "changed_share"])
+        tables += (_table(f["by_lb"][lb]["services"], ["service", "flows", "changed", "changed_share"])
+                   or "<p>No service flow.</p>")
     return sentence, [_png(fig)], tables
 
 
