@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..codes import DELIVERED, DENIED, DROPPED, EGRESS, LOOPBACK, PATHS, REASONS, REFUSED, VERDICTS
+from ..codes import DELIVERED, DENIED, DROPPED, EGRESS, LOOPBACK, PATHS, R_POLICY_EGRESS, REASONS, REFUSED, VERDICTS
 from ..lifetimes import DEFAULT_DURATION as DEFAULT_CONN_DURATION, lifetimes_ns
 from ..stages.conntrack import TIMEOUTS, UDP_STREAM_AFTER, conntrack_max
 from ..study import _match_backends, imbalance
@@ -178,7 +178,7 @@ class StudyTally:
         The conntrack stage's rule (``docs/dataplane.md``, ``tests/naive/conntrack.py``):
         a flow that is not loopback holds an entry on its client's node when it was
         delivered, refused or left the cluster (egress), and also on its backend's node
-        when delivered or refused there; a flow dropped or denied on another node than
+        when delivered or refused there; a flow dropped, or denied by ingress policy, on another node than
         its client's holds one on the client's node, unanswered. Each lives by how the
         connection ended (``fastpath.stages.conntrack.TIMEOUTS``): its ``duration``
         (else ``--conn-duration`` for TCP, SCTP and other protocols, 0 for UDP,
@@ -200,7 +200,8 @@ class StudyTally:
                                  np.where(tcp, TIMEOUTS["tcp_syn_sent"], other)))
         client = (r.path != LOOPBACK) & (sn >= 0)
         far = (dn >= 0) & (dn != sn)
-        a = np.flatnonzero(client & (answered | refused | (((v == DROPPED) | (v == DENIED)) & far)))
+        far_denied = (v == DENIED) & (r.reason != R_POLICY_EGRESS)     # egress policy: dropped on the client's node
+        a = np.flatnonzero(client & (answered | refused | (((v == DROPPED) | far_denied) & far)))
         s["ct_entries"] += np.bincount(sn[a], minlength=s["ct_entries"].size)
         s["ct_seconds"] += np.bincount(sn[a], weights=life[a], minlength=s["ct_seconds"].size)
         b = np.flatnonzero(client & far & ((v == DELIVERED) | refused))

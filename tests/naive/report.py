@@ -85,7 +85,7 @@ def conntrack_load(rows: list[dict], trace: list[dict], default_s: float = 30.0)
         far = dn is not None and dn != sn
         if v in ("delivered", "refused"):
             nodes = [sn, dn] if far else [sn]
-        elif v == "egress" or (v in ("dropped", "denied") and far):
+        elif v == "egress" or ((v == "dropped" or (v == "denied" and r["reason"] != "policy-egress")) and far):
             nodes = [sn]
         else:
             nodes = []
