@@ -66,6 +66,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .cluster.model import Cluster
+from .files import temp_beside, temp_done
 
 #: Layout version of an entry; bump when the codec changes.
 CACHE_FORMAT = 2
@@ -523,14 +524,16 @@ def decode_plane(tree: dict, arrays, loader: Callable[[], Cluster]):
 
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    finally:
+        temp_done(tmp)
 
 
 def _json_loads(data: bytes):

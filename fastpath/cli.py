@@ -706,6 +706,8 @@ def main(argv: list[str] | None = None) -> int:
     """
     # As the console script (no argv): signals end the run cleanly. Called from Python code with
     # argv, the caller's own signal handling is left alone (KeyboardInterrupt still cleans up).
+    from .files import remove_temps
+
     with _signals_raise() if argv is None else contextlib.nullcontext():
         try:
             return _main(argv)
@@ -715,6 +717,8 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:  # a SIGINT outside the handlers (another thread installed them)
             print("fastpath: interrupted by SIGINT; no partial output left", file=sys.stderr)
             return 130
+        finally:
+            remove_temps()           # a temporary file a signal caught before its own cleanup ran
 
 
 def _main(argv: list[str] | None) -> int:

@@ -288,6 +288,55 @@ def write_error(path: str | os.PathLike, what: str, e: BaseException) -> Fastpat
     return FastpathError(f"{path}: cannot write the {what} ({why}); nothing written")
 
 
+#: Temporary files this process made beside an output and has not yet renamed over it or removed
+#: (:func:`temp_beside`). A signal can land between making one and the code that would remove it;
+#: the command line removes what is left when a signal or an error ends the run (:func:`remove_temps`).
+_TEMPS: set[str] = set()
+
+
+def temp_beside(path: str | os.PathLike) -> tuple[int, Path]:
+    """A new, empty file beside ``path`` (``.NAME.XXXXXXXX.tmp``, mode 0666 less the umask), open for
+    writing: ``(fd, its path)``. It stays registered for :func:`remove_temps` until :func:`temp_done`.
+
+    The name is registered before the file is made, so no moment exists when the file is there and
+    nothing would remove it. Raises ``OSError`` as ``os.open`` does.
+    """
+    import secrets
+
+    p = Path(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = p.parent / f".{p.name}.{secrets.token_hex(4)}.tmp"
+        _TEMPS.add(str(tmp))
+        try:
+            fd = os.open(tmp, flags, 0o666)
+        except FileExistsError:               # another process's: leave it, draw again
+            _TEMPS.discard(str(tmp))
+            continue
+        except BaseException:                 # failed, or a signal just after it was made: ours to remove
+            tmp.unlink(missing_ok=True)
+            _TEMPS.discard(str(tmp))
+            raise
+        return fd, tmp
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(p))
+
+
+def temp_done(tmp: str | os.PathLike) -> None:
+    """``tmp`` (from :func:`temp_beside`) was renamed over its output or removed."""
+    _TEMPS.discard(str(tmp))
+
+
+def remove_temps() -> None:
+    """Remove every temporary file :func:`temp_beside` made that is still registered (the command
+    line's last step, so a signal or an error leaves no ``.tmp`` file behind)."""
+    for t in list(_TEMPS):
+        try:
+            os.unlink(t)
+        except OSError:
+            pass
+        _TEMPS.discard(t)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str, what: str = "output") -> Path:
     """Write ``text`` to ``path`` whole or not at all (a temporary file beside it, then a rename).
 
@@ -297,20 +346,19 @@ def atomic_write_text(path: str | os.PathLike, text: str, what: str = "output") 
     p = Path(path)
     check_output(p, what)
     try:
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+        fd, tmp = temp_beside(p)
     except OSError as e:
         raise write_error(p, what, e) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; an output is an ordinary file
         os.replace(tmp, p)
     except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise write_error(p, what, e) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    finally:
+        temp_done(tmp)
     return p

@@ -31,7 +31,7 @@ from ._stream import NO_BYTES, NO_PACKETS, read_only, stream, tally_batch
 from .cluster.model import Cluster
 from .codes import PATHS, REASONS, VERDICTS
 from .errors import FastpathError
-from .files import RESULT_BYTES_PER_ROW, check_free_space, check_outputs, write_error
+from .files import RESULT_BYTES_PER_ROW, check_free_space, check_outputs, temp_beside, temp_done, write_error
 from .outputs import flow_arrays, flow_fields_of_schema, output_format, results_metadata
 from .traces import DEFAULT_BATCH_SIZE, open_trace
 
@@ -335,13 +335,9 @@ class _ResultsWriter:
         if not out.parent.is_dir():
             raise FastpathError(f"{out}: folder {out.parent} does not exist")
         self.out = out
-        fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-        os.close(fd)
-        self.tmp = Path(name)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp makes it 0600; a results file is an ordinary file
+        fd, self.tmp = temp_beside(out)          # registered: a signal at any moment leaves no file
         try:
+            os.close(fd)
             if out.suffix.lower() in PARQUET_SUFFIXES:
                 self._writer = pq.ParquetWriter(str(self.tmp), schema)
             else:
@@ -349,6 +345,7 @@ class _ResultsWriter:
                 self._writer = pa.ipc.new_file(self._sink, schema)
         except BaseException:
             self.tmp.unlink(missing_ok=True)
+            temp_done(self.tmp)
             raise
 
     def write(self, batch: pa.RecordBatch) -> None:
@@ -359,6 +356,7 @@ class _ResultsWriter:
         if hasattr(self, "_sink"):
             self._sink.close()
         os.replace(self.tmp, self.out)
+        temp_done(self.tmp)
 
     def abort(self) -> None:
         try:
@@ -368,6 +366,7 @@ class _ResultsWriter:
         except Exception:  # noqa: BLE001 -- the file is being thrown away
             pass
         self.tmp.unlink(missing_ok=True)
+        temp_done(self.tmp)
 
 
 #: A cluster input of this many bytes or more is loaded and compiled in a child process

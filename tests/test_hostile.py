@@ -252,6 +252,42 @@ def test_2_interrupt_inside_replay_and_synth_removes_the_temporary_file(capsys, 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_2_signal_as_a_temporary_file_is_made_leaves_none(capsys, work, tmp_path, monkeypatch):
+    """A signal that lands just as the results writer made its temporary file (before the code that
+    would remove it has the writer in hand: in the writer's set-up, or as it returns) still leaves no
+    ``.tmp`` file: temporary files are registered before they exist, and the command line removes what
+    is left. (``test_2_signal_mid_replay_leaves_no_temporary_file`` hit this now and then.)"""
+    import importlib
+
+    from fastpath.errors import Interrupted
+
+    rp = importlib.import_module("fastpath.replay")     # the module (the package exports a function by its name)
+    real_init = rp._ResultsWriter.__init__
+
+    def init_then_signal(self, *a, **k):
+        real_init(self, *a, **k)
+        assert self.tmp.exists()
+        raise Interrupted(signal.SIGHUP, "SIGHUP")      # as the writer returns: replay never sees it
+
+    monkeypatch.setattr(rp._ResultsWriter, "__init__", init_then_signal)
+    rc, _, err = cli(capsys, "replay", work.cluster, work.trace, "-o", tmp_path / "r.arrow", "--quiet")
+    assert rc == 129 and len(err.strip().splitlines()) == 1 and "SIGHUP" in err, err
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+
+    real_close = os.close
+
+    def close_then_signal(fd):                          # inside the writer's set-up, before its own try
+        real_close(fd)
+        raise Interrupted(signal.SIGTERM, "SIGTERM")
+
+    monkeypatch.setattr(rp.os, "close", close_then_signal)
+    rc, _, err = cli(capsys, "replay", work.cluster, work.trace, "-o", tmp_path / "r.arrow", "--quiet")
+    monkeypatch.undo()
+    assert rc == 143 and "SIGTERM" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
 # --------------------------------------------------------------------------- 5. unbounded reads
 
 BILLION_LAUGHS = "".join(

@@ -34,13 +34,13 @@ from __future__ import annotations
 import json
 import os
 import socket
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..addr import format_cidr, ips_to_strings
 from ..errors import FastpathError
+from ..files import temp_beside, temp_done
 from .endpoints import NAME_ALPHABET, derive_slices
 from .load import cluster_from_objects, gc_paused
 from .load_kinds import _object_new, _PodParser
@@ -172,14 +172,11 @@ def write_cluster(obj: dict, path: str | Path) -> Path:
         data = encode(obj)
     except (ImportError, TypeError, ValueError, OverflowError):     # no msgspec, or a value it refuses
         data = json.dumps(obj, separators=(",", ":")).encode("utf-8")
-    fd, tmp = tempfile.mkstemp(dir=p.parent if str(p.parent) else ".", prefix=f".{p.name}.", suffix=".tmp")
+    fd, tmp = temp_beside(p)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.write(b"\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)     # mkstemp makes it private; give it the usual mode
         os.replace(tmp, p)
     except OSError as e:  # a full disk: name the user's path, not the temporary file
         Path(tmp).unlink(missing_ok=True)
@@ -189,6 +186,8 @@ def write_cluster(obj: dict, path: str | Path) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    finally:
+        temp_done(tmp)
     return p
 
 

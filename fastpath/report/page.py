@@ -13,11 +13,11 @@ import html
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from ..errors import FastpathError
+from ..files import temp_beside, temp_done
 
 #: Section titles, in page order, keyed as in ``figures.json``.
 SECTIONS = (
@@ -287,12 +287,6 @@ def render_html(figs: dict) -> str:
     return "".join(parts)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_report(figs: dict, out_dir: str | os.PathLike) -> Path:
     """Write ``out_dir/index.html`` and ``out_dir/figures.json``; returns the page's path.
 
@@ -306,15 +300,16 @@ def write_report(figs: dict, out_dir: str | os.PathLike) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
         for name, text in (("figures.json", json.dumps(figs, indent=1, allow_nan=False)), ("index.html", page)):
-            fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
+            fd, tmp = temp_beside(out / name)
             try:
                 with os.fdopen(fd, "w", encoding="utf-8") as fh:
                     fh.write(text)
-                os.chmod(tmp, 0o666 & ~_umask())           # mkstemp makes 0600; a page is for sharing
                 os.replace(tmp, out / name)
             except BaseException:
-                Path(tmp).unlink(missing_ok=True)
+                tmp.unlink(missing_ok=True)
                 raise
+            finally:
+                temp_done(tmp)
     except OSError as e:
         raise FastpathError(f"{out}: cannot write the report ({e.strerror or e})") from None
     return out / "index.html"
