@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from ..codes import DELIVERED, DENIED, DROPPED, EGRESS, LOOPBACK, PATHS, R_POLICY_EGRESS, REASONS, REFUSED, VERDICTS
+from ..codes import PATHS, REASONS, VERDICTS
 from ..lifetimes import DEFAULT_DURATION as DEFAULT_CONN_DURATION, lifetimes_ns
-from ..stages.conntrack import TIMEOUTS, UDP_STREAM_AFTER, conntrack_max
+from ..stages.conntrack import conntrack_max, entries_left
 from ..study import _match_backends, imbalance
 
 #: Node pairs counted in a dense matrix up to this many nodes; beyond it, sparse counts.
@@ -175,38 +175,20 @@ class StudyTally:
     def _conntrack(self, flows, r) -> None:
         """Entries each node's conntrack gets from this batch, and how long they live.
 
-        The conntrack stage's rule (``docs/dataplane.md``, ``tests/naive/conntrack.py``):
-        a flow that is not loopback holds an entry on its client's node when it was
-        delivered, refused or left the cluster (egress), and also on its backend's node
-        when delivered or refused there; a flow dropped, or denied by ingress policy, on another node than
-        its client's holds one on the client's node, unanswered. Each lives by how the
-        connection ended (``fastpath.stages.conntrack.TIMEOUTS``): its ``duration``
-        (else ``--conn-duration`` for TCP, SCTP and other protocols, 0 for UDP,
-        :mod:`fastpath.lifetimes`) plus TIME_WAIT or the UDP (stream) or generic
-        timeout when answered; the close (RST) or UDP timeout alone when refused;
-        SYN_SENT or the UDP timeout alone when no answer came.
+        The conntrack stage's rule (:func:`fastpath.stages.conntrack.entries_left`): who holds
+        an entry (the client's node, and the destination's when it answered or refused there)
+        and for how long (the connection's lifetime, :mod:`fastpath.lifetimes`, plus the
+        timeout of the state it closes in).
         """
         s = self._state
-        v, sn, dn, proto = r.verdict, r.src_node, r.dst_node, flows.proto
-        d = lifetimes_ns(proto, flows.duration, getattr(self.dp.services, "conn_duration", DEFAULT_CONN_DURATION))
-        tcp, udp = (proto == 6) | (proto == 132), proto == 17
-        answered = (v == DELIVERED) | (v == EGRESS)
-        refused = v == REFUSED
-        other = np.where(udp, TIMEOUTS["udp"], TIMEOUTS["generic"])
-        life = np.where(answered, d / 1e9 + np.where(
-                            tcp, TIMEOUTS["tcp_time_wait"],
-                            np.where(udp & (d > UDP_STREAM_AFTER * 1_000_000_000), TIMEOUTS["udp_stream"], other)),
-                        np.where(refused, np.where(tcp, TIMEOUTS["tcp_close"], other),
-                                 np.where(tcp, TIMEOUTS["tcp_syn_sent"], other)))
-        client = (r.path != LOOPBACK) & (sn >= 0)
-        far = (dn >= 0) & (dn != sn)
-        far_denied = (v == DENIED) & (r.reason != R_POLICY_EGRESS)     # egress policy: dropped on the client's node
-        a = np.flatnonzero(client & (answered | refused | (((v == DROPPED) | far_denied) & far)))
-        s["ct_entries"] += np.bincount(sn[a], minlength=s["ct_entries"].size)
-        s["ct_seconds"] += np.bincount(sn[a], weights=life[a], minlength=s["ct_seconds"].size)
-        b = np.flatnonzero(client & far & ((v == DELIVERED) | refused))
-        s["ct_entries"] += np.bincount(dn[b], minlength=s["ct_entries"].size)
-        s["ct_seconds"] += np.bincount(dn[b], weights=life[b], minlength=s["ct_seconds"].size)
+        life = lifetimes_ns(flows.proto, flows.duration,
+                            getattr(self.dp.services, "conn_duration", DEFAULT_CONN_DURATION))
+        on_client, on_far, seconds = entries_left(r.verdict, r.reason, r.path, r.src_node, r.dst_node,
+                                                  flows.proto, life)
+        for held, node in ((on_client, r.src_node), (on_far, r.dst_node)):
+            i = np.flatnonzero(held)
+            s["ct_entries"] += np.bincount(node[i], minlength=s["ct_entries"].size)
+            s["ct_seconds"] += np.bincount(node[i], weights=seconds[i], minlength=s["ct_seconds"].size)
 
     def add_against(self, r, r2) -> None:
         """Count service flows whose backend differs between this cluster (``r``) and the other (``r2``)."""

@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from .._jit import read_only
-from ..codes import DELIVERED, DENIED, DROPPED, EGRESS, LOOPBACK, R_POLICY_EGRESS, REFUSED
+from ..codes import DELIVERED, DENIED, DROPPED, EGRESS, LOOPBACK, NONE, R_POLICY_EGRESS, REFUSED
 from ..errors import FastpathError
 from ..lifetimes import UDP_DEFAULT_DURATION, lifetimes_ns
 from ..tables import hashindex, timers
@@ -470,6 +470,39 @@ def _dst_of(flows, r) -> np.ndarray:
 
 # --------------------------------------------------------------------------- explain
 
+def entries_left(verdict, reason, path, src_node, dst_node, proto, life_ns):
+    """What each connection leaves in the conntrack tables, by the stage's rule (the kernel's
+    ``track``; its twin ``tests/naive/conntrack.py``; ``docs/dataplane.md``), as numpy arrays:
+    ``(on_client, on_far, seconds)``.
+
+    ``on_client``: an entry on the client's node (``src_node``): delivered, refused or egress, or
+    no answer from another node that dropped it or denied it by ingress policy (egress policy
+    drops on the client's node: no entry). ``on_far``: one on the destination's node too
+    (delivered or refused there). ``seconds``: how long each lives: ``life_ns``
+    (:func:`fastpath.lifetimes.lifetimes_ns`) plus TIME_WAIT, the UDP (stream) or generic timeout
+    when answered; the close (RST) or UDP timeout when refused; SYN_SENT or the UDP timeout when
+    no answer came. Loopback flows leave nothing.
+    """
+    v, sn, dn = np.asarray(verdict), np.asarray(src_node), np.asarray(dst_node)
+    proto = np.asarray(proto)
+    d = np.asarray(life_ns, np.int64)
+    tcp, udp = np.isin(proto, _TCPLIKE), proto == 17
+    answered = (v == DELIVERED) | (v == EGRESS)
+    refused = v == REFUSED
+    other = np.where(udp, TIMEOUTS["udp"], TIMEOUTS["generic"])
+    stream = udp & (d > UDP_STREAM_AFTER * NS)
+    seconds = np.where(answered, d / NS + np.where(tcp, TIMEOUTS["tcp_time_wait"],
+                                                   np.where(stream, TIMEOUTS["udp_stream"], other)),
+                       np.where(refused, np.where(tcp, TIMEOUTS["tcp_close"], other),
+                                np.where(tcp, TIMEOUTS["tcp_syn_sent"], other)))
+    client = (np.asarray(path) != LOOPBACK) & (sn >= 0)
+    far = (dn >= 0) & (dn != sn)
+    far_denied = (v == DENIED) & (np.asarray(reason) != R_POLICY_EGRESS)
+    on_client = client & (answered | refused | (((v == DROPPED) | far_denied) & far))
+    on_far = client & far & ((v == DELIVERED) | refused)
+    return on_client, on_far, seconds
+
+
 def explain_conntrack(stage: ConntrackStage | None, proto: int, verdict: int, src_node: int, dst_node: int,
                       duration: float | None = None, default_duration: float = 30.0,
                       node_names: list[str] | None = None, say_none: bool = True, reason: int = 0) -> list[str]:
@@ -478,38 +511,33 @@ def explain_conntrack(stage: ConntrackStage | None, proto: int, verdict: int, sr
     With a ``stage`` (a replay's), each line also says how full that node's table is now.
     A connection that leaves no entry gets a line saying so, or none with ``say_none=False``.
     ``reason`` (a code of :data:`fastpath.codes.REASONS`) tells a denied connection's side: egress
-    policy drops it on the client's node (no entry), ingress policy on the far node.
+    policy drops it on the client's node (no entry), ingress policy on the far node. Who holds an
+    entry and for how long: :func:`entries_left`.
     """
     names = stage.node_names if stage is not None else node_names
-    tcp = proto in _TCPLIKE
-    d = duration if duration is not None else (default_duration if proto != 17 else UDP_DEFAULT_DURATION)
-    lines = []
-    if verdict in (DELIVERED, EGRESS):
-        if tcp:
-            life, state = d + TIMEOUTS["tcp_time_wait"], "ASSURED once established; TIME_WAIT 120 s after close"
-        elif proto == 17 and d > UDP_STREAM_AFTER:
-            life, state = d + TIMEOUTS["udp_stream"], "a UDP stream: ASSURED 2 s in; 120 s after its last packet"
-        elif proto == 17:
-            life, state = d + TIMEOUTS["udp"], "one-shot UDP: never ASSURED (evictable); 30 s after its last packet"
-        else:
-            life, state = d + TIMEOUTS["generic"], "generic protocol: 600 s after its last packet"
-    elif verdict == REFUSED:
-        life = TIMEOUTS["tcp_close"] if tcp else TIMEOUTS["udp"]
-        state = "refused: RST, CLOSE for 10 s" if tcp else "refused: ICMP port unreachable, 30 s unreplied"
-    elif (verdict == DROPPED or (verdict == DENIED and reason != R_POLICY_EGRESS)) and src_node >= 0 \
-            and dst_node >= 0 and dst_node != src_node:        # egress policy: dropped on the client's node
-        life = TIMEOUTS["tcp_syn_sent"] if tcp else TIMEOUTS["udp"]
-        state = "no answer from the far node: SYN_SENT 120 s" if tcp else "no answer: 30 s unreplied"
-        dst_node = -1
-    else:
+    life_ns = lifetimes_ns(np.array([proto]), None if duration is None else np.array([duration], np.float64),
+                           default_duration)
+    on_client, on_far, seconds = (a[0] for a in entries_left(
+        [verdict], [reason], [NONE], [src_node], [dst_node], [proto], life_ns))
+    if not on_client:
         return ["conntrack: no entry (the packet never left the client's node, or stayed inside a pod)"] \
             if say_none else []
-    where = [n for n in (src_node, dst_node) if n >= 0]
-    where = list(dict.fromkeys(where))
-    for n in where:
+    tcp = proto in _TCPLIKE
+    if verdict in (DELIVERED, EGRESS):
+        state = ("ASSURED once established; TIME_WAIT 120 s after close" if tcp else
+                 "a UDP stream: ASSURED 2 s in; 120 s after its last packet"
+                 if proto == 17 and life_ns[0] > UDP_STREAM_AFTER * NS else
+                 "one-shot UDP: never ASSURED (evictable); 30 s after its last packet" if proto == 17 else
+                 "generic protocol: 600 s after its last packet")
+    elif verdict == REFUSED:
+        state = "refused: RST, CLOSE for 10 s" if tcp else "refused: ICMP port unreachable, 30 s unreplied"
+    else:
+        state = "no answer from the far node: SYN_SENT 120 s" if tcp else "no answer: 30 s unreplied"
+    lines = []
+    for n in [src_node] + ([dst_node] if on_far else []):
         name = names[n] if names else str(n)
         size = f" (table {stage.occupancy(n):,} of {stage.table_max(n):,})" if stage is not None else ""
-        lines.append(f"conntrack: an entry on node {name}{size} for {life:g} s ({state})")
+        lines.append(f"conntrack: an entry on node {name}{size} for {float(seconds):g} s ({state})")
     return lines
 
 
