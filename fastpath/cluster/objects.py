@@ -184,14 +184,12 @@ def kube_proxy_conntrack(obj: dict) -> tuple[int, int] | None:
         return None
     if type(block) is not dict:
         raise ObjectError(f"{path}: conntrack: expected a mapping of settings, found {show(block)}")
-    values = []
+    values, given = [], False
     for key, default in (("maxPerCore", CONNTRACK_MAX_PER_CORE), ("min", CONNTRACK_MIN)):
         v = block.get(key)
         if v is not None and (type(v) is not int or not 0 <= v <= _INT32_MAX):
             raise ObjectError(f"{path}: conntrack.{key}: expected a whole number from 0 to {_INT32_MAX}, "
                               f"found {show(v)}")
-        values.append(v)
-    if values == [None, None]:
-        return None
-    per_core, floor = values
-    return (CONNTRACK_MAX_PER_CORE if per_core is None else per_core, CONNTRACK_MIN if floor is None else floor)
+        given |= v is not None
+        values.append(default if v is None else v)
+    return (values[0], values[1]) if given else None

@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from .._jit import read_only
+from ..cluster.objects import CONNTRACK_MAX_PER_CORE, CONNTRACK_MIN
 from ..codes import DELIVERED, DENIED, DROPPED, EGRESS, LOOPBACK, NONE, R_POLICY_EGRESS, REFUSED
 from ..errors import FastpathError
 from ..lifetimes import UDP_DEFAULT_DURATION, lifetimes_ns
@@ -58,7 +59,7 @@ UDP_STREAM_AFTER = 2
 #: kube-proxy's conntrack sizing: ``min(max(PER_CPU * cpus, MIN), MAX)`` (``--conntrack-max-per-core``,
 #: ``--conntrack-min``, their defaults here; the ConfigMap ``kube-system/kube-proxy`` may set others:
 #: :func:`conntrack_max`); a Node without ``status.capacity.cpu`` counts as 1 CPU (``MIN`` by default).
-CT_PER_CPU, CT_MIN, CT_MAX = 32768, 131072, 1048576
+CT_PER_CPU, CT_MIN, CT_MAX = CONNTRACK_MAX_PER_CORE, CONNTRACK_MIN, 1048576
 #: The kernel's own ``nf_conntrack_max``, kept on a node whose kube-proxy leaves it alone
 #: (``conntrack.maxPerCore: 0``).
 CT_KERNEL_DEFAULT = 262144
