@@ -21,7 +21,7 @@ import numpy as np
 
 from .._jit import jit
 from ..errors import FastpathError
-from .exact import EMPTY, ht_place, pack2
+from .exact import EMPTY, ht_place, pack2, pack2_np
 
 #: Balancer names, indexed by their code.
 BALANCERS = ("random", "round-robin", "source-hash", "maglev", "least-connection")
@@ -60,8 +60,7 @@ def affinity_key(sp, node, n_nodes, client):
 
 def affinity_keys_np(sp: np.ndarray, node: np.ndarray, n_nodes: int, client: np.ndarray) -> np.ndarray:
     """Vectorized :func:`affinity_key`."""
-    hi = np.asarray(sp, np.uint64) * np.uint64(n_nodes) + np.asarray(node, np.uint64)
-    return (hi << np.uint64(32)) | np.asarray(client, np.uint64)
+    return pack2_np(np.asarray(sp, np.uint64) * np.uint64(n_nodes) + np.asarray(node, np.uint64), client)
 
 
 def check_affinity_keys(n_sp: int, n_nodes: int) -> None:
